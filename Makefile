@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh Debian machine with Python 3.11:
+#   make serve   -> the gRPC server on the bundled default model (port 50051, metrics on 9090)
+#   make test    -> the test suite (CPU only; slow and GPU tests are deselected)
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?= -m "not slow and not gpu"
+
+.PHONY: install sysdeps serve test lint proto bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# espeak-ng and sox make the test audio; root (CI) installs them itself, others need sudo.
+sysdeps:
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
+
+serve: $(STAMP)
+	$(VENV)/bin/asr serve $(SERVE_ARGS)
+
+test: $(STAMP) sysdeps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy asr server client
+
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iclient/proto=proto --python_out=. --grpc_python_out=. --pyi_out=. proto/asr/v1/asr.proto
+
+clean:
+	rm -rf $(VENV) build *.egg-info

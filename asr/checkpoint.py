@@ -1,0 +1,95 @@
+"""Self-describing checkpoints: config, tokenizer, CMVN and weights in one file, loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asr.model import ASRModel, ModelConfig
+from asr.tokenizer import tokenizer_from_dict
+
+FORMAT = "las-asr"
+VERSION = 1
+MODELS_DIR = Path(os.environ.get("ASR_MODELS_DIR", Path(__file__).resolve().parent.parent / "models"))
+DEFAULT_MODEL = "default"
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def checkpoint_dict(model: ASRModel, extra: dict[str, Any] | None = None, half: bool = False) -> dict[str, Any]:
+    state = {
+        k: (v.half() if half and v.is_floating_point() and not k.startswith("cmvn.") else v).detach().cpu()
+        for k, v in model.state_dict().items()
+    }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "tokenizer": model.tokenizer.to_dict(),
+        "state_dict": state,
+        "extra": extra or {},
+    }
+
+
+def save_checkpoint(model: ASRModel, path: str | os.PathLike, extra: dict[str, Any] | None = None, half: bool = False) -> None:
+    atomic_save(checkpoint_dict(model, extra, half), path)
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
+    """``None`` or a bare name -> ``models/NAME.pt``; anything else is a path."""
+    name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = MODELS_DIR / f"{name}.pt"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in MODELS_DIR.glob("*.pt")) if MODELS_DIR.is_dir() else []
+    raise FileNotFoundError(f"model {name!r} not found: no such file, and no {candidate}. Known models: {known}")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint (missing or wrong 'format' field)")
+    if ckpt.get("version", 0) > VERSION:
+        raise ValueError(f"{path} has checkpoint version {ckpt['version']}; this code reads up to {VERSION}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> ASRModel:
+    model = ASRModel(ModelConfig.from_dict(ckpt["config"]), tokenizer_from_dict(ckpt["tokenizer"]))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> ASRModel:
+    """Load a model by name (``models/NAME.pt``) or path; ``None`` gives the bundled default model.
+
+    The model is put in eval mode on ``device`` (CUDA when available and none is given).
+    """
+    path = resolve_model_path(name_or_path)
+    model = model_from_checkpoint(load_checkpoint(path))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval()

@@ -1,0 +1,273 @@
+"""Decoding: greedy CTC and joint CTC/attention beam search with CTC prefix scoring.
+
+The joint score of a prefix ``g`` is (Watanabe et al. 2017)::
+
+    score(g) = (1 - ctc_weight) * log p_att(g) + ctc_weight * log p_ctc(g...) + lm_weight * log p_lm(g)
+               + length_bonus * |g|
+
+The CTC prefix scorer is vectorised over utterances, hypotheses and candidate tokens *and* over time:
+the forward recursions ``r^n_t = (r^n_{t-1} + phi_{t-1}) y^c_t`` and ``r^b_t = (r^n_{t-1} + r^b_{t-1}) y^blank_t``
+are first-order linear recurrences, so each is solved in closed form with one ``cumsum`` and one
+``logcumsumexp`` over the time axis instead of a Python loop over frames (the loop that makes ESPnet's
+scorer the bottleneck on long inputs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
+_PAD_LOGP = -1e4  # log-prob of non-blank tokens on padded frames (blank gets log 1 = 0 there)
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to turn encoder output into text. Change with ``dataclasses.replace``."""
+
+    method: str = "beam"  # "greedy" (CTC best path) or "beam" (joint CTC/attention)
+    beam_size: int = 10
+    ctc_weight: float = 0.3  # 0: attention only, 1: CTC prefix search only
+    lm_weight: float = 0.0  # shallow fusion weight; needs a language model
+    length_bonus: float = 0.0  # added to the score for every emitted token
+    normalize_length: bool = False  # rank finished hypotheses by score / length
+    eos_threshold: float | None = None  # allow <eos> only if log p(eos) >= threshold * max log p (e.g. 1.5)
+    nbest: int = 1
+    max_length_ratio: float = 1.0  # max tokens = ratio * encoder frames
+    pre_beam_ratio: float = 1.5  # candidates per hypothesis = ratio * beam, chosen by the attention scores
+
+    def __post_init__(self) -> None:
+        if self.method not in ("greedy", "beam"):
+            raise ValueError(f"unknown decoding method {self.method!r}; choose 'greedy' or 'beam'")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.lm_weight < 0:
+            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        if self.nbest < 1 or self.nbest > self.beam_size and self.method == "beam":
+            raise ValueError(f"nbest must be in [1, beam_size={self.beam_size}], got {self.nbest}")
+        if self.max_length_ratio <= 0:
+            raise ValueError(f"max_length_ratio must be positive, got {self.max_length_ratio}")
+        if self.eos_threshold is not None and self.eos_threshold < 1.0:
+            raise ValueError(f"eos_threshold must be >= 1 (it scales the best log-prob), got {self.eos_threshold}")
+
+
+class Hypothesis(NamedTuple):
+    tokens: tuple[int, ...]  # without <sos>/<eos>
+    score: float  # the ranking score (length-normalised if asked)
+    att_score: float = 0.0
+    ctc_score: float = 0.0
+    lm_score: float = 0.0
+
+
+class LanguageModel(Protocol):
+    """External token-level LM for shallow fusion; must share the ASR tokenizer's ids."""
+
+    def init_state(self, batch_size: int, device: torch.device) -> Any: ...
+
+    def score(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """Previous tokens ``(N,)`` (``<sos>`` first) -> next-token log-probs ``(N, V)`` and the new state."""
+        ...
+
+    def select(self, state: Any, index: Tensor) -> Any: ...
+
+
+def ctc_greedy(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
+    """Best-path CTC: argmax per frame, merge repeats, drop blanks. ``log_probs (B, T, V)``."""
+    best = log_probs.argmax(-1).cpu()
+    out = []
+    for b, n in enumerate(lengths.tolist()):
+        path = torch.unique_consecutive(best[b, :n])
+        out.append([t for t in path.tolist() if t != blank])
+    return out
+
+
+class CTCPrefixScorer:
+    """CTC prefix probabilities for many hypotheses and candidates at once.
+
+    ``log_probs (B, T, V)`` with ``lengths (B,)``. A hypothesis state is ``r (N, T, 2)``: the log-probabilities
+    that the prefix's frames ``0..t`` end in a non-blank (``[..., 0]``) or a blank (``[..., 1]``).
+    """
+
+    def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int, eos: int) -> None:
+        x = log_probs.double()
+        b, t, _ = x.shape
+        pad = torch.arange(t, device=x.device)[None, :] >= lengths[:, None].to(x.device)  # (B, T)
+        x = x.masked_fill(pad[:, :, None], _PAD_LOGP)
+        x[:, :, blank] = x[:, :, blank].masked_fill(pad, 0.0)
+        self.x, self.blank, self.eos = x, blank, eos
+        self.blank_cum = torch.cumsum(x[:, :, blank], dim=1)  # (B, T)
+
+    def initial_state(self, utt: Tensor) -> Tensor:
+        """State of the empty prefix for hypotheses of utterances ``utt (N,)``: ``(N, T, 2)``."""
+        rb = self.blank_cum[utt]
+        return torch.stack([torch.full_like(rb, NEG_INF), rb], dim=2)
+
+    def score(
+        self, utt: Tensor, r_prev: Tensor, last: Tensor, is_empty: Tensor, cand: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Prefix scores of extending each hypothesis with each candidate.
+
+        utt, last, is_empty: ``(N,)``; r_prev: ``(N, T, 2)``; cand: ``(N, K)`` token ids.
+        Returns ``psi (N, K)`` (log-prob of all paths whose label sequence starts with ``g + c``; for ``<eos>``
+        the full-sequence probability of ``g``) and the new states ``(N, K, T, 2)``.
+        """
+        x = self.x[utt]  # (N, T, V)
+        n, t, _ = x.shape
+        k = cand.size(1)
+        xc = torch.gather(x, 2, cand.clamp_max(x.size(2) - 1)[:, None, :].expand(n, t, k))  # (N, T, K)
+        r_sum = torch.logaddexp(r_prev[:, :, 0], r_prev[:, :, 1])  # (N, T)
+        # phi_t: paths of g that may be followed by c at t+1; after a repeat only blank-ending paths may
+        same = (cand == last[:, None])[:, None, :]  # (N, 1, K)
+        phi = torch.where(same, r_prev[:, :, 1:2], r_sum[:, :, None])  # (N, T, K)
+        start = torch.where(is_empty, 0.0, NEG_INF).to(x.dtype)[:, None, None].expand(n, 1, k)
+        phi_ext = torch.cat([start, phi[:, :-1]], dim=1)  # phi_{t-1}, with phi_{-1} = [g is empty]
+        # r^n_t = sum_{s<=t} phi_{s-1} prod_{u=s..t} y^c_u  =  C_t + logcumsumexp_s(phi_{s-1} - C_{s-1})
+        c_cum = torch.cumsum(xc, dim=1)
+        c_prev = torch.cat([torch.zeros_like(c_cum[:, :1]), c_cum[:, :-1]], dim=1)
+        rn = c_cum + torch.logcumsumexp(phi_ext - c_prev, dim=1)
+        # r^b_t = sum_{s<=t} r^n_{s-1} prod_{u=s..t} y^blank_u
+        bc = self.blank_cum[utt][:, :, None]  # (N, T, 1)
+        b_prev = torch.cat([torch.zeros_like(bc[:, :1]), bc[:, :-1]], dim=1)
+        rn_shift = torch.cat([torch.full_like(rn[:, :1], NEG_INF), rn[:, :-1]], dim=1)
+        rb = bc + torch.logcumsumexp(rn_shift - b_prev, dim=1)
+        psi = torch.logsumexp(phi_ext + xc, dim=1)  # (N, K)
+        psi = torch.where(cand == self.eos, r_sum[:, -1:].expand(n, k), psi)
+        psi = torch.nan_to_num(psi, nan=NEG_INF)
+        r_new = torch.stack([rn, rb], dim=3).transpose(1, 2)  # (N, K, T, 2)
+        return psi, r_new
+
+
+def beam_search(
+    model: Any,
+    enc: Tensor,
+    enc_lengths: Tensor,
+    options: DecodingOptions,
+    lm: LanguageModel | None = None,
+) -> list[list[Hypothesis]]:
+    """Joint CTC/attention beam search, batched over utterances. Returns n-best lists, best first."""
+    if options.lm_weight > 0 and lm is None:
+        raise ValueError("lm_weight > 0 needs a language model (pass lm=...)")
+    tok = model.tokenizer
+    blank, sos, eos = tok.blank_id, tok.sos_id, tok.eos_id
+    lam, w = options.ctc_weight, options.beam_size
+    b, device = enc.size(0), enc.device
+    n = b * w
+    utt = torch.arange(b, device=device).repeat_interleave(w)  # (N,) utterance of each hypothesis
+    use_att, use_ctc = lam < 1.0, lam > 0.0
+    v = tok.vocab_size
+
+    memory, dstate = model.decoder.prepare(enc, enc_lengths)
+    memory, dstate = memory.index_select(utt), dstate.index_select(utt)
+    ctc_lp = model.ctc_log_probs(enc) if use_ctc else None
+    scorer = CTCPrefixScorer(ctc_lp, enc_lengths, blank, eos) if ctc_lp is not None else None
+    r = scorer.initial_state(utt) if scorer is not None else None
+    lm_state = lm.init_state(n, device) if lm is not None else None
+
+    scores = torch.full((b, w), NEG_INF, device=device, dtype=torch.float64)
+    scores[:, 0] = 0.0
+    scores = scores.view(n)
+    att_acc = torch.zeros(n, dtype=torch.float64, device=device)
+    ctc_psi = torch.zeros(n, dtype=torch.float64, device=device)
+    lm_acc = torch.zeros(n, dtype=torch.float64, device=device)
+    yseq = torch.full((n, 1), sos, dtype=torch.long, device=device)
+    maxlen = (enc_lengths.double() * options.max_length_ratio).clamp_min(1).long()  # (B,)
+    maxlen_utt = maxlen[utt]
+    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+    done = [False] * b
+    k = v - 1 if not use_att else min(v - 1, max(w, int(options.pre_beam_ratio * w)))
+    all_cands = torch.tensor([i for i in range(v) if i != blank], device=device)
+
+    for step in range(int(maxlen.max()) + 1):
+        last = yseq[:, -1]
+        total = torch.zeros(n, v, dtype=torch.float64, device=device)
+        att_lp = torch.zeros(n, v, dtype=torch.float64, device=device)
+        if use_att:
+            logits, dstate = model.decoder.step(last, dstate, memory)
+            att_lp = torch.log_softmax(logits.double(), dim=-1)
+            total = total + (1 - lam) * att_lp
+        lm_lp = torch.zeros_like(total)
+        if lm is not None and options.lm_weight > 0:
+            lm_lp, lm_state = lm.score(last, lm_state)
+            lm_lp = lm_lp.double()
+            total = total + options.lm_weight * lm_lp
+        total[:, blank] = NEG_INF
+        if options.eos_threshold is not None and use_att:
+            best_other = att_lp.masked_fill(torch.arange(v, device=device) == eos, NEG_INF).max(-1).values
+            allow = att_lp[:, eos] >= options.eos_threshold * best_other
+            total[:, eos] = total[:, eos].masked_fill(~allow, NEG_INF)
+        at_max = step >= maxlen_utt  # only <eos> is allowed once a hypothesis reaches the length cap
+        total = torch.where(at_max[:, None] & (torch.arange(v, device=device) != eos), NEG_INF, total)
+        if use_att:
+            cand = total.topk(k, dim=1).indices  # (N, K) pre-beam by attention (+ LM)
+        else:
+            cand = all_cands[None, :].expand(n, -1)
+        cand_scores = scores[:, None] + total.gather(1, cand) + options.length_bonus
+        cand_scores = cand_scores.masked_fill((cand != eos) & at_max[:, None], NEG_INF)
+        r_new = None
+        if scorer is not None and r is not None:
+            psi, r_new = scorer.score(utt, r, last, torch.full_like(last, step == 0, dtype=torch.bool), cand)
+            cand_scores = cand_scores + lam * (psi - ctc_psi[:, None])
+        cand_scores = cand_scores - options.length_bonus * (cand == eos)  # <eos> is no output token
+        # best w of the w*K extensions of each utterance
+        flat = cand_scores.view(b, w * cand.size(1))
+        top, top_idx = flat.topk(w, dim=1)  # (B, W)
+        src = (top_idx // cand.size(1)) + torch.arange(b, device=device)[:, None] * w  # (B, W) global hyp
+        col = top_idx % cand.size(1)
+        src, col, top = src.view(n), col.view(n), top.view(n)
+        new_tok = cand[src, col]
+        att_acc = att_acc[src] + att_lp[src, new_tok]
+        lm_acc = lm_acc[src] + lm_lp[src, new_tok]
+        if r_new is not None:
+            ctc_psi = psi[src, col]
+            r = r_new[src, col]
+        yseq = torch.cat([yseq[src], new_tok[:, None]], dim=1)
+        if use_att:
+            dstate = dstate.index_select(src)
+        if lm is not None:
+            lm_state = lm.select(lm_state, src)
+
+        ended = (new_tok == eos) & torch.isfinite(top)
+        if bool(ended.any()):
+            for i in ended.nonzero().flatten().tolist():
+                u = i // w
+                if done[u]:
+                    continue
+                toks = tuple(yseq[i, 1:-1].tolist())
+                raw = float(top[i])
+                score = raw / (len(toks) + 1) if options.normalize_length else raw
+                finished[u].append(Hypothesis(toks, score, float(att_acc[i]), float(ctc_psi[i]), float(lm_acc[i])))
+        scores = top.masked_fill(ended, NEG_INF)
+        alive = torch.isfinite(scores).view(b, w).any(dim=1).tolist()
+        for u in range(b):
+            if not done[u] and (not alive[u] or _end_detected(finished[u], step)):
+                done[u] = True
+                scores.view(b, w)[u] = NEG_INF
+        if all(done):
+            break
+
+    results = []
+    for u in range(b):
+        hyps = sorted(finished[u], key=lambda h: h.score, reverse=True)
+        results.append(hyps[: options.nbest] if hyps else [Hypothesis((), NEG_INF)])
+    return results
+
+
+def _end_detected(hyps: list[Hypothesis], step: int, m: int = 3, margin: float = math.log(1e-10)) -> bool:
+    """ESPnet's end detection: the best hypotheses that ended in each of the last ``m`` steps all
+    score far below the best finished one, so longer hypotheses are very unlikely to win."""
+    if not hyps:
+        return False
+    best = max(h.score for h in hyps)
+    count = 0
+    for back in range(m):
+        length = step - back  # hypotheses that ended at this step have this many tokens
+        same = [h.score for h in hyps if len(h.tokens) == length]
+        if same and max(same) - best < margin:
+            count += 1
+    return count == m

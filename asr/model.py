@@ -1,0 +1,141 @@
+"""The joint CTC/attention Listen-Attend-Spell model.
+
+``loss = ctc_weight * CTC + (1 - ctc_weight) * attention``. Inference goes through :meth:`ASRModel.encode`;
+decoding lives in :mod:`asr.decoding`, word timing in :mod:`asr.alignment`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asr.decoder import AttentionDecoder, DecoderConfig
+from asr.encoder import EncoderConfig, PyramidalBLSTMEncoder
+from asr.features import FeatureConfig, GlobalCMVN, LogMel
+from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
+
+if TYPE_CHECKING:
+    from asr.decoding import DecodingOptions
+    from asr.transcribe import AudioInput, Transcript
+
+Tokenizer = CharTokenizer | SentencePieceTokenizer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    ctc_weight: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.encoder.input_dim != self.features.n_mels:
+            raise ValueError(
+                f"encoder.input_dim ({self.encoder.input_dim}) must equal features.n_mels ({self.features.n_mels})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; expected some of {sorted(known)}")
+        return cls(
+            features=FeatureConfig(**d.get("features", {})),
+            encoder=EncoderConfig(**d.get("encoder", {})),
+            decoder=DecoderConfig(**d.get("decoder", {})),
+            ctc_weight=float(d.get("ctc_weight", 0.3)),
+        )
+
+    @property
+    def encoder_frame_shift(self) -> float:
+        """Seconds per encoder output frame."""
+        return self.features.frame_shift * self.encoder.subsampling
+
+
+class ASRModel(nn.Module):
+    def __init__(self, config: ModelConfig, tokenizer: Tokenizer) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        v = tokenizer.vocab_size
+        self.frontend = LogMel(config.features)
+        self.cmvn = GlobalCMVN(config.features.n_mels)
+        self.encoder = PyramidalBLSTMEncoder(config.encoder)
+        self.ctc = nn.Linear(config.encoder.output_dim, v)
+        self.decoder = AttentionDecoder(v, config.encoder.output_dim, config.decoder, tokenizer.sos_id, tokenizer.eos_id)
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctc.weight.device
+
+    def features(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, S)`` 16 kHz waveforms -> ``(B, T, n_mels)`` log-mel features (before CMVN)."""
+        return self.frontend(waveforms, lengths)
+
+    def encode(self, feats: Tensor, feat_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, T, n_mels)`` features -> ``(B, T', D)`` encoder states with lengths."""
+        return self.encoder(self.cmvn(feats), feat_lengths)
+
+    def ctc_log_probs(self, enc: Tensor) -> Tensor:
+        """``(B, T', D)`` -> ``(B, T', V)`` CTC log posteriors (float32)."""
+        return F.log_softmax(self.ctc(enc).float(), dim=-1)
+
+    def forward(
+        self, feats: Tensor, feat_lengths: Tensor, targets: Tensor, target_lengths: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Joint loss for a batch. ``targets (B, U)`` are padded with -1; returns ``(loss, stats)``."""
+        enc, enc_lengths = self.encode(feats, feat_lengths)
+        lam = self.config.ctc_weight
+        stats: dict[str, float] = {}
+        loss = enc.new_zeros(())
+        if lam > 0:
+            lp = self.ctc_log_probs(enc).transpose(0, 1)  # (T', B, V)
+            ctc = F.ctc_loss(
+                lp, targets.clamp_min(0), enc_lengths, target_lengths,
+                blank=self.tokenizer.blank_id, reduction="sum", zero_infinity=True,
+            ) / targets.size(0)
+            loss = loss + lam * ctc
+            stats["ctc"] = float(ctc.detach())
+        if lam < 1:
+            ys_in, ys_out = self._decoder_io(targets, target_lengths)
+            logits = self.decoder(enc, enc_lengths, ys_in)
+            att, acc = self.decoder.loss(logits, ys_out)
+            loss = loss + (1 - lam) * att
+            stats["att"] = float(att.detach())
+            stats["acc"] = float(acc)
+        stats["loss"] = float(loss.detach())
+        return loss, stats
+
+    def _decoder_io(self, targets: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``<sos> y`` as input and ``y <eos>`` as output, both ``(B, U + 1)``; output padded with -1."""
+        b = targets.size(0)
+        sos = targets.new_full((b, 1), self.tokenizer.sos_id)
+        ys_in = torch.cat([sos, targets.clamp_min(0)], dim=1)  # padding positions never reach the loss
+        ys_out = torch.cat([targets, targets.new_full((b, 1), -1)], dim=1)
+        ys_out[torch.arange(b, device=targets.device), target_lengths] = self.tokenizer.eos_id
+        return ys_in, ys_out
+
+    def transcribe(self, audio: AudioInput, options: DecodingOptions | None = None) -> Transcript:
+        """Recognise one utterance (path, encoded bytes or 16 kHz float waveform)."""
+        from asr.transcribe import transcribe
+
+        return transcribe(self, audio, options)
+
+    def transcribe_batch(self, audios: list[AudioInput], options: DecodingOptions | None = None) -> list[Transcript]:
+        from asr.transcribe import transcribe_batch
+
+        return transcribe_batch(self, audios, options)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,187 @@
+"""High-level recognition: audio in, :class:`Transcript` out (text, n-best, words with times)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from asr.alignment import Word, align_words
+from asr.audio import SAMPLE_RATE, AudioInput, load_audio
+from asr.decoding import DecodingOptions, Hypothesis, LanguageModel, beam_search, ctc_greedy
+
+if TYPE_CHECKING:
+    from asr.model import ASRModel
+
+__all__ = ["Alternative", "AudioInput", "Transcript", "Word", "decode_waveforms", "transcribe", "transcribe_batch"]
+
+MAX_SEGMENT_SECONDS = 30.0  # longer audio is cut at quiet points and decoded piece by piece
+
+
+@dataclass(frozen=True)
+class Alternative:
+    text: str
+    score: float  # decoder score (log domain)
+    confidence: float  # per-token geometric-mean probability, in [0, 1]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    alternatives: tuple[Alternative, ...] = ()
+    words: tuple[Word, ...] = ()
+    duration: float = 0.0  # seconds of audio
+
+    @property
+    def confidence(self) -> float:
+        if self.words:
+            return float(sum(w.confidence for w in self.words) / len(self.words))
+        return self.alternatives[0].confidence if self.alternatives else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["confidence"] = self.confidence
+        return d
+
+
+def _hyp_confidence(h: Hypothesis) -> float:
+    if not math.isfinite(h.score):
+        return 0.0
+    per_token = (h.att_score if h.att_score else h.ctc_score) / (len(h.tokens) + 1)
+    return float(min(1.0, max(0.0, math.exp(per_token))))
+
+
+@torch.inference_mode()
+def decode_encoded(
+    model: ASRModel,
+    enc: Tensor,
+    enc_lengths: Tensor,
+    options: DecodingOptions,
+    *,
+    offsets: list[float] | None = None,
+    durations: list[float] | None = None,
+    lm: LanguageModel | None = None,
+    word_times: bool = True,
+) -> list[Transcript]:
+    """Decode a batch of encoder outputs ``(B, T', D)`` into transcripts."""
+    tok = model.tokenizer
+    b = enc.size(0)
+    offsets = offsets or [0.0] * b
+    durations = durations or [0.0] * b
+    ctc_lp = model.ctc_log_probs(enc)
+    if options.method == "greedy":
+        hyps_per_utt = [
+            [Hypothesis(tuple(t), float(ctc_lp[i, : int(enc_lengths[i])].max(-1).values.sum()))]
+            for i, t in enumerate(ctc_greedy(ctc_lp, enc_lengths, tok.blank_id))
+        ]
+    else:
+        hyps_per_utt = beam_search(model, enc, enc_lengths, options, lm=lm)
+    shift = model.config.encoder_frame_shift
+    out = []
+    for i, hyps in enumerate(hyps_per_utt):
+        alts = tuple(Alternative(tok.decode(h.tokens), h.score, _hyp_confidence(h)) for h in hyps)
+        words: list[Word] = []
+        if word_times and hyps and hyps[0].tokens:
+            words = align_words(ctc_lp[i, : int(enc_lengths[i])], hyps[0].tokens, tok, shift, offsets[i])
+        out.append(Transcript(alts[0].text if alts else "", alts, tuple(words), durations[i]))
+    return out
+
+
+@torch.inference_mode()
+def decode_waveforms(
+    model: ASRModel,
+    waves: list[np.ndarray],
+    options: DecodingOptions,
+    *,
+    offsets: list[float] | None = None,
+    lm: LanguageModel | None = None,
+    word_times: bool = True,
+) -> list[Transcript]:
+    """Batch-decode 16 kHz mono waveforms (each at most a segment long)."""
+    if not waves:
+        return []
+    device = model.device
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = torch.from_numpy(w)
+    feats, feat_lengths = model.features(batch.to(device), lengths.to(device))
+    min_frames = model.config.encoder.subsampling
+    short = (feat_lengths < min_frames).tolist()
+    if any(short):  # too short to encode: pad with silence-level features so the batch still runs
+        feat_lengths = feat_lengths.clamp_min(min_frames)
+        if feats.size(1) < min_frames:
+            feats = torch.nn.functional.pad(feats, (0, 0, 0, min_frames - feats.size(1)), value=math.log(1e-6))
+    enc, enc_lengths = model.encode(feats, feat_lengths)
+    durations = [len(w) / SAMPLE_RATE for w in waves]
+    results = decode_encoded(
+        model, enc, enc_lengths, options, offsets=offsets, durations=durations, lm=lm, word_times=word_times
+    )
+    return [Transcript("", (), (), durations[i]) if short[i] else r for i, r in enumerate(results)]
+
+
+def split_long_audio(audio: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[tuple[int, int]]:
+    """Cut audio longer than ``max_seconds`` at the quietest 100 ms frame of each window's last third."""
+    max_len = int(max_seconds * SAMPLE_RATE)
+    if len(audio) <= max_len:
+        return [(0, len(audio))]
+    hop = SAMPLE_RATE // 10
+    bounds, start = [], 0
+    while len(audio) - start > max_len:
+        lo, hi = start + (2 * max_len) // 3, start + max_len
+        frames = audio[lo:hi][: ((hi - lo) // hop) * hop].reshape(-1, hop)
+        cut = lo + int(np.argmin((frames**2).mean(axis=1))) * hop + hop // 2
+        bounds.append((start, cut))
+        start = cut
+    bounds.append((start, len(audio)))
+    return bounds
+
+
+def transcribe_batch(
+    model: ASRModel,
+    audios: list[AudioInput],
+    options: DecodingOptions | None = None,
+    *,
+    lm: LanguageModel | None = None,
+    batch_size: int = 16,
+) -> list[Transcript]:
+    """Recognise several recordings; long ones are split into pieces and stitched back together."""
+    options = options or DecodingOptions()
+    model.eval()
+    waves = [load_audio(a) for a in audios]
+    pieces: list[tuple[int, float, np.ndarray]] = []
+    for i, w in enumerate(waves):
+        for s, e in split_long_audio(w):
+            pieces.append((i, s / SAMPLE_RATE, w[s:e]))
+    order = sorted(range(len(pieces)), key=lambda j: len(pieces[j][2]))  # similar lengths batch well
+    decoded: dict[int, Transcript] = {}
+    for k in range(0, len(order), batch_size):
+        idx = order[k : k + batch_size]
+        res = decode_waveforms(model, [pieces[j][2] for j in idx], options, offsets=[pieces[j][1] for j in idx], lm=lm)
+        decoded.update(zip(idx, res))
+    per_audio: list[list[Transcript]] = [[] for _ in waves]
+    for j, (i, _, _) in enumerate(pieces):
+        per_audio[i].append(decoded[j])
+    return [_join(parts, len(w) / SAMPLE_RATE) for parts, w in zip(per_audio, waves)]
+
+
+def _join(parts: list[Transcript], duration: float) -> Transcript:
+    if len(parts) == 1:
+        p = parts[0]
+        return Transcript(p.text, p.alternatives, p.words, duration)
+    text = " ".join(p.text for p in parts if p.text)
+    words = tuple(w for p in parts for w in p.words)
+    score = sum(p.alternatives[0].score for p in parts if p.alternatives)
+    conf = float(np.mean([p.alternatives[0].confidence for p in parts if p.alternatives] or [0.0]))
+    return Transcript(text, (Alternative(text, score, conf),), words, duration)
+
+
+def transcribe(
+    model: ASRModel, audio: AudioInput, options: DecodingOptions | None = None, *, lm: LanguageModel | None = None
+) -> Transcript:
+    """Recognise one recording: a path, encoded bytes, or a float32 16 kHz mono waveform."""
+    return transcribe_batch(model, [audio], options, lm=lm)[0]

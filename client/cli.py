@@ -1,0 +1,81 @@
+"""The ``asr`` command line. Each subcommand lives beside the code it drives and registers itself here.
+
+    asr serve        gRPC server                      (server/app.py)
+    asr transcribe   batch transcription              (client/transcribe_cli.py)
+    asr stream       live partial results             (client/stream_cli.py)
+    asr train        train a model from a config file (asr/train.py)
+    asr eval         WER/CER/RTF of a manifest        (asr/evaluate.py)
+    asr data         corpus importers                 (asr/data/cli.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# (command, module, help); each module defines ``register(subparsers)`` that adds its parser and sets
+# ``func=run`` where ``run(args) -> int`` is the exit code.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("serve", "server.app", "run the gRPC speech service"),
+    ("transcribe", "client.transcribe_cli", "transcribe files and folders, locally or on a server"),
+    ("stream", "client.stream_cli", "stream a file or stdin to a server and print live results"),
+    ("train", "asr.train", "train a model from a YAML/TOML config"),
+    ("eval", "asr.evaluate", "word/character error rate and real-time factor on a manifest"),
+    ("data", "asr.data.cli", "import corpora into JSONL manifests"),
+]
+
+
+class CLIError(Exception):
+    """An error to print as one line and exit with ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asr",
+        description="Speech recognition: train, serve and transcribe with a Listen-Attend-Spell model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Examples:\n  asr serve --port 50051\n  asr transcribe audio/ --format srt -o out/\n"
+        "  asr stream speech.wav --server localhost:50051",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module, help_text in COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue  # the command's module is not part of this build
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("asr: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, OSError) as exc:
+        if args.verbose:
+            raise
+        print(f"asr {args.command}: error: {exc}", file=sys.stderr)
+        return getattr(exc, "code", 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Shared fixtures: speech generated with espeak-ng (no downloads), tiny model configs, the shared data dir."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asr.audio import SAMPLE_RATE, load_audio
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def espeak(text: str, path: Path, voice: str = "en-us", speed: int = 160, pitch: int = 50) -> Path:
+    """Synthesise ``text`` to a 16 kHz mono WAV at ``path`` with espeak-ng (resampled with sox)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make test installs it: apt-get install espeak-ng sox)")
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(path)], check=True)
+    raw.unlink()
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few short espeak-ng utterances with transcripts: ``NAME.wav`` + ``NAME.txt``."""
+    d = tmp_path_factory.mktemp("speech")
+    for i, text in enumerate(["HELLO WORLD", "GOOD MORNING", "OPEN THE DOOR", "THANK YOU VERY MUCH"]):
+        espeak(text, d / f"utt{i}.wav")
+        (d / f"utt{i}.txt").write_text(text + "\n")
+    return d
+
+
+@pytest.fixture(scope="session")
+def hello_wav(speech_dir: Path) -> Path:
+    return speech_dir / "utt0.wav"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "speechocean762").is_dir():
+        pytest.skip(f"shared speech data not found at {SHARED_DATA} (it sits beside the checkout in CI)")
+    return SHARED_DATA
+
+
+def read(path: Path) -> np.ndarray:
+    return load_audio(path)
