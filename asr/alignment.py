@@ -58,7 +58,9 @@ def align_words(
         if text:
             s, e = spans[current[0]], spans[current[-1]]
             conf = sum(spans[i].score for i in current) / len(current)
-            words.append(Word(text, offset + s.start * frame_shift, offset + e.end * frame_shift, float(conf)))
+            words.append(
+                Word(text, offset + s.start * frame_shift, offset + e.end * frame_shift, float(conf))
+            )
         current.clear()
 
     for i, tok in enumerate(tokens):

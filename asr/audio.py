@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import soundfile as sf
@@ -20,7 +19,7 @@ import torchaudio.functional as AF
 SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".aiff", ".aif", ".au")
 
-AudioInput = Union[str, os.PathLike, bytes, np.ndarray, torch.Tensor]
+AudioInput = str | os.PathLike | bytes | np.ndarray | torch.Tensor
 
 
 class AudioError(ValueError):
@@ -44,7 +43,7 @@ def _to_mono(data: np.ndarray) -> np.ndarray:
 
 
 def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode an encoded file held in memory (WAV, FLAC, Ogg/Opus, MP3...) to mono float32 at ``sample_rate``."""
+    """Decode a file held in memory (WAV, FLAC, Ogg/Opus, MP3...) to mono float32 at ``sample_rate``."""
     if not data:
         raise AudioError("audio is empty (0 bytes)")
     try:

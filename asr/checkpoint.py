@@ -1,4 +1,7 @@
-"""Self-describing checkpoints: config, tokenizer, CMVN and weights in one file, loaded with ``weights_only=True``."""
+"""Self-describing checkpoints: config, tokenizer, CMVN and weights in one file.
+
+They are read with ``torch.load(weights_only=True)``, so loading one never runs code.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +35,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.unlink(tmp)
 
 
-def checkpoint_dict(model: ASRModel, extra: dict[str, Any] | None = None, half: bool = False) -> dict[str, Any]:
+def checkpoint_dict(
+    model: ASRModel, extra: dict[str, Any] | None = None, half: bool = False
+) -> dict[str, Any]:
     state = {
         k: (v.half() if half and v.is_floating_point() and not k.startswith("cmvn.") else v).detach().cpu()
         for k, v in model.state_dict().items()
@@ -47,7 +52,9 @@ def checkpoint_dict(model: ASRModel, extra: dict[str, Any] | None = None, half: 
     }
 
 
-def save_checkpoint(model: ASRModel, path: str | os.PathLike, extra: dict[str, Any] | None = None, half: bool = False) -> None:
+def save_checkpoint(
+    model: ASRModel, path: str | os.PathLike, extra: dict[str, Any] | None = None, half: bool = False
+) -> None:
     atomic_save(checkpoint_dict(model, extra, half), path)
 
 
@@ -61,7 +68,9 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(p.stem for p in MODELS_DIR.glob("*.pt")) if MODELS_DIR.is_dir() else []
-    raise FileNotFoundError(f"model {name!r} not found: no such file, and no {candidate}. Known models: {known}")
+    raise FileNotFoundError(
+        f"model {name!r} not found: no such file, and no {candidate}. Known models: {known}"
+    )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -77,13 +86,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> ASRModel:
+    missing = [k for k in ("config", "tokenizer", "state_dict") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint lacks {missing}")
     model = ASRModel(ModelConfig.from_dict(ckpt["config"]), tokenizer_from_dict(ckpt["tokenizer"]))
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+        raise ValueError(f"checkpoint weights do not match its config: {exc}") from exc
     return model
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> ASRModel:
+def load_model(
+    name_or_path: str | os.PathLike | None = None, device: str | torch.device | None = None
+) -> ASRModel:
     """Load a model by name (``models/NAME.pt``) or path; ``None`` gives the bundled default model.
 
     The model is put in eval mode on ``device`` (CUDA when available and none is given).

@@ -66,7 +66,11 @@ class LocationAwareAttention(nn.Module):
         self.enc_proj = nn.Linear(enc_dim, a)
         self.dec_proj = nn.Linear(dec_dim, a, bias=False)
         self.loc_conv = nn.Conv1d(
-            1, config.location_channels, config.location_kernel, padding=config.location_kernel // 2, bias=False
+            1,
+            config.location_channels,
+            config.location_kernel,
+            padding=config.location_kernel // 2,
+            bias=False,
         )
         self.loc_proj = nn.Linear(config.location_channels, a, bias=False)
         self.score = nn.Linear(a, 1)
@@ -83,7 +87,9 @@ class LocationAwareAttention(nn.Module):
 
 
 class AttentionDecoder(nn.Module):
-    def __init__(self, vocab_size: int, enc_dim: int, config: DecoderConfig, sos_id: int, eos_id: int) -> None:
+    def __init__(
+        self, vocab_size: int, enc_dim: int, config: DecoderConfig, sos_id: int, eos_id: int
+    ) -> None:
         super().__init__()
         self.config = config
         self.vocab_size = vocab_size
@@ -123,7 +129,7 @@ class AttentionDecoder(nn.Module):
         """Teacher forcing: ``ys_in (B, U)`` starting with <sos> -> logits ``(B, U, V)``."""
         memory, state = self.prepare(enc, enc_lengths)
         p = self.config.sampling_prob if self.training else 0.0
-        outputs = []
+        outputs: list[Tensor] = []
         tokens = ys_in[:, 0]
         for u in range(ys_in.size(1)):
             if u > 0:

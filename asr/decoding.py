@@ -6,7 +6,8 @@ The joint score of a prefix ``g`` is (Watanabe et al. 2017)::
                + length_bonus * |g|
 
 The CTC prefix scorer is vectorised over utterances, hypotheses and candidate tokens *and* over time:
-the forward recursions ``r^n_t = (r^n_{t-1} + phi_{t-1}) y^c_t`` and ``r^b_t = (r^n_{t-1} + r^b_{t-1}) y^blank_t``
+the forward recursions ``r^n_t = (r^n_{t-1} + phi_{t-1}) y^c_t`` and
+``r^b_t = (r^n_{t-1} + r^b_{t-1}) y^blank_t``
 are first-order linear recurrences, so each is solved in closed form with one ``cumsum`` and one
 ``logcumsumexp`` over the time axis instead of a Python loop over frames (the loop that makes ESPnet's
 scorer the bottleneck on long inputs).
@@ -49,12 +50,14 @@ class DecodingOptions:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.lm_weight < 0:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
-        if self.nbest < 1 or self.nbest > self.beam_size and self.method == "beam":
+        if self.nbest < 1 or (self.nbest > self.beam_size and self.method == "beam"):
             raise ValueError(f"nbest must be in [1, beam_size={self.beam_size}], got {self.nbest}")
         if self.max_length_ratio <= 0:
             raise ValueError(f"max_length_ratio must be positive, got {self.max_length_ratio}")
         if self.eos_threshold is not None and self.eos_threshold < 1.0:
-            raise ValueError(f"eos_threshold must be >= 1 (it scales the best log-prob), got {self.eos_threshold}")
+            raise ValueError(
+                f"eos_threshold must be >= 1 (it scales the best log-prob), got {self.eos_threshold}"
+            )
 
 
 class Hypothesis(NamedTuple):
@@ -90,59 +93,68 @@ def ctc_greedy(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[
 class CTCPrefixScorer:
     """CTC prefix probabilities for many hypotheses and candidates at once.
 
-    ``log_probs (B, T, V)`` with ``lengths (B,)``. A hypothesis state is ``r (N, T, 2)``: the log-probabilities
-    that the prefix's frames ``0..t`` end in a non-blank (``[..., 0]``) or a blank (``[..., 1]``).
+    ``log_probs (B, T, V)`` with ``lengths (B,)``. A hypothesis state is ``r (N, 2, T)``: the log-probs
+    that the prefix's frames ``0..t`` end in a non-blank (``r[:, 0]``) or a blank (``r[:, 1]``).
+    Time is the last, contiguous axis throughout, so every cumulative op runs along memory.
     """
 
     def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int, eos: int) -> None:
         x = log_probs.double()
-        b, t, _ = x.shape
+        t = x.size(1)
         pad = torch.arange(t, device=x.device)[None, :] >= lengths[:, None].to(x.device)  # (B, T)
         x = x.masked_fill(pad[:, :, None], _PAD_LOGP)
         x[:, :, blank] = x[:, :, blank].masked_fill(pad, 0.0)
-        self.x, self.blank, self.eos = x, blank, eos
-        self.blank_cum = torch.cumsum(x[:, :, blank], dim=1)  # (B, T)
+        self.x = x.transpose(1, 2).contiguous()  # (B, V, T)
+        self.blank, self.eos = blank, eos
+        self.blank_cum = torch.cumsum(self.x[:, blank], dim=1)  # (B, T)
+        self.blank_prev = torch.cat([torch.zeros_like(self.blank_cum[:, :1]), self.blank_cum[:, :-1]], dim=1)
 
     def initial_state(self, utt: Tensor) -> Tensor:
-        """State of the empty prefix for hypotheses of utterances ``utt (N,)``: ``(N, T, 2)``."""
+        """State of the empty prefix for hypotheses of utterances ``utt (N,)``: ``(N, 2, T)``."""
         rb = self.blank_cum[utt]
-        return torch.stack([torch.full_like(rb, NEG_INF), rb], dim=2)
+        return torch.stack([torch.full_like(rb, NEG_INF), rb], dim=1)
 
-    def score(
+    def _phi(
         self, utt: Tensor, r_prev: Tensor, last: Tensor, is_empty: Tensor, cand: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Candidate posteriors ``xc``, ``phi_{t-1}`` (both ``(N, K, T)``) and ``r_sum (N, T)``."""
+        n, k = cand.shape
+        xc = self.x[utt[:, None], cand.clamp_max(self.x.size(1) - 1)]  # (N, K, T)
+        r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (N, T)
+        # phi_t: paths of g that may be followed by c at t+1; after a repeat only blank-ending paths may
+        same = (cand == last[:, None])[:, :, None]  # (N, K, 1)
+        phi = torch.where(same, r_prev[:, None, 1], r_sum[:, None, :])  # (N, K, T)
+        start = torch.where(is_empty, 0.0, NEG_INF).to(xc.dtype)[:, None, None].expand(n, k, 1)
+        phi_ext = torch.cat([start, phi[:, :, :-1]], dim=2)  # phi_{t-1}, with phi_{-1} = [g is empty]
+        return xc, phi_ext, r_sum
+
+    def score(self, utt: Tensor, r_prev: Tensor, last: Tensor, is_empty: Tensor, cand: Tensor) -> Tensor:
         """Prefix scores of extending each hypothesis with each candidate.
 
-        utt, last, is_empty: ``(N,)``; r_prev: ``(N, T, 2)``; cand: ``(N, K)`` token ids.
-        Returns ``psi (N, K)`` (log-prob of all paths whose label sequence starts with ``g + c``; for ``<eos>``
-        the full-sequence probability of ``g``) and the new states ``(N, K, T, 2)``.
+        utt, last, is_empty: ``(N,)``; r_prev: ``(N, 2, T)``; cand: ``(N, K)`` token ids.
+        Returns ``psi (N, K)``: the log-prob of all paths whose label sequence starts with ``g + c``; for
+        ``<eos>`` the full-sequence probability of ``g``. The new states come from :meth:`extend`, for the
+        few extensions that survive the beam.
         """
-        x = self.x[utt]  # (N, T, V)
-        n, t, _ = x.shape
-        k = cand.size(1)
-        xc = torch.gather(x, 2, cand.clamp_max(x.size(2) - 1)[:, None, :].expand(n, t, k))  # (N, T, K)
-        r_sum = torch.logaddexp(r_prev[:, :, 0], r_prev[:, :, 1])  # (N, T)
-        # phi_t: paths of g that may be followed by c at t+1; after a repeat only blank-ending paths may
-        same = (cand == last[:, None])[:, None, :]  # (N, 1, K)
-        phi = torch.where(same, r_prev[:, :, 1:2], r_sum[:, :, None])  # (N, T, K)
-        start = torch.where(is_empty, 0.0, NEG_INF).to(x.dtype)[:, None, None].expand(n, 1, k)
-        phi_ext = torch.cat([start, phi[:, :-1]], dim=1)  # phi_{t-1}, with phi_{-1} = [g is empty]
+        xc, phi_ext, r_sum = self._phi(utt, r_prev, last, is_empty, cand)
+        psi = torch.logsumexp(phi_ext + xc, dim=2)  # (N, K)
+        psi = torch.where(cand == self.eos, r_sum[:, -1:].expand_as(psi), psi)
+        return psi.masked_fill(psi.isnan(), NEG_INF)  # (nan_to_num would turn -inf into a finite number)
+
+    def extend(self, utt: Tensor, r_prev: Tensor, last: Tensor, is_empty: Tensor, token: Tensor) -> Tensor:
+        """States ``(N, 2, T)`` of the prefixes ``g + token``, one ``token (N,)`` per hypothesis."""
+        xc, phi_ext, _ = self._phi(utt, r_prev, last, is_empty, token[:, None])
         # r^n_t = sum_{s<=t} phi_{s-1} prod_{u=s..t} y^c_u  =  C_t + logcumsumexp_s(phi_{s-1} - C_{s-1})
-        c_cum = torch.cumsum(xc, dim=1)
-        c_prev = torch.cat([torch.zeros_like(c_cum[:, :1]), c_cum[:, :-1]], dim=1)
-        rn = c_cum + torch.logcumsumexp(phi_ext - c_prev, dim=1)
+        c_cum = torch.cumsum(xc, dim=2)
+        c_prev = torch.cat([torch.zeros_like(c_cum[:, :, :1]), c_cum[:, :, :-1]], dim=2)
+        rn = (c_cum + torch.logcumsumexp(phi_ext - c_prev, dim=2))[:, 0]  # (N, T)
         # r^b_t = sum_{s<=t} r^n_{s-1} prod_{u=s..t} y^blank_u
-        bc = self.blank_cum[utt][:, :, None]  # (N, T, 1)
-        b_prev = torch.cat([torch.zeros_like(bc[:, :1]), bc[:, :-1]], dim=1)
         rn_shift = torch.cat([torch.full_like(rn[:, :1], NEG_INF), rn[:, :-1]], dim=1)
-        rb = bc + torch.logcumsumexp(rn_shift - b_prev, dim=1)
-        psi = torch.logsumexp(phi_ext + xc, dim=1)  # (N, K)
-        psi = torch.where(cand == self.eos, r_sum[:, -1:].expand(n, k), psi)
-        psi = torch.nan_to_num(psi, nan=NEG_INF)
-        r_new = torch.stack([rn, rb], dim=3).transpose(1, 2)  # (N, K, T, 2)
-        return psi, r_new
+        rb = self.blank_cum[utt] + torch.logcumsumexp(rn_shift - self.blank_prev[utt], dim=1)
+        return torch.stack([rn, rb], dim=1)
 
 
+@torch.no_grad()
 def beam_search(
     model: Any,
     enc: Tensor,
@@ -194,7 +206,11 @@ def beam_search(
         lm_lp = torch.zeros_like(total)
         if lm is not None and options.lm_weight > 0:
             lm_lp, lm_state = lm.score(last, lm_state)
-            lm_lp = lm_lp.double()
+            if lm_lp.shape != total.shape:
+                raise ValueError(
+                    f"language model gives {lm_lp.size(-1)} log-probs per step; the tokenizer has {v} ids"
+                )
+            lm_lp = lm_lp.to(device=device, dtype=torch.float64)
             total = total + options.lm_weight * lm_lp
         total[:, blank] = NEG_INF
         if options.eos_threshold is not None and use_att:
@@ -209,10 +225,12 @@ def beam_search(
             cand = all_cands[None, :].expand(n, -1)
         cand_scores = scores[:, None] + total.gather(1, cand) + options.length_bonus
         cand_scores = cand_scores.masked_fill((cand != eos) & at_max[:, None], NEG_INF)
-        r_new = None
+        is_empty = torch.full_like(last, step == 0, dtype=torch.bool)
         if scorer is not None and r is not None:
-            psi, r_new = scorer.score(utt, r, last, torch.full_like(last, step == 0, dtype=torch.bool), cand)
+            psi = scorer.score(utt, r, last, is_empty, cand)
             cand_scores = cand_scores + lam * (psi - ctc_psi[:, None])
+            # dead slots (score -inf, CTC prefix -inf) give -inf + inf = NaN, which topk would rank first
+            cand_scores = cand_scores.masked_fill(cand_scores.isnan(), NEG_INF)
         cand_scores = cand_scores - options.length_bonus * (cand == eos)  # <eos> is no output token
         # best w of the w*K extensions of each utterance
         flat = cand_scores.view(b, w * cand.size(1))
@@ -223,9 +241,9 @@ def beam_search(
         new_tok = cand[src, col]
         att_acc = att_acc[src] + att_lp[src, new_tok]
         lm_acc = lm_acc[src] + lm_lp[src, new_tok]
-        if r_new is not None:
+        if scorer is not None and r is not None:
             ctc_psi = psi[src, col]
-            r = r_new[src, col]
+            r = scorer.extend(utt, r[src], last[src], is_empty, new_tok)  # only the survivors' states
         yseq = torch.cat([yseq[src], new_tok[:, None]], dim=1)
         if use_att:
             dstate = dstate.index_select(src)
@@ -241,7 +259,9 @@ def beam_search(
                 toks = tuple(yseq[i, 1:-1].tolist())
                 raw = float(top[i])
                 score = raw / (len(toks) + 1) if options.normalize_length else raw
-                finished[u].append(Hypothesis(toks, score, float(att_acc[i]), float(ctc_psi[i]), float(lm_acc[i])))
+                finished[u].append(
+                    Hypothesis(toks, score, float(att_acc[i]), float(ctc_psi[i]), float(lm_acc[i]))
+                )
         scores = top.masked_fill(ended, NEG_INF)
         alive = torch.isfinite(scores).view(b, w).any(dim=1).tolist()
         for u in range(b):

@@ -3,7 +3,8 @@
 Batch training, offline decoding and streaming segments all go through :class:`LogMel` and
 :class:`GlobalCMVN`, so a segment cut from a stream gets exactly the features it would get offline.
 Frames are not centred (no reflection padding), which makes the frame count a pure function of the
-sample count: ``T = 1 + (S - win_length) // hop_length``.
+sample count: ``T = 1 + (S - n_fft) // hop_length`` (the STFT frames ``n_fft`` samples; the window sits in
+their middle).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class FeatureConfig:
         return self.hop_length / self.sample_rate
 
     def num_frames(self, num_samples: Tensor) -> Tensor:
-        """Frame count for each sample count (0 when shorter than one window)."""
-        return torch.clamp((num_samples - self.win_length) // self.hop_length + 1, min=0)
+        """Frame count for each sample count (0 when shorter than one ``n_fft`` frame)."""
+        return torch.clamp((num_samples - self.n_fft) // self.hop_length + 1, min=0)
 
 
 class LogMel(nn.Module):
@@ -55,8 +56,8 @@ class LogMel(nn.Module):
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, samples), got {tuple(waveforms.shape)}")
-        if waveforms.size(1) < self.config.win_length:  # pad so that the STFT has one frame to work with
-            waveforms = nn.functional.pad(waveforms, (0, self.config.win_length - waveforms.size(1)))
+        if waveforms.size(1) < self.config.n_fft:  # pad so that the STFT has one frame to work with
+            waveforms = nn.functional.pad(waveforms, (0, self.config.n_fft - waveforms.size(1)))
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
             spec = self.mel(waveforms.float())  # (B, n_mels, T)
         feats = torch.log(spec + 1e-6).transpose(1, 2)  # (B, T, n_mels)
@@ -66,6 +67,9 @@ class LogMel(nn.Module):
 
 class GlobalCMVN(nn.Module):
     """Global mean/variance normalisation; statistics are buffers so they travel in the checkpoint."""
+
+    mean: Tensor
+    istd: Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__()

@@ -38,7 +38,8 @@ class ModelConfig:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.encoder.input_dim != self.features.n_mels:
             raise ValueError(
-                f"encoder.input_dim ({self.encoder.input_dim}) must equal features.n_mels ({self.features.n_mels})"
+                f"encoder.input_dim ({self.encoder.input_dim}) must equal "
+                f"features.n_mels ({self.features.n_mels})"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,7 +74,9 @@ class ASRModel(nn.Module):
         self.cmvn = GlobalCMVN(config.features.n_mels)
         self.encoder = PyramidalBLSTMEncoder(config.encoder)
         self.ctc = nn.Linear(config.encoder.output_dim, v)
-        self.decoder = AttentionDecoder(v, config.encoder.output_dim, config.decoder, tokenizer.sos_id, tokenizer.eos_id)
+        self.decoder = AttentionDecoder(
+            v, config.encoder.output_dim, config.decoder, tokenizer.sos_id, tokenizer.eos_id
+        )
 
     @property
     def device(self) -> torch.device:
@@ -102,8 +105,13 @@ class ASRModel(nn.Module):
         if lam > 0:
             lp = self.ctc_log_probs(enc).transpose(0, 1)  # (T', B, V)
             ctc = F.ctc_loss(
-                lp, targets.clamp_min(0), enc_lengths, target_lengths,
-                blank=self.tokenizer.blank_id, reduction="sum", zero_infinity=True,
+                lp,
+                targets.clamp_min(0),
+                enc_lengths,
+                target_lengths,
+                blank=self.tokenizer.blank_id,
+                reduction="sum",
+                zero_infinity=True,
             ) / targets.size(0)
             loss = loss + lam * ctc
             stats["ctc"] = float(ctc.detach())
@@ -132,7 +140,9 @@ class ASRModel(nn.Module):
 
         return transcribe(self, audio, options)
 
-    def transcribe_batch(self, audios: list[AudioInput], options: DecodingOptions | None = None) -> list[Transcript]:
+    def transcribe_batch(
+        self, audios: list[AudioInput], options: DecodingOptions | None = None
+    ) -> list[Transcript]:
         from asr.transcribe import transcribe_batch
 
         return transcribe_batch(self, audios, options)

@@ -132,7 +132,9 @@ class SentencePieceTokenizer:
         self._n = n
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 256, model_type: str = "bpe") -> SentencePieceTokenizer:
+    def train(
+        cls, texts: Iterable[str], vocab_size: int = 256, model_type: str = "bpe"
+    ) -> SentencePieceTokenizer:
         import io
 
         import sentencepiece as spm

@@ -17,7 +17,15 @@ from asr.decoding import DecodingOptions, Hypothesis, LanguageModel, beam_search
 if TYPE_CHECKING:
     from asr.model import ASRModel
 
-__all__ = ["Alternative", "AudioInput", "Transcript", "Word", "decode_waveforms", "transcribe", "transcribe_batch"]
+__all__ = [
+    "Alternative",
+    "AudioInput",
+    "Transcript",
+    "Word",
+    "decode_waveforms",
+    "transcribe",
+    "transcribe_batch",
+]
 
 MAX_SEGMENT_SECONDS = 30.0  # longer audio is cut at quiet points and decoded piece by piece
 
@@ -115,7 +123,9 @@ def decode_waveforms(
     if any(short):  # too short to encode: pad with silence-level features so the batch still runs
         feat_lengths = feat_lengths.clamp_min(min_frames)
         if feats.size(1) < min_frames:
-            feats = torch.nn.functional.pad(feats, (0, 0, 0, min_frames - feats.size(1)), value=math.log(1e-6))
+            feats = torch.nn.functional.pad(
+                feats, (0, 0, 0, min_frames - feats.size(1)), value=math.log(1e-6)
+            )
     enc, enc_lengths = model.encode(feats, feat_lengths)
     durations = [len(w) / SAMPLE_RATE for w in waves]
     results = decode_encoded(
@@ -161,12 +171,14 @@ def transcribe_batch(
     decoded: dict[int, Transcript] = {}
     for k in range(0, len(order), batch_size):
         idx = order[k : k + batch_size]
-        res = decode_waveforms(model, [pieces[j][2] for j in idx], options, offsets=[pieces[j][1] for j in idx], lm=lm)
-        decoded.update(zip(idx, res))
+        res = decode_waveforms(
+            model, [pieces[j][2] for j in idx], options, offsets=[pieces[j][1] for j in idx], lm=lm
+        )
+        decoded.update(zip(idx, res, strict=True))
     per_audio: list[list[Transcript]] = [[] for _ in waves]
     for j, (i, _, _) in enumerate(pieces):
         per_audio[i].append(decoded[j])
-    return [_join(parts, len(w) / SAMPLE_RATE) for parts, w in zip(per_audio, waves)]
+    return [_join(parts, len(w) / SAMPLE_RATE) for parts, w in zip(per_audio, waves, strict=True)]
 
 
 def _join(parts: list[Transcript], duration: float) -> Transcript:
@@ -181,7 +193,11 @@ def _join(parts: list[Transcript], duration: float) -> Transcript:
 
 
 def transcribe(
-    model: ASRModel, audio: AudioInput, options: DecodingOptions | None = None, *, lm: LanguageModel | None = None
+    model: ASRModel,
+    audio: AudioInput,
+    options: DecodingOptions | None = None,
+    *,
+    lm: LanguageModel | None = None,
 ) -> Transcript:
     """Recognise one recording: a path, encoded bytes, or a float32 16 kHz mono waveform."""
     return transcribe_batch(model, [audio], options, lm=lm)[0]

@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+from client.errors import ASRError
 
 # (command, module, help); each module defines ``register(subparsers)`` that adds its parser and sets
 # ``func=run`` where ``run(args) -> int`` is the exit code.
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module, help_text in COMMANDS:
+    for _name, module, _help in COMMANDS:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -70,11 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("asr: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileNotFoundError, OSError) as exc:
+    except BrokenPipeError:  # stdout closed early (`asr transcribe ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
+        return 1
+    except (CLIError, ASRError, ValueError, FileNotFoundError, OSError) as exc:
         if args.verbose:
             raise
         print(f"asr {args.command}: error: {exc}", file=sys.stderr)
-        return getattr(exc, "code", 1)
+        code = getattr(exc, "code", 1)
+        return code if isinstance(code, int) else 1  # ASRError.code is the gRPC status name
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Shared fixtures: speech generated with espeak-ng (no downloads), tiny model configs, the shared data dir."""
+"""Shared fixtures: speech generated with espeak-ng (no downloads), tiny model configs, shared data."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def espeak(text: str, path: Path, voice: str = "en-us", speed: int = 160, pitch:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make test installs it: apt-get install espeak-ng sox)")
     raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw), text], check=True)
+    cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw), text]
+    subprocess.run(cmd, check=True)
     subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(path)], check=True)
     raw.unlink()
     return path

@@ -1,0 +1,207 @@
+"""Evaluation: ``asr eval MANIFEST [--model M] [--json]`` -> WER, CER, real-time factor, utterance count.
+
+Both references and hypotheses go through :func:`asr.tokenizer.normalize_text` before scoring (jiwer).
+The real-time factor is decoding time (features, encoder, search, word alignment) over audio duration;
+reading and decoding the audio files is timed separately (``load_seconds``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from asr.audio import SAMPLE_RATE
+from asr.checkpoint import load_model
+from asr.data.dataset import load_utterance
+from asr.data.manifest import Utterance, read_manifest
+from asr.decoding import DecodingOptions
+from asr.model import ASRModel
+from asr.tokenizer import normalize_text
+from asr.transcribe import transcribe_batch
+
+
+@dataclass(frozen=True)
+class UtteranceResult:
+    id: str
+    ref: str
+    hyp: str
+    word_errors: int
+    words: int
+    char_errors: int
+    chars: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    wer: float
+    cer: float
+    rtf: float
+    utts: int
+    audio_seconds: float
+    decode_seconds: float
+    load_seconds: float
+    skipped: int  # utterances whose reference normalises to nothing
+    substitutions: int
+    deletions: int
+    insertions: int
+    words: int
+    per_utterance: tuple[UtteranceResult, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        del d["per_utterance"]
+        return d
+
+
+def _counts(refs: Sequence[str], hyps: Sequence[str]) -> tuple[Any, Any]:
+    return jiwer.process_words(list(refs), list(hyps)), jiwer.process_characters(list(refs), list(hyps))
+
+
+def evaluate(
+    model: ASRModel,
+    utts: Sequence[Utterance],
+    options: DecodingOptions | None = None,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> EvalResult:
+    """Decode ``utts`` with ``model`` and score them against their transcripts."""
+    options = options or DecodingOptions()
+    kept = [u for u in utts if normalize_text(u.text)]
+    if not kept:
+        raise ValueError("nothing to evaluate: no utterance has a non-empty transcript")
+    order = sorted(
+        range(len(kept)), key=lambda i: -(kept[i].duration or 0.0)
+    )  # long first: memory peaks early
+    hyps: dict[int, str] = {}
+    audio_seconds = decode_seconds = load_seconds = 0.0
+    chunk = max(1, batch_size) * 4
+    bar = tqdm(total=len(kept), desc="decoding", disable=not progress, file=sys.stderr)
+    for k in range(0, len(order), chunk):
+        idx = order[k : k + chunk]
+        t0 = time.perf_counter()
+        waves: list[np.ndarray] = [load_utterance(kept[i]) for i in idx]
+        t1 = time.perf_counter()
+        results = transcribe_batch(model, list(waves), options, batch_size=batch_size)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        t2 = time.perf_counter()
+        load_seconds += t1 - t0
+        decode_seconds += t2 - t1
+        audio_seconds += sum(len(w) for w in waves) / SAMPLE_RATE
+        hyps.update((i, normalize_text(r.text)) for i, r in zip(idx, results, strict=True))
+        bar.update(len(idx))
+    bar.close()
+    refs = [normalize_text(u.text) for u in kept]
+    hyp_list = [hyps[i] for i in range(len(kept))]
+    words, chars = _counts(refs, hyp_list)
+    per_utt = []
+    for i, u in enumerate(kept):
+        w, c = _counts([refs[i]], [hyp_list[i]])
+        per_utt.append(
+            UtteranceResult(
+                u.id,
+                refs[i],
+                hyp_list[i],
+                w.substitutions + w.deletions + w.insertions,
+                len(refs[i].split()),
+                c.substitutions + c.deletions + c.insertions,
+                len(refs[i]),
+            )
+        )
+    return EvalResult(
+        wer=float(words.wer),
+        cer=float(chars.cer),
+        rtf=decode_seconds / max(audio_seconds, 1e-9),
+        utts=len(kept),
+        audio_seconds=audio_seconds,
+        decode_seconds=decode_seconds,
+        load_seconds=load_seconds,
+        skipped=len(utts) - len(kept),
+        substitutions=words.substitutions,
+        deletions=words.deletions,
+        insertions=words.insertions,
+        words=sum(len(r.split()) for r in refs),
+        per_utterance=tuple(per_utt),
+    )
+
+
+def write_errors(result: EvalResult, path: str | Path) -> None:
+    """Per-utterance results as JSONL, worst first."""
+    rows = sorted(result.per_utterance, key=lambda r: (-r.word_errors, -r.char_errors, r.id))
+    with Path(path).open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="word/character error rate and real-time factor on a manifest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example:\n  asr eval exp/data/so762_test/all.jsonl --model exp/default/final.pt --json",
+    )
+    p.add_argument("manifest", type=Path, help="JSONL manifest (fields audio and text are enough)")
+    p.add_argument("--model", help="checkpoint path or model name (default: the bundled default model)")
+    p.add_argument("--device", help="cpu or cuda (default: CUDA when available)")
+    p.add_argument("--method", choices=("greedy", "beam"), help="decoding method (default: beam)")
+    p.add_argument("--beam", type=int, help="beam size")
+    p.add_argument("--ctc-weight", type=float, help="CTC weight in joint decoding")
+    p.add_argument("--batch-size", type=int, default=16, help="utterances decoded together (default: 16)")
+    p.add_argument("--limit", type=int, help="only the first N utterances of the manifest")
+    p.add_argument(
+        "--errors", type=Path, help="write per-utterance results (JSONL, worst first) to this file"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object (wer, cer, rtf, utts, ...) last"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    utts = read_manifest(args.manifest)
+    if args.limit is not None:
+        utts = utts[: args.limit]
+    options = DecodingOptions()
+    changes: dict[str, Any] = {}
+    if args.method:
+        changes["method"] = args.method
+    if args.beam is not None:
+        changes["beam_size"] = args.beam
+    if args.ctc_weight is not None:
+        changes["ctc_weight"] = args.ctc_weight
+    options = dataclasses.replace(options, **changes)
+    model = load_model(args.model, device=args.device)
+    result = evaluate(model, utts, options, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    if args.errors:
+        write_errors(result, args.errors)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(
+        f"utterances  {result.utts}" + (f" ({result.skipped} without text skipped)" if result.skipped else "")
+    )
+    print(f"audio       {result.audio_seconds / 3600:.2f} h")
+    print(
+        f"WER         {100 * result.wer:.2f} %  ({result.substitutions} sub, {result.deletions} del, "
+        f"{result.insertions} ins of {result.words} words)"
+    )
+    print(f"CER         {100 * result.cer:.2f} %")
+    print(
+        f"RTF         {result.rtf:.4f}  ({result.decode_seconds:.1f} s decoding on {model.device}, "
+        f"{options.method}{f' beam {options.beam_size}' if options.method == 'beam' else ''})"
+    )
+    return 0

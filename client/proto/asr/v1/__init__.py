@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for proto/asr/v1/asr.proto; regenerate with `make proto`."""

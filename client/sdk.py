@@ -1,0 +1,572 @@
+"""Client SDK for the ``asr.v1.Recognizer`` gRPC service: :class:`Client` (blocking) and :class:`AsyncClient`.
+
+>>> from client import Client, RecognitionConfig
+>>> with Client("localhost:50051") as asr:
+...     print(asr.recognize("speech.wav").text)
+...     for result in asr.stream("speech.wav", realtime=True):
+...         print(result.is_final, result.text)
+
+Both clients have the same surface: ``recognize``, ``stream``, ``list_models`` and ``close``. Failures raise
+the exceptions of :mod:`client.errors`. Only UNAVAILABLE is retried, with exponential backoff, and a stream
+only before its first response (the audio sent so far is kept until then and replayed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import random
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from client import convert, errors
+from client.audio import (
+    DEFAULT_CHUNK_MS,
+    AudioSource,
+    apace,
+    audio_duration,
+    pace,
+    pcm_chunks,
+    resample,
+    to_linear16,
+)
+from client.proto.asr.v1 import asr_pb2 as pb
+from client.proto.asr.v1 import asr_pb2_grpc
+from client.types import ModelInfo, RecognitionConfig, StreamingConfig, StreamingResult, Transcript
+
+__all__ = ["AsyncClient", "Client"]
+
+T = TypeVar("T")
+Pem = bytes | str | os.PathLike | None  # PEM bytes or a path to a PEM file
+Chunk = bytes | np.ndarray  # LINEAR16 bytes, or float32 / int16 samples
+StreamSource = AudioSource | Iterable[Chunk]
+AsyncStreamSource = AudioSource | Iterable[Chunk] | AsyncIterable[Chunk]
+
+DEFAULT_TARGET = "localhost:50051"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024 - 16 * 1024  # the server's default limit, less room for the config
+LONG_AUDIO_SECONDS = 240.0  # longer recordings go as a stream (the server's Recognize takes up to 300 s)
+
+
+def _pem(value: Pem) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+class _Options:
+    """Connection settings shared by both clients."""
+
+    def __init__(
+        self,
+        target: str,
+        tls: bool,
+        root_certificates: Pem,
+        client_certificate: Pem,
+        client_key: Pem,
+        credentials: grpc.ChannelCredentials | None,
+        token: str | None,
+        timeout: float | None,
+        retries: int,
+        backoff: float,
+        max_backoff: float,
+        max_message_bytes: int,
+    ) -> None:
+        if not target:
+            raise ValueError("target must be HOST:PORT, got an empty string")
+        if (client_certificate is None) != (client_key is None):
+            raise ValueError("mutual TLS needs both client_certificate and client_key")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.target = target
+        self.credentials = credentials
+        if credentials is None and (tls or root_certificates or client_certificate):
+            self.credentials = grpc.ssl_channel_credentials(
+                _pem(root_certificates), _pem(client_key), _pem(client_certificate)
+            )
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_message_bytes = max_message_bytes
+        self.channel_options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # gRPC waits between reconnection attempts on its own (1 s, then longer) and fails calls at once
+            # meanwhile. Align its schedule with ours so that a retry after a backoff really tries to connect.
+            ("grpc.initial_reconnect_backoff_ms", max(1, int(backoff * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(1, int(max_backoff * 1000))),
+        ]
+
+    def delay(self, attempt: int) -> float:
+        """Backoff before retry ``attempt`` (0-based): exponential with "equal jitter"."""
+        d = min(self.max_backoff, self.backoff * 2**attempt)
+        return d / 2 + random.uniform(0, d / 2)
+
+
+def _check_chunk(chunk: Chunk) -> bytes:
+    if isinstance(chunk, np.ndarray):
+        if chunk.dtype == np.int16:
+            return chunk.astype("<i2").tobytes()
+        return to_linear16(chunk)
+    if isinstance(chunk, (bytes, bytearray, memoryview)):
+        return bytes(chunk)
+    raise TypeError(f"stream chunks must be LINEAR16 bytes or numpy arrays, got {type(chunk).__name__}")
+
+
+def _whole(audio: object) -> bool:
+    return isinstance(audio, (str, os.PathLike, bytes, np.ndarray))
+
+
+def _decode(
+    audio: AudioSource, sample_rate: int | None, resample_to: int | None, chunk_ms: int
+) -> tuple[list[bytes], int, float]:
+    """LINEAR16 chunks of a whole recording, its rate and its duration in seconds."""
+    wave, rate = convert.linear_audio(audio, sample_rate)
+    if resample_to:
+        wave, rate = resample(wave, rate, resample_to), resample_to
+    return list(pcm_chunks(to_linear16(wave), rate, chunk_ms)), rate, len(wave) / rate
+
+
+def _too_big(audio: AudioSource, request: pb.RecognizeRequest, max_bytes: int) -> bool:
+    """Whether to send a recording as a stream: over the message size or the Recognize duration limit."""
+    if request.ByteSize() > max_bytes:
+        return True
+    if isinstance(audio, np.ndarray):
+        return False
+    return audio_duration(io.BytesIO(audio) if isinstance(audio, bytes) else audio) > LONG_AUDIO_SECONDS
+
+
+def _masked_by_core(exc: grpc.RpcError) -> bool:
+    code = exc.code() if callable(getattr(exc, "code", None)) else None  # type: ignore[attr-defined]
+    details = exc.details() if callable(getattr(exc, "details", None)) else ""  # type: ignore[attr-defined]
+    return code == grpc.StatusCode.INTERNAL and details == "Internal error from Core"
+
+
+class _Replay:
+    """Hands a stream's audio to successive attempts, keeping what was sent until the first response."""
+
+    def __init__(self, source: Iterator[bytes]) -> None:
+        self._source = source
+        self._kept: list[bytes] = []
+        self._keep = True
+        self._exhausted = False
+        self._lock = threading.Lock()
+
+    def stop_keeping(self) -> None:
+        self._keep = False
+
+    def attempt(self) -> Iterator[bytes]:
+        pos = 0
+        while True:
+            with self._lock:
+                if pos < len(self._kept):
+                    chunk: bytes | None = self._kept[pos]
+                    pos += 1
+                elif self._exhausted:
+                    return
+                else:
+                    chunk = next(self._source, None)
+                    if chunk is None:
+                        self._exhausted = True
+                        return
+                    if self._keep:
+                        self._kept.append(chunk)
+                        pos += 1
+            assert chunk is not None
+            yield chunk
+
+
+class _AsyncReplay:
+    """:class:`_Replay` for async sources."""
+
+    def __init__(self, source: AsyncIterator[bytes]) -> None:
+        self._source = source
+        self._kept: list[bytes] = []
+        self._keep = True
+        self._exhausted = False
+        self._lock = asyncio.Lock()
+
+    def stop_keeping(self) -> None:
+        self._keep = False
+
+    async def attempt(
+        self, first: pb.StreamingRecognizeRequest
+    ) -> AsyncIterator[pb.StreamingRecognizeRequest]:
+        yield first
+        pos = 0
+        while True:
+            async with self._lock:
+                if pos < len(self._kept):
+                    chunk = self._kept[pos]
+                    pos += 1
+                elif self._exhausted:
+                    return
+                else:
+                    try:
+                        chunk = await self._source.__anext__()
+                    except StopAsyncIteration:
+                        self._exhausted = True
+                        return
+                    if self._keep:
+                        self._kept.append(chunk)
+                        pos += 1
+            yield pb.StreamingRecognizeRequest(audio_content=chunk)
+
+
+class Client:
+    """A blocking client. Thread-safe: one client can serve many threads (the CLI's ``--jobs``).
+
+    ``target`` is ``HOST:PORT``. TLS: ``tls=True`` uses the system roots; ``root_certificates`` (PEM bytes or
+    path) trusts a private CA; ``client_certificate`` + ``client_key`` add mutual TLS; or pass ready-made gRPC
+    ``credentials``. ``token`` is sent as ``authorization: Bearer TOKEN``. ``timeout`` is the deadline of
+    ``recognize`` and ``list_models`` calls in seconds (streams have none unless given). ``retries`` is how
+    many times an UNAVAILABLE call is tried again, waiting ``backoff``, 2 x ``backoff``, ... (at most
+    ``max_backoff``).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        tls: bool = False,
+        root_certificates: Pem = None,
+        client_certificate: Pem = None,
+        client_key: Pem = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        timeout: float | None = 120.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._opts = _Options(
+            target, tls, root_certificates, client_certificate, client_key, credentials, token, timeout,
+            retries, backoff, max_backoff, max_message_bytes,
+        )
+        o = self._opts
+        if o.credentials is not None:
+            self._channel = grpc.secure_channel(target, o.credentials, options=o.channel_options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=o.channel_options)
+        self._stub = asr_pb2_grpc.RecognizerStub(self._channel)
+
+    @property
+    def target(self) -> str:
+        return self._opts.target
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unary(self, call: Callable[[], T]) -> T:
+        for attempt in itertools.count():
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                if errors.is_retryable(exc) and attempt < self._opts.retries:
+                    time.sleep(self._opts.delay(attempt))
+                    continue
+                raise errors.from_grpc(exc, self._opts.target) from exc
+        raise AssertionError("unreachable")
+
+    def recognize(
+        self,
+        audio: AudioSource,
+        config: RecognitionConfig | None = None,
+        *,
+        sample_rate: int | None = None,
+        resample_to: int | None = None,
+        timeout: float | None = None,
+    ) -> Transcript:
+        """Recognise a whole recording: a path, encoded bytes (WAV, FLAC, Ogg/Opus, MP3), or a mono array.
+
+        ``sample_rate`` is the rate of an array (float32 in [-1, 1] or int16); ``resample_to`` resamples on
+        the client first. Audio too large for one message is sent as a stream instead (no pacing).
+        """
+        config = config or RecognitionConfig()
+        request = convert.recognize_request(audio, config, sample_rate, resample_to)
+        if _too_big(audio, request, self._opts.max_message_bytes):
+            chunks, rate, duration = _decode(audio, sample_rate, resample_to, 1000)
+            stream_config = StreamingConfig(config, interim_results=False)
+            finals = list(self._stream(chunks, rate, stream_config, timeout))
+            return convert.transcript_from_finals(finals, duration)
+        metadata, deadline = self._opts.metadata, timeout or self._opts.timeout
+        response = self._unary(lambda: self._stub.Recognize(request, timeout=deadline, metadata=metadata))
+        return convert.transcript(response)
+
+    def stream(
+        self,
+        audio: StreamSource,
+        config: StreamingConfig | None = None,
+        *,
+        sample_rate: int | None = None,
+        resample_to: int | None = None,
+        realtime: bool = False,
+        chunk_ms: int = DEFAULT_CHUNK_MS,
+        timeout: float | None = None,
+    ) -> Iterator[StreamingResult]:
+        """Stream audio and iterate over the results, interim (``is_final=False``) and final.
+
+        ``audio`` is a whole recording (as for :meth:`recognize`, cut into ``chunk_ms`` chunks) or an iterable
+        of chunks: LINEAR16 bytes or numpy arrays at ``sample_rate`` (default 16000), e.g. from a microphone.
+        ``realtime`` sends no faster than the audio plays. Stopping the iteration cancels the stream.
+        """
+        config = config or StreamingConfig()
+        if _whole(audio):
+            chunks, rate, _ = _decode(audio, sample_rate, resample_to, chunk_ms)  # type: ignore[arg-type]
+            source: Iterable[bytes] = chunks
+        else:
+            if resample_to:
+                raise ValueError("resample_to works on whole recordings; send chunks at their sample_rate")
+            rate = sample_rate or 16000
+            source = (_check_chunk(c) for c in audio)  # type: ignore[union-attr,arg-type]
+        if realtime:
+            source = pace(source, rate * 2)
+        return self._stream(source, rate, config, timeout)
+
+    def _stream(
+        self, source: Iterable[bytes], rate: int, config: StreamingConfig, timeout: float | None
+    ) -> Iterator[StreamingResult]:
+        first = convert.streaming_config(config, rate)
+        replay = _Replay(iter(source))
+        got_response = False
+        for attempt in itertools.count():
+            requests = itertools.chain(
+                [first], (pb.StreamingRecognizeRequest(audio_content=c) for c in replay.attempt())
+            )
+            call = self._stub.StreamingRecognize(requests, timeout=timeout, metadata=self._opts.metadata)
+            request_id = ""
+            try:
+                for response in call:
+                    if not got_response:
+                        got_response = True
+                        replay.stop_keeping()
+                    request_id = response.request_id
+                    yield from convert.streaming_results(response)
+                return
+            except grpc.RpcError as exc:
+                if not got_response and errors.is_retryable(exc) and attempt < self._opts.retries:
+                    time.sleep(self._opts.delay(attempt))
+                    continue
+                raise errors.from_grpc(exc, self._opts.target, request_id) from exc
+            finally:
+                call.cancel()  # a no-op once finished; stops the call when the caller stops iterating
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        metadata, deadline = self._opts.metadata, timeout or self._opts.timeout
+        response = self._unary(
+            lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=deadline, metadata=metadata)
+        )
+        return convert.models(response)
+
+
+async def _async_chunks(audio: Iterable[Chunk] | AsyncIterable[Chunk]) -> AsyncIterator[bytes]:
+    if isinstance(audio, AsyncIterable):
+        async for chunk in audio:
+            yield _check_chunk(chunk)
+        return
+    it = iter(audio)
+    done = object()
+    while True:
+        # A sync iterator may block (a microphone); read it in a thread so the event loop keeps running.
+        chunk = await asyncio.to_thread(next, it, done)  # type: ignore[arg-type]
+        if chunk is done:
+            return
+        yield _check_chunk(chunk)  # type: ignore[arg-type]
+
+
+async def _list_chunks(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`Client` (``grpc.aio``): same arguments, awaitable calls, async iteration.
+
+    >>> async with AsyncClient("localhost:50051") as asr:
+    ...     transcript = await asr.recognize("speech.wav")
+    ...     async for result in asr.stream("speech.wav"):
+    ...         print(result.text)
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        tls: bool = False,
+        root_certificates: Pem = None,
+        client_certificate: Pem = None,
+        client_key: Pem = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        timeout: float | None = 120.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._opts = _Options(
+            target, tls, root_certificates, client_certificate, client_key, credentials, token, timeout,
+            retries, backoff, max_backoff, max_message_bytes,
+        )
+        o = self._opts
+        if o.credentials is not None:
+            self._channel = grpc.aio.secure_channel(target, o.credentials, options=o.channel_options)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=o.channel_options)
+        self._stub = asr_pb2_grpc.RecognizerStub(self._channel)
+
+    @property
+    def target(self) -> str:
+        return self._opts.target
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _unary(self, call: Callable[[], Awaitable[T]]) -> T:
+        for attempt in itertools.count():
+            try:
+                return await call()
+            except grpc.RpcError as exc:
+                if errors.is_retryable(exc) and attempt < self._opts.retries:
+                    await asyncio.sleep(self._opts.delay(attempt))
+                    continue
+                raise errors.from_grpc(exc, self._opts.target) from exc
+        raise AssertionError("unreachable")
+
+    async def recognize(
+        self,
+        audio: AudioSource,
+        config: RecognitionConfig | None = None,
+        *,
+        sample_rate: int | None = None,
+        resample_to: int | None = None,
+        timeout: float | None = None,
+    ) -> Transcript:
+        """See :meth:`Client.recognize`."""
+        config = config or RecognitionConfig()
+        request = await asyncio.to_thread(convert.recognize_request, audio, config, sample_rate, resample_to)
+        if await asyncio.to_thread(_too_big, audio, request, self._opts.max_message_bytes):
+            chunks, rate, duration = await asyncio.to_thread(_decode, audio, sample_rate, resample_to, 1000)
+            stream_config = StreamingConfig(config, interim_results=False)
+            finals = [r async for r in self._stream(_list_chunks(chunks), rate, stream_config, timeout)]
+            return convert.transcript_from_finals(finals, duration)
+        metadata, deadline = self._opts.metadata, timeout or self._opts.timeout
+        response: Any = await self._unary(
+            lambda: self._stub.Recognize(request, timeout=deadline, metadata=metadata)
+        )
+        return convert.transcript(response)
+
+    async def stream(
+        self,
+        audio: AsyncStreamSource,
+        config: StreamingConfig | None = None,
+        *,
+        sample_rate: int | None = None,
+        resample_to: int | None = None,
+        realtime: bool = False,
+        chunk_ms: int = DEFAULT_CHUNK_MS,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamingResult]:
+        """See :meth:`Client.stream`; ``audio`` may also be an async iterable of chunks."""
+        config = config or StreamingConfig()
+        if _whole(audio):
+            chunks, rate, _ = await asyncio.to_thread(
+                _decode, audio, sample_rate, resample_to, chunk_ms  # type: ignore[arg-type]
+            )
+            source = _list_chunks(chunks)
+        else:
+            if resample_to:
+                raise ValueError("resample_to works on whole recordings; send chunks at their sample_rate")
+            rate = sample_rate or 16000
+            source = _async_chunks(audio)  # type: ignore[arg-type]
+        if realtime:
+            source = apace(source, rate * 2)
+        async for result in self._stream(source, rate, config, timeout):
+            yield result
+
+    async def _stream(
+        self, source: AsyncIterator[bytes], rate: int, config: StreamingConfig, timeout: float | None
+    ) -> AsyncIterator[StreamingResult]:
+        first = convert.streaming_config(config, rate)
+        replay = _AsyncReplay(source)
+        got_response = False
+        for attempt in itertools.count():
+            call = self._stub.StreamingRecognize(
+                replay.attempt(first), timeout=timeout, metadata=self._opts.metadata
+            )
+            request_id = ""
+            try:
+                async for response in call:
+                    if not got_response:
+                        got_response = True
+                        replay.stop_keeping()
+                    request_id = response.request_id
+                    for result in convert.streaming_results(response):
+                        yield result
+                return
+            except grpc.RpcError as exc:
+                if not got_response and _masked_by_core(exc):
+                    exc = await self._probe(first, timeout) or exc
+                if not got_response and errors.is_retryable(exc) and attempt < self._opts.retries:
+                    await asyncio.sleep(self._opts.delay(attempt))
+                    continue
+                raise errors.from_grpc(exc, self._opts.target, request_id) from exc
+            finally:
+                call.cancel()
+
+    async def _probe(
+        self, first: pb.StreamingRecognizeRequest, timeout: float | None
+    ) -> grpc.RpcError | None:
+        """The status a stream really ended with, when grpc.aio hid it behind "Internal error from Core".
+
+        grpc.aio replaces the server's status with INTERNAL when the server ends a stream (bad token, too many
+        streams, bad config) while the client is still writing (grpc/grpc#36066). The blocking API reports the
+        server's status, so ask again through it with the config alone.
+        """
+        o = self._opts
+
+        def ask() -> grpc.RpcError | None:
+            if o.credentials is not None:
+                channel = grpc.secure_channel(o.target, o.credentials, options=o.channel_options)
+            else:
+                channel = grpc.insecure_channel(o.target, options=o.channel_options)
+            with channel:
+                call = asr_pb2_grpc.RecognizerStub(channel).StreamingRecognize(
+                    iter([first]), timeout=timeout or o.timeout, metadata=o.metadata
+                )
+                try:
+                    for _ in call:
+                        pass
+                except grpc.RpcError as exc:
+                    return exc
+            return None
+
+        return await asyncio.to_thread(ask)
+
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        metadata, deadline = self._opts.metadata, timeout or self._opts.timeout
+        response: Any = await self._unary(
+            lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=deadline, metadata=metadata)
+        )
+        return convert.models(response)

@@ -1,0 +1,309 @@
+"""``asr serve``: build, run and stop the gRPC speech service.
+
+    server, port = await create_server(config, model)   # bound and started, for tests and embedding
+    await server.stop(grace=5)
+
+    asr serve --port 50051 --model models/default.pt --metrics-port 9090
+    ASR_PORT=50051 ASR_TOKEN=secret asr serve                 # every flag has an ASR_* variable
+
+SIGTERM or SIGINT: the health status turns NOT_SERVING, the server stops accepting calls, calls in flight get
+``grace_s`` seconds to finish, then the model thread and the metrics endpoint stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from asr.audio import SAMPLE_RATE
+from asr.checkpoint import load_model, resolve_model_path
+from asr.model import ASRModel
+from asr.streaming import Recognizer, RecognizerConfig
+from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
+from server.auth import BearerTokenInterceptor
+from server.batcher import Batcher
+from server.config import ServerConfig
+from server.metrics import Metrics
+from server.servicer import LoadedModel, RecognizerService, default_stream_options
+
+log = logging.getLogger("server")
+
+SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["Recognizer"].full_name  # "asr.v1.Recognizer"
+
+
+class SpeechServer:
+    """A started ``grpc.aio.Server`` with what it owns: batchers, health status, the metrics endpoint."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        service: RecognizerService,
+        health_servicer: health.aio.HealthServicer,
+        metrics: Metrics,
+        metrics_port: int | None,
+    ) -> None:
+        self.grpc = server
+        self.service = service
+        self.health = health_servicer
+        self.metrics = metrics
+        self.metrics_port = metrics_port
+        self._stopped = False
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, give calls in flight ``grace`` seconds, then release everything."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(grace)
+        for m in self.service.models.values():
+            await m.batcher.stop()
+        self.metrics.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc.wait_for_termination()
+
+
+def _model_info(name: str, model: ASRModel, default: bool) -> asr_pb2.ModelInfo:
+    tok = model.tokenizer
+    return asr_pb2.ModelInfo(
+        name=name,
+        sample_rate_hertz=model.config.features.sample_rate,
+        vocabulary_kind=tok.kind,
+        vocabulary_size=tok.vocab_size,
+        is_default=default,
+        num_parameters=model.num_parameters(),
+        device=str(model.device),
+    )
+
+
+def _warm_up(recognizer: Recognizer) -> None:
+    """One greedy interim and one beam final on noise, so the first real call pays no lazy initialisation."""
+    rng = np.random.default_rng(0)
+    s = recognizer.create_offline_stream((rng.standard_normal(SAMPLE_RATE) * 0.05).astype(np.float32))
+    recognizer.decode_streams([s])
+    recognizer.pop_results(s)
+
+
+async def create_server(
+    config: ServerConfig, model: ASRModel | None = None, models: dict[str, ASRModel] | None = None
+) -> tuple[SpeechServer, int]:
+    """Build, bind and start the server; returns it and the bound port (``config.port`` 0 picks one).
+
+    ``model`` (served as ``config.model_name`` or "default") or ``models`` (name -> model, the first is the
+    default) skip loading ``config.model`` from disk.
+    """
+    if models is None:
+        if model is None:
+            path = resolve_model_path(config.model)
+            log.info("loading model", extra={"path": str(path)})
+            model = load_model(path, device=config.device or None)
+            name = config.model_name or path.stem
+        else:
+            name = config.model_name or "default"
+            if config.device:
+                model = model.to(config.device)
+        models = {name: model.eval()}
+    if not models:
+        raise ValueError("create_server needs at least one model")
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+    metrics = Metrics()
+    loaded: dict[str, LoadedModel] = {}
+    default_name = next(iter(models))
+    for name, m in models.items():
+        rec = Recognizer(m, RecognizerConfig(config.max_batch_size, default_stream_options(config)))
+        batcher = Batcher(
+            rec, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms, metrics=metrics
+        )
+        batcher.start()
+        if config.warmup:
+            t0 = time.perf_counter()
+            await batcher.run_in_executor(_warm_up, rec)
+            log.info("warmed up", extra={"model": name, "elapsed_s": round(time.perf_counter() - t0, 3)})
+        loaded[name] = LoadedModel(name, rec, batcher, _model_info(name, m, name == default_name))
+    service = RecognizerService(loaded, default_name, config, metrics)
+
+    interceptors = [BearerTokenInterceptor(config.tokens)] if config.tokens else []
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
+    asr_pb2_grpc.add_RecognizerServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert:
+        creds = grpc.ssl_server_credentials(
+            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+            root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
+            require_client_auth=bool(config.tls_client_ca),
+        )
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    metrics_port = metrics.serve(config.metrics_port) if config.metrics_port >= 0 else None
+    await server.start()
+    for svc in ("", SERVICE_NAME):
+        await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "serving",
+        extra={
+            "port": port,
+            "metrics_port": metrics_port,
+            "tls": bool(config.tls_cert),
+            "mtls": bool(config.tls_client_ca),
+            "auth": bool(config.tokens),
+            "models": sorted(models),
+        },
+    )
+    return SpeechServer(server, service, health_servicer, metrics, metrics_port), port
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    server, _ = await create_server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    waiter = loop.create_task(server.wait_for_termination())
+    stopper = loop.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down", extra={"grace_s": config.grace_s})
+    await server.stop(config.grace_s)
+    waiter.cancel()
+    stopper.cancel()
+    log.info("stopped")
+
+
+# -- logging -------------------------------------------------------------------------------------------------
+
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and every ``extra={...}`` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _STD})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(config: ServerConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        fmt = JSONFormatter()
+        fmt.converter = time.gmtime
+        handler.setFormatter(fmt)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+
+
+# -- command line --------------------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add ``asr serve`` to the ``asr`` command line (client/cli.py)."""
+    p = subparsers.add_parser(
+        "serve",
+        help="run the gRPC speech service",
+        description="Serve a model over gRPC (asr.v1.Recognizer) with health, reflection and metrics. "
+        "Every option also reads an ASR_* environment variable (e.g. ASR_PORT); flags win.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    f = {fl.name: fl for fl in dataclasses.fields(ServerConfig)}
+    helps = {
+        "host": "address to bind (default [::], all interfaces)",
+        "port": "gRPC port (default 50051; 0 picks a free one)",
+        "metrics_port": "Prometheus /metrics HTTP port (default 9090; -1 disables)",
+        "model": "model name under models/ or checkpoint path (default: default)",
+        "model_name": "name to serve the model under (default: the file's stem)",
+        "device": "cpu, cuda, cuda:1 (default: cuda when available)",
+        "token": "require 'authorization: Bearer TOKEN' (comma-separate several; prefer ASR_TOKEN)",
+        "tls_cert": "PEM certificate chain (enables TLS with --tls-key)",
+        "tls_key": "PEM private key",
+        "tls_client_ca": "PEM CA bundle: require client certificates it signed (mutual TLS)",
+        "idle_timeout_s": "seconds without a message before a stream ends with DEADLINE_EXCEEDED",
+        "grace_s": "seconds in-flight calls get to finish on SIGTERM",
+    }
+    for name, fl in f.items():
+        flag = "--" + name.replace("_", "-")
+        if fl.type in ("bool", bool):
+            p.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=helps.get(name, f"(default {fl.default})"),
+            )
+        else:
+            typ = {"int": int, "float": float}.get(str(fl.type), str)
+            p.add_argument(
+                flag, dest=name, type=typ, default=None, help=helps.get(name, f"(default {fl.default})")
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    names = {fl.name for fl in dataclasses.fields(ServerConfig)}
+    return ServerConfig.from_env(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    setup_logging(config)
+    try:
+        resolve_model_path(config.model)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{exc}. Train one (asr train) or pass --model PATH / ASR_MODEL=PATH to a las-asr checkpoint."
+        ) from None
+    asyncio.run(serve(config))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="asr-serve", description="Serve a speech model over gRPC.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

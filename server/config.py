@@ -1,0 +1,108 @@
+"""Server configuration: one frozen dataclass, filled from flags, then environment variables, then defaults.
+
+Every setting has an ``ASR_*`` environment variable (the field name upper-cased), e.g. ``ASR_PORT=50051``,
+``ASR_MODEL=models/default.pt``, ``ASR_TOKEN=secret``. Flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # network
+    host: str = "[::]"
+    port: int = 50051  # 0 picks a free port (tests)
+    metrics_port: int = 9090  # Prometheus /metrics over HTTP; -1 disables, 0 picks a free port
+    # model
+    model: str = "default"  # name under models/ or a path to a checkpoint
+    model_name: str = ""  # name in ListModels and RecognitionConfig.model; "" = the file's stem
+    device: str = ""  # "" = cuda when available, else cpu
+    cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    warmup: bool = True
+    # batching
+    max_batch_size: int = 16  # segments per model call
+    max_wait_ms: float = 10.0  # how long a batch waits for more work once it has some
+    # limits
+    max_streams: int = 64  # concurrent StreamingRecognize calls; more get RESOURCE_EXHAUSTED
+    max_message_bytes: int = 4 * MiB  # per request message, both RPCs
+    max_stream_seconds: float = 600.0  # audio per stream; more gets RESOURCE_EXHAUSTED
+    max_audio_seconds: float = 300.0  # audio per Recognize request; more gets INVALID_ARGUMENT
+    idle_timeout_s: float = 30.0  # a stream with no message for this long gets DEADLINE_EXCEEDED
+    max_beam_size: int = 16
+    beam_size: int = 8  # default beam when a request does not set one
+    ctc_weight: float = 0.3  # default CTC weight of finals
+    # security
+    tls_cert: str = ""  # PEM server certificate chain; with tls_key enables TLS
+    tls_key: str = ""
+    tls_client_ca: str = ""  # PEM CA bundle; enables mutual TLS (clients must present a cert it signed)
+    token: str = ""  # bearer token(s), comma-separated; "" disables auth
+    # lifecycle and logs
+    grace_s: float = 10.0  # SIGTERM: stop accepting, let in-flight calls finish for this long
+    log_format: str = "json"  # "json" or "text"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not -1 <= self.metrics_port <= 65535 or not 0 <= self.port <= 65535:
+            raise ValueError(
+                f"ports must be in [0, 65535], got port={self.port} metrics_port={self.metrics_port}"
+            )
+        for name in ("max_batch_size", "max_streams", "max_message_bytes", "max_beam_size", "beam_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_wait_ms", "max_stream_seconds", "max_audio_seconds", "idle_timeout_s", "grace_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.beam_size > self.max_beam_size:
+            raise ValueError(
+                f"beam_size ({self.beam_size}) must not exceed max_beam_size ({self.max_beam_size})"
+            )
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("mutual TLS (tls_client_ca) needs tls_cert and tls_key")
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"log_format must be 'json' or 'text', got {self.log_format!r}")
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.token.split(",") if t.strip())
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
+        """Defaults, replaced by ``ASR_<FIELD>`` variables, replaced by ``overrides`` other than ``None``."""
+        env = os.environ if env is None else env
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"ASR_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(raw, hints[f.name], f"ASR_{f.name.upper()}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(raw: str, typ: Any, name: str) -> Any:
+    try:
+        if typ is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if typ is int:
+            return int(raw)
+        if typ is float:
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {typ.__name__}") from None
+    return raw

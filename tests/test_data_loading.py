@@ -1,0 +1,137 @@
+"""Bucketing sampler, dataset/collate and augmentation."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asr.data.augment import SpecAugmentConfig, add_noise, spec_augment, speed_perturb
+from asr.data.dataset import SpeechDataset, WaveAugmentConfig, collate, load_utterance
+from asr.data.manifest import Utterance
+from asr.data.sampler import BucketBatchSampler
+from asr.tokenizer import CharTokenizer
+
+DURS = [random.Random(0).uniform(0.5, 12.0) for _ in range(300)]
+
+
+def test_batches_respect_the_padded_cap_and_cover_everything() -> None:
+    s = BucketBatchSampler(DURS, 40.0, seed=3)
+    batches = s.all_batches(0)
+    for b in batches:
+        assert len(b) * max(DURS[i] for i in b) <= 40.0
+    assert sorted(i for b in batches for i in b) == list(range(len(DURS)))
+    capped = BucketBatchSampler(DURS, 1000.0, max_batch_size=7).all_batches(0)
+    assert max(len(b) for b in capped) == 7
+
+
+def test_batches_are_bucketed_by_duration() -> None:
+    batches = BucketBatchSampler(DURS, 40.0, seed=0).all_batches(0)
+    spread = np.mean([max(DURS[i] for i in b) - min(DURS[i] for i in b) for b in batches])
+    assert spread < 2.0  # random batches of this corpus would spread over ~8 s
+
+
+def test_deterministic_per_epoch_and_different_across_epochs() -> None:
+    a, b = BucketBatchSampler(DURS, 40.0, seed=1), BucketBatchSampler(DURS, 40.0, seed=1)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b)
+    b.set_epoch(3)
+    assert list(a) != list(b)
+    assert BucketBatchSampler(DURS, 40.0, seed=2).all_batches(2) != a.all_batches(2)
+
+
+def test_ddp_shards_are_disjoint_and_equal_length() -> None:
+    shards = []
+    for rank in range(3):
+        s = BucketBatchSampler(DURS, 40.0, seed=5, rank=rank, world_size=3)
+        s.set_epoch(1)
+        shards.append([[i for i, _ in batch] for batch in s])
+    assert len({len(sh) for sh in shards}) == 1
+    seen = [i for sh in shards for b in sh for i in b]
+    assert len(seen) == len(set(seen))
+    total = len(BucketBatchSampler(DURS, 40.0, seed=5).all_batches(1))
+    assert len(shards[0]) == total // 3
+
+
+def test_skip_resumes_inside_an_epoch() -> None:
+    s = BucketBatchSampler(DURS, 40.0, seed=1)
+    s.set_epoch(4)
+    full = list(s)
+    s.set_epoch(4, skip=5)
+    assert list(s) == full[5:] and len(s) == len(full) - 5
+
+
+def test_sampler_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="max_batch_seconds"):
+        BucketBatchSampler(DURS, 0)
+    with pytest.raises(ValueError, match="rank"):
+        BucketBatchSampler(DURS, 10, rank=2, world_size=2)
+
+
+@pytest.fixture
+def wavs(tmp_path: Path) -> list[Utterance]:
+    utts = []
+    for i, secs in enumerate([0.5, 1.0, 0.75]):
+        p = tmp_path / f"{i}.wav"
+        sf.write(
+            str(p),
+            (0.1 * np.random.default_rng(i).standard_normal(int(secs * 16000))).astype(np.float32),
+            16000,
+        )
+        utts.append(Utterance(str(i), str(p), ["A B", "HELLO", "OK"][i], duration=secs))
+    return utts
+
+
+def test_collate_pads_audio_with_zeros_and_targets_with_minus_one(wavs: list[Utterance]) -> None:
+    ds = SpeechDataset(wavs, CharTokenizer.default())
+    batch = collate([ds[0], ds[1], ds[2]])
+    assert batch.audio.shape == (3, 16000)
+    assert batch.audio_lengths.tolist() == [8000, 16000, 12000]
+    assert batch.audio[0, 8000:].abs().sum() == 0
+    assert batch.target_lengths.tolist() == [3, 5, 2]
+    assert (batch.targets[2, 2:] == -1).all() and (batch.targets[1] >= 0).all()
+    assert batch.indices == [0, 1, 2]
+
+
+def test_segment_loading(wavs: list[Utterance]) -> None:
+    whole = load_utterance(wavs[1])
+    seg = load_utterance(Utterance("s", wavs[1].audio, "X", offset=0.25, duration=0.5))
+    assert len(seg) == 8000
+    np.testing.assert_allclose(seg, whole[4000:12000], atol=1e-4)
+
+
+def test_augmentation_is_seeded(wavs: list[Utterance]) -> None:
+    ds = SpeechDataset(wavs, CharTokenizer.default(), WaveAugmentConfig((0.9, 1.1), noise_prob=1.0))
+    a, b = ds[(1, 123)], ds[(1, 123)]
+    assert torch.equal(a.audio, b.audio)
+    assert len(a.audio) in (int(16000 / 0.9) + 1, int(16000 / 0.9), int(16000 / 1.1) + 1, int(16000 / 1.1))
+    assert len(ds[1].audio) == 16000  # plain index: no augmentation (validation)
+
+
+def test_speed_perturb_and_noise() -> None:
+    x = np.sin(np.arange(16000) / 10).astype(np.float32)
+    assert abs(len(speed_perturb(x, 1.1)) - 16000 / 1.1) <= 1
+    assert abs(len(speed_perturb(x, 0.9)) - 16000 / 0.9) <= 1
+    noise = np.random.default_rng(0).standard_normal(4000).astype(np.float32)
+    y = add_noise(x, noise, 10.0, np.random.default_rng(0))
+    snr = 10 * np.log10(np.mean(x**2) / np.mean((y - x) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.1)
+
+
+def test_spec_augment_masks_inside_valid_frames() -> None:
+    feats = torch.randn(4, 200, 80) + 5.0
+    lengths = torch.tensor([200, 150, 100, 50])
+    cfg = SpecAugmentConfig(freq_masks=2, freq_width=10, time_masks=2, time_width=20, time_width_ratio=0.2)
+    out = spec_augment(feats, lengths, cfg, torch.Generator().manual_seed(0))
+    changed = out != feats
+    assert changed.any()
+    assert not changed[3, 50:].all(dim=-1).any()  # no time mask past an utterance's end
+    assert changed.float().mean() < 0.5
+    same = spec_augment(feats, lengths, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(out, same)
+    assert spec_augment(feats, lengths, SpecAugmentConfig(enabled=False)) is feats

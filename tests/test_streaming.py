@@ -1,0 +1,219 @@
+"""asr.streaming without the server: endpointing, interims, finals equal to offline decoding, batching."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asr import ASRModel, ModelConfig
+from asr.audio import SAMPLE_RATE, load_audio
+from asr.decoder import DecoderConfig
+from asr.decoding import DecodingOptions
+from asr.encoder import EncoderConfig
+from asr.features import FeatureConfig
+from asr.streaming import EndpointConfig, Recognizer, RecognizerConfig, Stream, StreamOptions, StreamResult
+from asr.tokenizer import CharTokenizer
+from asr.transcribe import decode_waveforms, transcribe
+
+CHUNK = SAMPLE_RATE // 10
+FAST = 0.3  # random weights never say <eos>: cap the beam search at 0.3 tokens per encoder frame
+
+
+@pytest.fixture(scope="module")
+def model() -> ASRModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        FeatureConfig(n_mels=40),
+        EncoderConfig(
+            input_dim=40, conv_channels=8, hidden_size=32, num_layers=2, pyramid_layers=1, dropout=0.0
+        ),
+        DecoderConfig(
+            embed_dim=32,
+            hidden_size=64,
+            attention_dim=32,
+            location_channels=4,
+            location_kernel=11,
+            dropout=0.0,
+        ),
+    )
+    return ASRModel(cfg, CharTokenizer.default()).eval()
+
+
+@pytest.fixture(scope="module")
+def speech(speech_dir: Path) -> list[np.ndarray]:
+    return [load_audio(speech_dir / f"utt{i}.wav") for i in range(4)]
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+def feed(rec: Recognizer, stream: Stream, audio: np.ndarray, chunk: int = CHUNK) -> list[StreamResult]:
+    """Real-time-like loop: accept a chunk, decode when ready, collect results; then close the input."""
+    out: list[StreamResult] = []
+    for i in range(0, len(audio), chunk):
+        rec.accept_audio(stream, audio[i : i + chunk])
+        if rec.is_ready(stream):
+            rec.decode_streams([stream])
+        out += rec.pop_results(stream)
+    rec.input_finished(stream)
+    while rec.is_ready(stream):
+        rec.decode_streams([stream])
+    out += rec.pop_results(stream)
+    assert stream.is_done
+    return out
+
+
+def assert_matches_offline(
+    model: ASRModel, audio: np.ndarray, finals: list[StreamResult], opts: DecodingOptions
+) -> None:
+    for f in finals:
+        seg = audio[round(f.start * SAMPLE_RATE) : round(f.end * SAMPLE_RATE)]
+        want = decode_waveforms(model, [seg], opts, offsets=[f.start])[0]
+        assert f.text == want.text
+        got = [(w.word, round(w.start, 6), round(w.end, 6)) for w in f.words]
+        assert got == [(w.word, round(w.start, 6), round(w.end, 6)) for w in want.words]
+
+
+def test_two_utterances_give_two_finals_equal_to_offline(model: ASRModel, speech: list[np.ndarray]) -> None:
+    audio = np.concatenate([silence(0.7), speech[0], silence(1.0), speech[3], silence(1.0)])
+    rec = Recognizer(model)
+    opts = StreamOptions(
+        decoding=DecodingOptions(beam_size=4, max_length_ratio=FAST), interim_interval_ms=300
+    )
+    results = feed(rec, rec.create_stream(opts), audio)
+    finals = [r for r in results if r.is_final]
+    assert [f.utterance for f in finals] == [0, 1]
+    assert_matches_offline(model, audio, finals, opts.decoding)
+    # the utterance starts pre_speech_ms before the onset, not at the stream start; words in stream time
+    assert 0.2 < finals[0].start < 0.7 and finals[0].end <= finals[1].start
+    assert all(finals[1].start <= w.start for w in finals[1].words)
+    for k in (0, 1):
+        mine = [r for r in results if r.utterance == k]
+        assert len(mine) >= 2 and not mine[0].is_final and mine[-1].is_final
+        assert all(r.stability < 1.0 for r in mine[:-1]) and mine[-1].stability == 1.0
+        ends = [r.end for r in mine[:-1]]
+        assert ends == sorted(ends)
+
+
+def test_silence_only_gives_nothing(model: ASRModel) -> None:
+    rec = Recognizer(model)
+    noise = (np.random.default_rng(0).standard_normal(3 * SAMPLE_RATE) * 1e-3).astype(np.float32)
+    s = rec.create_stream()
+    assert feed(rec, s, noise) == []
+    assert (
+        len(s.segment) <= (s.options.endpoint.pre_speech_ms + 20) * SAMPLE_RATE // 1000
+    )  # no unbounded buffer
+
+
+def test_input_finished_flushes_the_open_utterance(model: ASRModel, speech: list[np.ndarray]) -> None:
+    rec = Recognizer(model)
+    s = rec.create_stream(
+        StreamOptions(interim_results=False, decoding=DecodingOptions(beam_size=2, max_length_ratio=FAST))
+    )
+    audio = np.concatenate([silence(0.3), speech[1][: len(speech[1]) * 2 // 3]])  # cut mid-speech, odd length
+    audio = audio[: len(audio) - 77]
+    finals = feed(rec, s, audio)
+    assert len(finals) == 1 and finals[0].is_final
+    assert finals[0].end == pytest.approx(len(audio) / SAMPLE_RATE)
+    assert_matches_offline(model, audio, finals, s.options.decoding)
+
+
+def test_forced_cut_at_the_quietest_point(model: ASRModel, speech: list[np.ndarray]) -> None:
+    rec = Recognizer(model)
+    ep = EndpointConfig(max_segment_seconds=1.5, silence_ms=3000)
+    s = rec.create_stream(
+        StreamOptions(
+            endpoint=ep, interim_results=False, decoding=DecodingOptions(beam_size=2, max_length_ratio=FAST)
+        )
+    )
+    audio = np.concatenate([speech[3], speech[2], speech[3]])
+    finals = feed(rec, s, audio)
+    assert len(finals) >= 3 and all(f.end - f.start <= 1.5 + 1e-9 for f in finals)
+    for a, b in itertools.pairwise(finals):
+        assert a.end == pytest.approx(b.start)  # no audio lost or repeated at a forced cut
+    assert_matches_offline(model, audio, finals, s.options.decoding)
+
+
+def test_single_utterance_stops_after_the_first_final(model: ASRModel, speech: list[np.ndarray]) -> None:
+    rec = Recognizer(model)
+    opts = StreamOptions(
+        single_utterance=True, interim_results=False, decoding=DecodingOptions(max_length_ratio=FAST)
+    )
+    s = rec.create_stream(opts)
+    finals = feed(rec, s, np.concatenate([speech[0], silence(1.0), speech[1], silence(1.0)]))
+    assert len(finals) == 1 and finals[0].end_of_single_utterance and s.ended
+
+
+def test_batched_streams_equal_streams_alone(model: ASRModel, speech: list[np.ndarray]) -> None:
+    """Decoding several streams in one batch gives each stream what it gets alone."""
+    audios = [np.concatenate([silence(0.2 * i), speech[i], silence(1.0)]) for i in range(4)]
+    opts = StreamOptions(
+        decoding=DecodingOptions(beam_size=3, max_length_ratio=FAST), interim_interval_ms=200
+    )
+    rec = Recognizer(model, RecognizerConfig(max_batch_size=3))  # 4 streams: two model calls per round
+    alone = [[r.text for r in feed(rec, rec.create_stream(opts), a)] for a in audios]
+    streams = [rec.create_stream(opts) for _ in audios]
+    got: list[list[str]] = [[] for _ in audios]
+    for i in range(0, max(map(len, audios)), CHUNK):
+        for s, a in zip(streams, audios, strict=True):
+            if i < len(a):
+                rec.accept_audio(s, a[i : i + CHUNK])
+        rec.decode_streams([s for s in streams if rec.is_ready(s)])
+        for k, s in enumerate(streams):
+            got[k] += [r.text for r in rec.pop_results(s)]
+    for s in streams:
+        rec.input_finished(s)
+    rec.decode_streams(streams)
+    for k, s in enumerate(streams):
+        got[k] += [r.text for r in rec.pop_results(s)]
+    assert got == alone
+
+
+def test_offline_stream_equals_transcribe(model: ASRModel, speech: list[np.ndarray]) -> None:
+    rec = Recognizer(model)
+    audio = np.concatenate([speech[2], silence(0.5), speech[0]])
+    opts = StreamOptions(decoding=DecodingOptions(beam_size=3, nbest=2, max_length_ratio=FAST))
+    s = rec.create_offline_stream(audio, opts)
+    rec.decode_streams([s])
+    (r,) = rec.pop_results(s)
+    want = transcribe(model, audio, opts.decoding)
+    assert (
+        r.is_final
+        and r.text == want.text
+        and [a.text for a in r.alternatives] == [a.text for a in want.alternatives]
+    )
+    assert s.is_done
+
+
+def test_failed_decode_keeps_finals_for_a_retry(
+    model: ASRModel, speech: list[np.ndarray], monkeypatch
+) -> None:
+    rec = Recognizer(model)
+    s = rec.create_offline_stream(speech[0], StreamOptions(decoding=DecodingOptions(max_length_ratio=FAST)))
+
+    def boom(jobs: list) -> list:
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(rec, "_decode", boom)
+    with pytest.raises(RuntimeError):
+        rec.decode_streams([s])
+    monkeypatch.undo()
+    assert rec.is_ready(s)
+    rec.decode_streams([s])
+    assert len(rec.pop_results(s)) == 1
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="silence_ms"):
+        EndpointConfig(silence_ms=10)
+    with pytest.raises(ValueError, match="interim_interval_ms"):
+        StreamOptions(interim_interval_ms=5)
+    with pytest.raises(ValueError, match="mono"):
+        Recognizer.accept_audio(None, Stream(StreamOptions()), np.zeros((2, 10), np.float32))  # type: ignore[arg-type]
+    assert dataclasses.replace(StreamOptions(), single_utterance=True).single_utterance

@@ -1,0 +1,222 @@
+"""Training end to end on a few espeak-ng utterances with a tiny model: the loss falls, checkpoints load,
+resuming continues the step count (and, mid-epoch, gives the same weights as an uninterrupted run), and a
+2-process DDP run with torchrun/gloo works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from asr.checkpoint import load_checkpoint, load_model
+from asr.data.importers import import_corpus
+from asr.data.manifest import write_manifest
+from asr.train import TrainConfig, average_checkpoints, load_config, train
+from client.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_MODEL = {
+    "features": {"n_mels": 40},
+    "encoder": {
+        "input_dim": 40,
+        "conv_channels": 8,
+        "hidden_size": 48,
+        "num_layers": 2,
+        "pyramid_layers": 1,
+        "dropout": 0.1,
+    },
+    "decoder": {
+        "embed_dim": 16,
+        "hidden_size": 48,
+        "attention_dim": 32,
+        "location_channels": 4,
+        "location_kernel": 5,
+    },
+    "ctc_weight": 0.3,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: extra threads only contend with other processes. Restored for the other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def manifest(speech_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("manifest") / "speech.jsonl"
+    write_manifest(import_corpus("folder", speech_dir), path)
+    return path
+
+
+def tiny_config(manifest: Path, out: Path, **changes: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "data": {
+            "train": [str(manifest)],
+            "valid": [str(manifest)],
+            "max_batch_seconds": 100.0,
+            "num_workers": 0,
+            "cmvn_utts": 4,
+            "specaugment": {"enabled": False},
+        },
+        "model": TINY_MODEL,
+        "optim": {"lr": 5e-3, "warmup_steps": 3, "schedule": "constant"},
+        "epochs": 40,
+        "amp": False,
+        "seed": 0,
+        "out_dir": str(out),
+        "log_every": 1,
+        "average": 3,
+        "device": "cpu",
+    }
+    for key, value in changes.items():
+        node = raw
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return raw
+
+
+def records(out: Path, kind: str) -> list[dict[str, Any]]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_training_lowers_the_loss_and_writes_loadable_checkpoints(manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = train(TrainConfig.from_dict(tiny_config(manifest, out)))
+    assert summary["steps"] == 40 and summary["epochs"] == 40
+    valid = records(out, "valid")
+    assert len(valid) == 40
+    assert valid[-1]["valid_loss"] < 0.6 * valid[0]["valid_loss"]
+    assert 0.0 <= valid[-1]["data_wait"] <= 1.0 and valid[-1]["steps_per_sec"] > 0
+    for name in ("last.pt", "best.pt", "averaged.pt", "final.pt", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert len(list(out.glob("epoch-*.pt"))) == 5  # keep_checkpoints
+    final = load_checkpoint(out / "final.pt")
+    assert final["state_dict"]["ctc.weight"].dtype == torch.float16  # export_half
+    model = load_model(out / "final.pt", device="cpu")
+    assert model.cmvn.mean.abs().sum() > 0  # CMVN was set from the training features
+    assert model.config.encoder.hidden_size == 48
+    text = model.transcribe(_first_audio(manifest)).text
+    assert isinstance(text, str)
+    avg = average_checkpoints(sorted(out.glob("epoch-*.pt"))[:2])
+    assert avg.config == model.config
+
+
+def _first_audio(manifest: Path) -> str:
+    return json.loads(manifest.read_text().splitlines()[0])["audio"]
+
+
+def test_resume_mid_epoch_matches_an_uninterrupted_run(manifest: Path, tmp_path: Path) -> None:
+    # ~2 s per utterance and 4.5 padded seconds per batch: two batches an epoch, so step 3 is mid-epoch 2
+    common = {"data__max_batch_seconds": 4.5, "data__valid": [], "epochs": 3, "average": 0}
+    full = train(TrainConfig.from_dict(tiny_config(manifest, tmp_path / "full", **common)))
+    assert full["steps"] == 6, full
+
+    part = tmp_path / "part"
+    first = train(
+        TrainConfig.from_dict(tiny_config(manifest, part, max_steps=3, save_every_steps=1, **common))
+    )
+    assert first["steps"] == 3
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(TrainConfig.from_dict(tiny_config(manifest, part, **common)))
+    second = train(TrainConfig.from_dict(tiny_config(manifest, part, **common)), resume=True)
+    assert second["steps"] == 6 and second["steps_run"] == 3
+    steps = [r["step"] for r in records(part, "train")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["state_dict"]
+    b = load_checkpoint(part / "last.pt")["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_config_files_and_cli(manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tiny_config(manifest, tmp_path / "cli", epochs=2, average=0)
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    assert load_config(cfg_path, ["optim.lr=0.01", "data.num_workers=1"]).optim.lr == 0.01
+    with pytest.raises(ValueError, match="lrr"):
+        load_config(cfg_path, ["optim.lrr=0.01"])
+    with pytest.raises(ValueError, match="kind"):
+        load_config(cfg_path, ["tokenizer.kind=words"])
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(f'epochs = 3\n[data]\ntrain = ["{manifest}"]\n')
+    assert load_config(toml).epochs == 3 and load_config(toml).data.train == (str(manifest),)
+
+    assert main(["train", str(cfg_path), "--max-steps", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 1
+    assert main(["train", str(cfg_path), "--resume"]) == 0
+    assert main(["train", "--average", "2", "--average-by", "last", "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "averaged.pt").is_file()
+    assert main(["train", str(cfg_path)]) == 1  # last.pt exists and no --resume: one-line error
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_bpe_tokenizer_and_default_config_parse(manifest: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig.from_dict(
+        tiny_config(
+            manifest, tmp_path / "bpe", epochs=1, average=0, tokenizer={"kind": "bpe", "vocab_size": 30}
+        )
+    )
+    train(cfg)
+    assert load_model(tmp_path / "bpe" / "final.pt", device="cpu").tokenizer.kind == "bpe"
+    default = load_config(ROOT / "configs" / "default.yaml")
+    assert default.model_config.ctc_weight == 0.3 and default.tokenizer.kind == "char"
+
+
+def test_ddp_two_cpu_processes(manifest: Path, tmp_path: Path) -> None:
+    raw = tiny_config(manifest, tmp_path / "ddp", epochs=2, average=0)
+    raw["data"]["max_batch_size"] = 1  # one utterance a batch: two steps per rank per epoch
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "client.cli",
+            "train",
+            str(cfg),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4  # 4 utterances / 2 ranks, 2 epochs
+    assert (tmp_path / "ddp" / "final.pt").is_file()
+    assert "world size 2" in proc.stderr
+
+
+def test_max_minutes_pauses_and_resume_finishes(manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "paused"
+    raw = tiny_config(manifest, out, epochs=2, average=0, max_minutes=1e-6)
+    raw["data"]["max_batch_size"] = 1
+    paused = train(TrainConfig.from_dict(raw))
+    assert paused["steps"] == 1 and paused["finished"] is False
+    assert (out / "last.pt").is_file() and not (out / "final.pt").exists()
+    done = train(TrainConfig.from_dict({**raw, "max_minutes": 0.0}), resume=True)
+    assert done["steps"] == 8 and done["finished"] is True
+    assert (out / "final.pt").is_file()
