@@ -26,8 +26,9 @@ sysdeps:
 serve: $(STAMP)
 	$(VENV)/bin/asr serve $(SERVE_ARGS)
 
+# One BLAS/OpenMP thread per process: the tests run servers, clients and DDP workers side by side.
 test: $(STAMP) sysdeps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

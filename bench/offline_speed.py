@@ -1,0 +1,153 @@
+"""Offline decoding speed and accuracy, ours against PocketSphinx, on the same files in the same run.
+
+    python bench/offline_speed.py exp/data/so762_test/all.jsonl --limit 150
+    python bench/offline_speed.py /work/shared/data/speechocean762/test --limit 150 --threads 1 --json
+
+The argument is a JSONL manifest or a Kaldi data folder (``wav.scp`` + ``text``). Audio is decoded to 16 kHz
+before timing starts, so only recognition is timed: our greedy CTC, our joint CTC/attention beam search
+(``--beam``, default 10) and PocketSphinx 5 with its bundled US English acoustic model, language model and
+dictionary. PocketSphinx is single-threaded; ours runs with ``--threads`` torch threads (default 1, the fair
+comparison). Times are process CPU seconds and wall seconds per second of audio (real-time factor, RTF);
+the speed-up is PocketSphinx's RTF over ours, in CPU time (other jobs on a shared machine inflate wall time
+but not CPU time). WER uses the project's text normalisation for all systems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from asr.audio import SAMPLE_RATE, float_to_pcm16  # noqa: E402
+from asr.data.manifest import Utterance, read_manifest  # noqa: E402
+from asr.tokenizer import normalize_text  # noqa: E402
+
+
+def read_utterances(source: Path) -> list[Utterance]:
+    """A JSONL manifest, or a Kaldi folder read through the project's importer (into a temporary manifest)."""
+    if source.is_file():
+        return read_manifest(source)
+    import subprocess
+    import tempfile
+
+    out = Path(tempfile.mkdtemp())
+    cmd = [sys.executable, "-m", "client.cli", "data", "prepare", "kaldi", str(source), str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return [u for m in sorted(out.glob("*.jsonl")) for u in read_manifest(m)]
+
+
+@dataclasses.dataclass
+class Row:
+    system: str
+    cpu_rtf: float
+    wall_rtf: float
+    wer: float
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    import jiwer
+
+    return float(jiwer.wer(refs, [h or "<empty>" for h in hyps]))
+
+
+def timed(fn, *args):  # type: ignore[no-untyped-def]
+    cpu, wall = time.process_time(), time.perf_counter()
+    out = fn(*args)
+    return out, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def run_ours(model, waves: list[np.ndarray], options, batch_size: int) -> list[str]:  # type: ignore[no-untyped-def]
+    from asr.transcribe import transcribe_batch
+
+    return [normalize_text(t.text) for t in transcribe_batch(model, waves, options, batch_size=batch_size)]
+
+
+def run_pocketsphinx(waves: list[np.ndarray]) -> list[str]:
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(loglevel="FATAL")
+    out = []
+    for w in waves:
+        decoder.start_utt()
+        decoder.process_raw(float_to_pcm16(w), full_utt=True)
+        decoder.end_utt()
+        hyp = decoder.hyp()
+        out.append(normalize_text(hyp.hypstr) if hyp is not None else "")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("data", type=Path, help="JSONL manifest or Kaldi data folder (e.g. speechocean762/test)")
+    p.add_argument("--model", help="checkpoint (default: models/default.pt)")
+    p.add_argument("--limit", type=int, help="only the first N utterances (beam search on CPU is slow)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; PocketSphinx uses 1)")
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--ctc-weight", type=float, default=0.3)
+    p.add_argument("--batch-size", type=int, default=1, help="recordings per model call (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    args = p.parse_args(argv)
+    if not args.data.exists():
+        print(f"skipped: {args.data} not found (give a manifest or a Kaldi data folder)", file=sys.stderr)
+        return 0
+    try:
+        import pocketsphinx  # noqa: F401
+    except ImportError:
+        print("skipped: pocketsphinx is not installed (pip install pocketsphinx)", file=sys.stderr)
+        return 0
+
+    import torch
+
+    from asr import DecodingOptions, load_model
+    from asr.data.dataset import load_utterance
+
+    torch.set_num_threads(args.threads)
+    utts = [u for u in read_utterances(args.data) if normalize_text(u.text)]
+    if args.limit:
+        utts = utts[: args.limit]
+    waves = [load_utterance(u) for u in utts]
+    refs = [normalize_text(u.text) for u in utts]
+    seconds = sum(len(w) for w in waves) / SAMPLE_RATE
+    model = load_model(args.model, device="cpu")
+    greedy = DecodingOptions(method="greedy")
+    beam = DecodingOptions(method="beam", beam_size=args.beam, ctc_weight=args.ctc_weight)
+    run_ours(model, waves[:2], greedy, 2)  # warm-up
+    run_pocketsphinx(waves[:1])
+
+    rows = []
+    for name, fn, fargs in (
+        ("pocketsphinx 5 (en-us)", run_pocketsphinx, (waves,)),
+        ("ours, greedy CTC", run_ours, (model, waves, greedy, args.batch_size)),
+        (f"ours, joint beam {args.beam}", run_ours, (model, waves, beam, args.batch_size)),
+    ):
+        hyps, cpu, wall = timed(fn, *fargs)
+        rows.append(Row(name, cpu / seconds, wall / seconds, wer(refs, hyps)))
+        print(f"  {name}: done ({wall:.0f} s)", file=sys.stderr)
+
+    ps = rows[0]
+    print(f"data: {args.data}, {len(waves)} utterances, {seconds:.0f} s of audio")
+    print(f"model: {args.model or 'models/default.pt'}; torch threads {args.threads}, batch {args.batch_size}")
+    print(f"{'system':<24} | {'CPU RTF':>8} | {'wall RTF':>8} | {'x PS (CPU)':>10} | {'WER':>6}")
+    for r in rows:
+        print(
+            f"{r.system:<24} | {r.cpu_rtf:8.4f} | {r.wall_rtf:8.4f} | {ps.cpu_rtf / r.cpu_rtf:9.1f}x | "
+            f"{100 * r.wer:5.1f}%"
+        )
+    if args.json:
+        print(json.dumps({
+            "utterances": len(waves), "audio_seconds": seconds, "threads": args.threads,
+            "batch_size": args.batch_size, "rows": [dataclasses.asdict(r) for r in rows],
+        }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
