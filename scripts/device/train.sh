@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Train the bundled model on a lent GPU machine (no network there), in calls of at most ~9 minutes.
+#
+# Before the first call, in the repo root here:
+#   .devdata/  a copy of the training audio: speechocean762/train/ + the WAVE files it lists, and cathy/
+#   .whl/      x86-64 cp312 wheels of soundfile, cffi, pycparser, jiwer, rapidfuzz (the GPU image lacks them)
+# Then run `bash scripts/device/train.sh [asr train options]` there with .devdata, .whl and scripts carried.
+# Each call trains for MINUTES (default 8.5) and pauses cleanly; run it again on the same warm machine to
+# continue (`asr train --resume`). The newest weights come back in $OUT as fp16, split under 16 MB a file:
+#   cat model.pt.part-* > models/default.pt
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+if [ ! -f exp/data/so762/train.jsonl ]; then
+  python3 scripts/device/run_asr.py data prepare kaldi .devdata/speechocean762/train exp/data/so762 --valid-speakers 8
+  python3 scripts/device/run_asr.py data prepare arctic .devdata/cathy exp/data/cathy
+fi
+python3 scripts/device/run_asr.py train configs/default.yaml --out exp/default --resume \
+  --max-minutes "${MINUTES:-8.5}" "$@" 2>&1 | grep --line-buffered -v -i warn | tee "$OUT/train.log"
+cp exp/default/metrics.jsonl "$OUT/" 2>/dev/null
+python3 scripts/device/export.py exp/default "$OUT" && split -b 15M "$OUT/model.pt" "$OUT/model.pt.part-" && rm "$OUT/model.pt"
+ls -la "$OUT"
