@@ -41,12 +41,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from asr.alignment import Word
 from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions
-from asr.transcribe import Alternative, decode_encoded, split_long_audio
+from asr.transcribe import Alternative, decode_encoded, encode_waveforms, split_long_audio
 
 if TYPE_CHECKING:
     from asr.model import ASRModel
@@ -376,7 +375,7 @@ class Recognizer:
                 job.stream._add_result(results[i])
 
     def _decode(self, jobs: list[_Job]) -> list[StreamResult]:
-        enc, enc_lengths, short = _encode(self.model, [j.audio for j in jobs])
+        enc, enc_lengths, short = encode_waveforms(self.model, [j.audio for j in jobs])
         out: list[StreamResult | None] = [None] * len(jobs)
         # interims: greedy CTC, one alternative
         interim = [i for i, j in enumerate(jobs) if not j.final]
@@ -445,24 +444,3 @@ def _common_prefix(a: str, b: str) -> str:
             break
         n += 1
     return a[:n]
-
-
-def _encode(model: ASRModel, waves: list[np.ndarray]) -> tuple[Tensor, Tensor, list[bool]]:
-    """Features and encoder states for a batch of waveforms, as :func:`asr.transcribe.decode_waveforms` makes
-    them. Returns ``enc (B, T', D)``, ``lengths (B,)`` and which waveforms were too short to encode."""
-    device = model.device
-    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-    batch = torch.zeros(len(waves), int(lengths.max()))
-    for i, w in enumerate(waves):
-        batch[i, : len(w)] = torch.from_numpy(w)
-    feats, feat_lengths = model.features(batch.to(device), lengths.to(device))
-    min_frames = model.config.encoder.subsampling
-    short = (feat_lengths < min_frames).tolist()
-    if any(short):  # too short to encode: pad with silence-level features so the batch still runs
-        feat_lengths = feat_lengths.clamp_min(min_frames)
-        if feats.size(1) < min_frames:
-            feats = torch.nn.functional.pad(
-                feats, (0, 0, 0, min_frames - feats.size(1)), value=math.log(1e-6)
-            )
-    enc, enc_lengths = model.encode(feats, feat_lengths)
-    return enc, enc_lengths, short

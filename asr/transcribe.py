@@ -100,6 +100,28 @@ def decode_encoded(
 
 
 @torch.inference_mode()
+def encode_waveforms(model: ASRModel, waves: list[np.ndarray]) -> tuple[Tensor, Tensor, list[bool]]:
+    """Pad 16 kHz mono waveforms into a batch and encode it: ``enc (B, T', D)``, ``lengths (B,)`` and, for
+    each waveform, whether it was too short to encode (it is then padded with silence-level features so the
+    batch still runs, and its result should be discarded)."""
+    device = model.device
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = torch.from_numpy(w)
+    feats, feat_lengths = model.features(batch.to(device), lengths.to(device))
+    min_frames = model.config.encoder.subsampling
+    short = (feat_lengths < min_frames).tolist()
+    if any(short):
+        feat_lengths = feat_lengths.clamp_min(min_frames)
+        if feats.size(1) < min_frames:
+            pad = (0, 0, 0, min_frames - feats.size(1))
+            feats = torch.nn.functional.pad(feats, pad, value=math.log(1e-6))
+    enc, enc_lengths = model.encode(feats, feat_lengths)
+    return enc, enc_lengths, short
+
+
+@torch.inference_mode()
 def decode_waveforms(
     model: ASRModel,
     waves: list[np.ndarray],
@@ -112,21 +134,7 @@ def decode_waveforms(
     """Batch-decode 16 kHz mono waveforms (each at most a segment long)."""
     if not waves:
         return []
-    device = model.device
-    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-    batch = torch.zeros(len(waves), int(lengths.max()))
-    for i, w in enumerate(waves):
-        batch[i, : len(w)] = torch.from_numpy(w)
-    feats, feat_lengths = model.features(batch.to(device), lengths.to(device))
-    min_frames = model.config.encoder.subsampling
-    short = (feat_lengths < min_frames).tolist()
-    if any(short):  # too short to encode: pad with silence-level features so the batch still runs
-        feat_lengths = feat_lengths.clamp_min(min_frames)
-        if feats.size(1) < min_frames:
-            feats = torch.nn.functional.pad(
-                feats, (0, 0, 0, min_frames - feats.size(1)), value=math.log(1e-6)
-            )
-    enc, enc_lengths = model.encode(feats, feat_lengths)
+    enc, enc_lengths, short = encode_waveforms(model, waves)
     durations = [len(w) / SAMPLE_RATE for w in waves]
     results = decode_encoded(
         model, enc, enc_lengths, options, offsets=offsets, durations=durations, lm=lm, word_times=word_times
