@@ -86,12 +86,17 @@ class StreamOptions:
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     interim_results: bool = True
     interim_interval_ms: int = 500  # least audio between two interims of an utterance
+    # Each interim re-encodes the whole open utterance (the encoder is bidirectional), so on long utterances
+    # the interval grows to this share of the utterance so far: the encoding cost stays linear in its length.
+    interim_growth: float = 0.25
     single_utterance: bool = False  # stop after the first final
     word_times: bool = True  # align words on finals
 
     def __post_init__(self) -> None:
         if not 100 <= self.interim_interval_ms <= 10_000:
             raise ValueError(f"interim_interval_ms must be in [100, 10000], got {self.interim_interval_ms}")
+        if not 0.0 <= self.interim_growth <= 1.0:
+            raise ValueError(f"interim_growth must be in [0, 1], got {self.interim_growth}")
 
 
 @dataclass(frozen=True)
@@ -273,16 +278,19 @@ class Stream:
     def _interim_due(self) -> bool:
         if not (self.options.interim_results and self._has_open_utterance()):
             return False
-        interval = self.options.interim_interval_ms * SAMPLE_RATE // 1000
+        interval = max(
+            self.options.interim_interval_ms * SAMPLE_RATE // 1000,
+            int(self.options.interim_growth * self._last_interim_len),
+        )
         return len(self.segment) - self._last_interim_len >= interval
 
     def _ready(self) -> bool:
         return bool(self._pending) or self._interim_due()
 
-    def _take_jobs(self) -> list[_Job]:
+    def _take_jobs(self, interims: bool = True) -> list[_Job]:
         jobs = list(self._pending)
         self._pending.clear()
-        if self._interim_due():
+        if interims and self._interim_due():
             jobs.append(_Job(self, self.segment.copy(), self.segment_start, self.utterance, False))
             self._last_interim_len = len(self.segment)
         return jobs
@@ -337,6 +345,11 @@ class Recognizer:
         with stream.lock:
             return stream._ready()
 
+    def has_final(self, stream: Stream) -> bool:
+        """Whether the stream has a closed utterance waiting for its final decoding."""
+        with stream.lock:
+            return bool(stream._pending)
+
     def result(self, stream: Stream) -> StreamResult | None:
         """The latest result (interim or final), or ``None`` before the first one."""
         with stream.lock:
@@ -350,12 +363,16 @@ class Recognizer:
             return out
 
     @torch.inference_mode()
-    def decode_streams(self, streams: list[Stream]) -> None:
-        """Decode the due finals and interims of ``streams``, ``max_batch_size`` segments per model call."""
+    def decode_streams(self, streams: list[Stream], *, interims: bool = True) -> None:
+        """Decode the due finals and interims of ``streams``, ``max_batch_size`` segments per model call.
+
+        ``interims=False`` decodes only the finals and leaves due interims for a later call: a server under
+        load uses it to put finals (what users wait for) ahead of interims (which are best effort).
+        """
         jobs: list[_Job] = []
         for s in streams:
             with s.lock:
-                jobs.extend(s._take_jobs())
+                jobs.extend(s._take_jobs(interims))
         order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].audio))  # similar lengths pad little
         size = self.config.max_batch_size
         results: dict[int, StreamResult] = {}

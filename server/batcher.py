@@ -3,7 +3,9 @@
 Callers ``await batcher.decode(stream)``; the batcher collects streams until it has ``max_batch_size`` of
 them or the first has waited ``max_wait_ms``, then runs :meth:`asr.streaming.Recognizer.decode_streams`
 on its executor (one thread: the model is called by one thread at a time, on the GPU when there is one). If a
-batch fails, each stream is retried alone so that one bad stream cannot fail the others.
+batch fails, each stream is retried alone so that one bad stream cannot fail the others. Finals come first:
+a batch in which some stream has a closed utterance decodes only finals, and the interims that were due wait
+for the next batch (their callers queue again), so final latency does not grow with other streams' interims.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import time
 
@@ -91,8 +94,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         streams = list(dict.fromkeys(s for s, _ in items))  # a stream queued twice is decoded once
         t0 = time.perf_counter()
+        finals_only = any(self.recognizer.has_final(s) for s in streams)
+        decode = functools.partial(self.recognizer.decode_streams, interims=not finals_only)
         try:
-            await loop.run_in_executor(self.executor, self.recognizer.decode_streams, streams)
+            await loop.run_in_executor(self.executor, decode, streams)
             errors: dict[int, BaseException] = {}
         except Exception:
             if len(streams) == 1:
@@ -103,7 +108,7 @@ class Batcher:
                 errors = {}
                 for s in streams:
                     try:
-                        await loop.run_in_executor(self.executor, self.recognizer.decode_streams, [s])
+                        await loop.run_in_executor(self.executor, decode, [s])
                     except Exception as exc:
                         log.exception("decoding failed for one stream")
                         errors[id(s)] = exc

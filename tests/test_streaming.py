@@ -217,3 +217,38 @@ def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="mono"):
         Recognizer.accept_audio(None, Stream(StreamOptions()), np.zeros((2, 10), np.float32))  # type: ignore[arg-type]
     assert dataclasses.replace(StreamOptions(), single_utterance=True).single_utterance
+
+
+def test_interim_interval_grows_with_the_utterance(model: ASRModel) -> None:
+    """Each interim re-encodes the open utterance, so on long ones interims thin out geometrically."""
+    rec = Recognizer(model)
+    opts = StreamOptions(
+        decoding=DecodingOptions(method="greedy"),
+        endpoint=EndpointConfig(max_segment_seconds=30.0),
+        interim_interval_ms=200,
+        interim_growth=0.5,
+    )
+    rng = np.random.default_rng(0)
+    loud = (0.3 * rng.standard_normal(12 * SAMPLE_RATE)).astype(np.float32)
+    noise = np.concatenate([silence(0.5), loud])  # one long "utterance" after a quiet start
+    ends = [round(r.end - r.start, 1) for r in feed(rec, rec.create_stream(opts), noise) if not r.is_final]
+    gaps = np.diff(ends)
+    assert len(ends) >= 5
+    assert all(g >= 0.5 * e - 0.11 for g, e in zip(gaps, ends[:-1], strict=False)), (ends, gaps)
+    flat = dataclasses.replace(opts, interim_growth=0.0)
+    n_flat = sum(not r.is_final for r in feed(rec, rec.create_stream(flat), noise))
+    assert n_flat > 2 * len(ends)  # without growth: one interim every 200 ms
+
+
+def test_finals_only_leaves_interims_for_later(model: ASRModel, speech: list[np.ndarray]) -> None:
+    rec = Recognizer(model)
+    opts = StreamOptions(decoding=DecodingOptions(method="greedy"), interim_interval_ms=200)
+    closed, open_ = rec.create_stream(opts), rec.create_stream(opts)
+    rec.accept_audio(closed, np.concatenate([silence(0.3), speech[0], silence(1.5)]))
+    rec.accept_audio(open_, np.concatenate([silence(0.3), speech[1]]))
+    assert rec.has_final(closed) and not rec.has_final(open_)
+    rec.decode_streams([closed, open_], interims=False)
+    assert [r.is_final for r in rec.pop_results(closed)] == [True]
+    assert rec.pop_results(open_) == [] and rec.is_ready(open_)  # its interim is still due
+    rec.decode_streams([open_])
+    assert [r.is_final for r in rec.pop_results(open_)] == [False]
