@@ -2,7 +2,8 @@
 
 Raw PCM chunks are converted statefully (:class:`ChunkDecoder`): a stray byte or a partial multi-channel frame
 waits for the next chunk, and resampling keeps context across chunk edges so a stream gets (nearly) the
-samples a whole-file resample would give.
+samples a whole-file resample would give. Encoded streams (Ogg/Opus, FLAC, WAV, MP3) go through
+:class:`ContainerChunkDecoder`; :func:`stream_decoder` picks one for a stream's encoding.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ MIN_RATE, MAX_RATE = 8000, 48000
 
 
 def check_raw_format(encoding: int, sample_rate: int, channels: int) -> None:
-    name = asr_pb2.AudioEncoding.Name(encoding)
+    known = encoding in asr_pb2.AudioEncoding.values()
+    name = asr_pb2.AudioEncoding.Name(encoding) if known else str(encoding)
     if encoding not in RAW:
-        raise ValueError(f"a stream needs raw audio (LINEAR16 or MULAW), got {name}")
+        raise ValueError(f"expected raw audio (LINEAR16 or MULAW), got {name}")
     if not MIN_RATE <= sample_rate <= MAX_RATE:
         raise ValueError(f"{name} needs sample_rate_hertz in [{MIN_RATE}, {MAX_RATE}], got {sample_rate}")
     if not 1 <= channels <= 8:
@@ -137,4 +139,104 @@ class StreamResampler:
         return AF.resample(torch.from_numpy(np.ascontiguousarray(x)), self.rate, self.target).numpy()
 
 
-__all__ = ["ChunkDecoder", "StreamResampler", "check_raw_format", "decode_request_audio"]
+class ContainerChunkDecoder:
+    """An encoded stream (Ogg/Opus, FLAC, WAV, MP3), chunk by chunk -> float32 16 kHz mono.
+
+    libsndfile has no incremental API, so the growing container is decoded again from its start once enough
+    new bytes have arrived: at least ``min_bytes`` and at least ``growth`` of what is buffered, which keeps
+    the total decoding work linear in the stream's length. A truncated Ogg, WAV or MP3 yields every complete
+    page or frame, so results come while the stream is live; a truncated FLAC does not decode, and its audio
+    comes when the stream ends. Bytes that are no audio at all fail once ``probe_bytes`` have arrived.
+    """
+
+    def __init__(
+        self,
+        encoding: int,
+        *,
+        min_bytes: int = 2048,
+        growth: float = 0.125,
+        probe_bytes: int = 65536,
+        max_bytes: int = 64 << 20,
+    ) -> None:
+        self.name = asr_pb2.AudioEncoding.Name(encoding)
+        self.min_bytes, self.growth = min_bytes, growth
+        self.probe_bytes, self.max_bytes = probe_bytes, max_bytes
+        self._buf = bytearray()
+        self._decoded_at = 0
+        self._emitted = 0  # samples at the native rate already passed on
+        self._header_ok = False
+        self.resampler: StreamResampler | None = None
+        self.rate = 0
+        self.input_seconds = 0.0
+
+    def push(self, data: bytes) -> np.ndarray:
+        self._buf += data
+        if len(self._buf) > self.max_bytes:
+            raise AudioError(
+                f"{self.name} stream is over {self.max_bytes >> 20} MiB; send LINEAR16 for long audio"
+            )
+        if len(self._buf) - self._decoded_at < max(self.min_bytes, int(self.growth * len(self._buf))):
+            return np.zeros(0, dtype=np.float32)
+        return self._decode(final=False)
+
+    def flush(self) -> np.ndarray:
+        if not self._buf:
+            return np.zeros(0, dtype=np.float32)
+        out = self._decode(final=True)
+        tail = self.resampler.flush() if self.resampler is not None else np.zeros(0, dtype=np.float32)
+        return np.concatenate([out, tail])
+
+    def _decode(self, final: bool) -> np.ndarray:
+        self._decoded_at = len(self._buf)
+        data = io.BytesIO(bytes(self._buf))
+        try:
+            audio, sr = sf.read(data, dtype="float32", always_2d=True)
+        except Exception as exc:
+            probed = len(self._buf) >= self.probe_bytes
+            hopeless = probed and not self._header_ok and not self._readable_header()
+            if final or hopeless:
+                raise AudioError(
+                    f"could not decode the {self.name} stream ({len(self._buf)} bytes): {exc}"
+                ) from exc
+            return np.zeros(0, dtype=np.float32)  # a partial page or frame: wait for more
+        self._header_ok = True
+        if not self.rate:
+            self.rate = int(sr)
+            if not MIN_RATE <= self.rate <= MAX_RATE:
+                raise AudioError(
+                    f"{self.name} stream has a sample rate of {self.rate} Hz; "
+                    f"supported: {MIN_RATE}-{MAX_RATE}"
+                )
+            self.resampler = StreamResampler(self.rate) if self.rate != SAMPLE_RATE else None
+        mono = np.ascontiguousarray(audio.mean(axis=1), dtype=np.float32)
+        new = mono[self._emitted :]
+        self._emitted = max(self._emitted, len(mono))
+        self.input_seconds = self._emitted / self.rate
+        return self.resampler.push(new) if self.resampler is not None else new
+
+    def _readable_header(self) -> bool:
+        try:
+            sf.info(io.BytesIO(bytes(self._buf)))
+        except Exception:
+            return False
+        self._header_ok = True
+        return True
+
+
+def stream_decoder(encoding: int, sample_rate: int, channels: int) -> ChunkDecoder | ContainerChunkDecoder:
+    """The chunk decoder for a stream: raw PCM (LINEAR16, MULAW) or an encoded container."""
+    if encoding in RAW:
+        return ChunkDecoder(encoding, sample_rate, channels)
+    if encoding in CONTAINERS and encoding != asr_pb2.ENCODING_UNSPECIFIED:
+        return ContainerChunkDecoder(encoding)
+    raise ValueError(f"unknown encoding {encoding}; see asr.v1.AudioEncoding")
+
+
+__all__ = [
+    "ChunkDecoder",
+    "ContainerChunkDecoder",
+    "StreamResampler",
+    "check_raw_format",
+    "decode_request_audio",
+    "stream_decoder",
+]

@@ -32,7 +32,7 @@ from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions
 from asr.streaming import EndpointConfig, Recognizer, Stream, StreamOptions, StreamResult
 from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
-from server.audio import ChunkDecoder, decode_request_audio
+from server.audio import ChunkDecoder, ContainerChunkDecoder, decode_request_audio, stream_decoder
 from server.batcher import Batcher
 from server.config import ServerConfig
 from server.metrics import Metrics
@@ -323,7 +323,7 @@ class _StreamCall:
             model = self.service._model(cfg.model)
             options = self.service._stream_options(sc)
             encoding = cfg.encoding or asr_pb2.LINEAR16
-            chunker = ChunkDecoder(encoding, cfg.sample_rate_hertz, cfg.audio_channel_count or 1)
+            chunker = stream_decoder(encoding, cfg.sample_rate_hertz, cfg.audio_channel_count or 1)
         except ValueError as exc:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
         rec = model.recognizer
@@ -368,7 +368,9 @@ class _StreamCall:
             },
         )
 
-    async def _read(self, rec: Recognizer, stream: Stream, chunker: ChunkDecoder) -> None:
+    async def _read(
+        self, rec: Recognizer, stream: Stream, chunker: ChunkDecoder | ContainerChunkDecoder
+    ) -> None:
         try:
             while True:
                 msg = await self._next()
@@ -404,6 +406,8 @@ class _StreamCall:
                 self.wake.set()
         except CallError as exc:
             self.error = exc
+        except ValueError as exc:  # audio that cannot be decoded (AudioError)
+            self.error = CallError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

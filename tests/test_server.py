@@ -7,6 +7,7 @@ trained: equal text from random weights means the service decodes exactly what t
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -275,6 +277,38 @@ def test_streaming_finals_match_offline_and_interims_come_first(
     )
 
 
+@pytest.mark.parametrize("fmt, subtype, encoding", [("OGG", "OPUS", "OGG_OPUS"), ("FLAC", "PCM_16", "FLAC")])
+def test_streaming_encoded_containers(
+    server: ServerThread, model: ASRModel, speech: list[np.ndarray], fmt: str, subtype: str, encoding: str
+) -> None:
+    """An Ogg/Opus or FLAC file sent in pieces (as a browser recorder sends it) decodes as the whole file."""
+    audio = conversation(speech)
+    buf = io.BytesIO()
+    sf.write(buf, audio, SAMPLE_RATE, format=fmt, subtype=subtype)
+    blob = buf.getvalue()
+    heard = sf.read(io.BytesIO(blob), dtype="float32")[0]
+    cfg = asr_pb2.RecognitionConfig(encoding=asr_pb2.AudioEncoding.Value(encoding))
+    sc = asr_pb2.StreamingRecognitionConfig(config=cfg, interim_results=True, interim_interval_ms=300)
+    step = max(200, len(blob) // 40)  # about 40 pieces, sent at a few times real time
+
+    def requests() -> Iterator[asr_pb2.StreamingRecognizeRequest]:
+        yield asr_pb2.StreamingRecognizeRequest(streaming_config=sc)
+        for i in range(0, len(blob), step):
+            time.sleep(0.03)
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=blob[i : i + step])
+
+    responses = list(server.stub().StreamingRecognize(requests(), timeout=60))
+    finals = [r for resp in responses for r in resp.results if r.is_final]
+    assert [f.utterance_index for f in finals] == [0, 1]
+    for f in finals:
+        start, end = seconds(f.result_start_offset), seconds(f.result_end_offset)
+        seg = heard[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)]
+        want = decode_waveforms(model, [seg], DecodingOptions(beam_size=4), offsets=[start])[0]
+        assert f.alternatives[0].transcript == want.text
+    if fmt == "OGG":  # Ogg pages decode as they arrive, so interims come while the stream is open
+        assert any(not r.is_final for resp in responses for r in resp.results)
+
+
 def test_streaming_without_interims_and_single_utterance(
     server: ServerThread, model: ASRModel, speech: list[np.ndarray]
 ) -> None:
@@ -333,12 +367,20 @@ def test_invalid_arguments(server: ServerThread, speech: list[np.ndarray]) -> No
                 )
             )
         ],
-        "container in a stream": [
+        "unknown encoding": [
             asr_pb2.StreamingRecognizeRequest(
                 streaming_config=asr_pb2.StreamingRecognitionConfig(
-                    config=asr_pb2.RecognitionConfig(encoding=asr_pb2.FLAC)
+                    config=asr_pb2.RecognitionConfig(encoding=99, sample_rate_hertz=16000)
                 )
             )
+        ],
+        "garbage in an Ogg/Opus stream": [
+            asr_pb2.StreamingRecognizeRequest(
+                streaming_config=asr_pb2.StreamingRecognitionConfig(
+                    config=asr_pb2.RecognitionConfig(encoding=asr_pb2.OGG_OPUS)
+                )
+            ),
+            *[asr_pb2.StreamingRecognizeRequest(audio_content=bytes(range(256)) * 40) for _ in range(8)],
         ],
         "beam too wide": [
             asr_pb2.StreamingRecognizeRequest(
