@@ -126,6 +126,7 @@ class TrainConfig:
     keep_checkpoints: int = 5
     average: int = 5  # average the best N epoch models at the end (<= 1: off)
     export_half: bool = True  # final.pt in fp16
+    init_from: str = ""  # fine-tune: start from this checkpoint's weights, config, tokenizer and CMVN
 
     def __post_init__(self) -> None:
         if self.best_by not in ("loss", "cer"):
@@ -489,6 +490,11 @@ def _train(
         model = model_from_checkpoint(ckpt).to(device)
         state = ckpt["extra"]["train"]
         log.info("resuming %s at epoch %d, step %d", last_path, state["epoch"], state["step"])
+    elif config.init_from:
+        model = model_from_checkpoint(load_checkpoint(config.init_from)).to(device)
+        if config.model and ModelConfig.from_dict(config.model) != model.config:
+            log.warning("init_from %s: its model config replaces the config file's", config.init_from)
+        log.info("fine-tuning %s (its config, tokenizer and CMVN)", config.init_from)
     else:
         tok_dict = [
             build_tokenizer(config.tokenizer, [u.text for u in train_utts]).to_dict()

@@ -220,3 +220,18 @@ def test_max_minutes_pauses_and_resume_finishes(manifest: Path, tmp_path: Path) 
     done = train(TrainConfig.from_dict({**raw, "max_minutes": 0.0}), resume=True)
     assert done["steps"] == 8 and done["finished"] is True
     assert (out / "final.pt").is_file()
+
+
+def test_init_from_fine_tunes_a_trained_checkpoint(manifest: Path, tmp_path: Path) -> None:
+    common = {"data__valid": [str(manifest)], "epochs": 12, "average": 0}
+    base = tmp_path / "base"
+    train(TrainConfig.from_dict(tiny_config(manifest, base, **common)))
+    fresh = records(base, "valid")[0]["valid_loss"]
+    trained = records(base, "valid")[-1]["valid_loss"]
+    tuned_out = tmp_path / "tuned"
+    cfg = tiny_config(manifest, tuned_out, epochs=1, average=0, init_from=str(base / "final.pt"))
+    cfg["model"] = {}  # the checkpoint brings its own architecture, tokenizer and CMVN
+    train(TrainConfig.from_dict(cfg))
+    first = records(tuned_out, "valid")[0]["valid_loss"]
+    assert first < fresh and abs(first - trained) < 0.5 * (fresh - trained)
+    assert load_model(tuned_out / "final.pt", device="cpu").config == load_model(base / "final.pt").config
