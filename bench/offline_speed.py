@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,13 +59,13 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return float(jiwer.wer(refs, [h or "<empty>" for h in hyps]))
 
 
-def timed(fn, *args):  # type: ignore[no-untyped-def]
+def timed(fn: Any, *args: Any) -> tuple[Any, float, float]:
     cpu, wall = time.process_time(), time.perf_counter()
     out = fn(*args)
     return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
-def run_ours(model, waves: list[np.ndarray], options, batch_size: int) -> list[str]:  # type: ignore[no-untyped-def]
+def run_ours(model: Any, waves: list[Any], options: Any, batch_size: int) -> list[str]:
     from asr.transcribe import transcribe_batch
 
     return [normalize_text(t.text) for t in transcribe_batch(model, waves, options, batch_size=batch_size)]
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     utts = [u for u in read_utterances(args.data) if normalize_text(u.text)]
     if args.limit:
         utts = utts[: args.limit]
-    waves = [load_utterance(u) for u in utts]
+    waves: list[Any] = [load_utterance(u) for u in utts]
     refs = [normalize_text(u.text) for u in utts]
     seconds = sum(len(w) for w in waves) / SAMPLE_RATE
     model = load_model(args.model, device="cpu")
@@ -134,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ps = rows[0]
     print(f"data: {args.data}, {len(waves)} utterances, {seconds:.0f} s of audio")
-    print(f"model: {args.model or 'models/default.pt'}; torch threads {args.threads}, batch {args.batch_size}")
+    print(
+        f"model: {args.model or 'models/default.pt'}; torch threads {args.threads}, batch {args.batch_size}"
+    )
     print(f"{'system':<24} | {'CPU RTF':>8} | {'wall RTF':>8} | {'x PS (CPU)':>10} | {'WER':>6}")
     for r in rows:
         print(
@@ -142,10 +145,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * r.wer:5.1f}%"
         )
     if args.json:
-        print(json.dumps({
-            "utterances": len(waves), "audio_seconds": seconds, "threads": args.threads,
-            "batch_size": args.batch_size, "rows": [dataclasses.asdict(r) for r in rows],
-        }))
+        print(
+            json.dumps(
+                {
+                    "utterances": len(waves),
+                    "audio_seconds": seconds,
+                    "threads": args.threads,
+                    "batch_size": args.batch_size,
+                    "rows": [dataclasses.asdict(r) for r in rows],
+                }
+            )
+        )
     return 0
 
 

@@ -1,7 +1,7 @@
 """Batched offline throughput: seconds of audio recognised per second, against batch size.
 
     python bench/throughput.py exp/data/so762_test/all.jsonl --limit 96 --batch-sizes 1 4 16 32
-    python bench/throughput.py exp/data/so762_test/all.jsonl --device cuda --limit 2000 --batch-sizes 32 128 256
+    python bench/throughput.py exp/data/so762_test/all.jsonl --device cuda --limit 2000 --batch-sizes 32 256
 
 The argument is a JSONL manifest (or a Kaldi data folder). Audio is decoded before timing; each row is the
 whole recognition path (``asr.transcribe.transcribe_batch``: features, encoder, decoding and word times) over
@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     utts = read_utterances(args.data)[: args.limit]
-    waves = [load_utterance(u) for u in utts]
+    waves: list[Any] = [load_utterance(u) for u in utts]
     seconds = sum(len(w) for w in waves) / SAMPLE_RATE
     model = load_model(args.model, device=args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             row = {"method": method, "batch_size": bs, "x_realtime": seconds / wall, "cpu_rtf": cpu / seconds}
             rows.append(row)
-            print(f"{method:<8} | {bs:>5} | {row['x_realtime']:>10.1f}x | {row['cpu_rtf']:>15.4f}", flush=True)
+            print(
+                f"{method:<8} | {bs:>5} | {row['x_realtime']:>10.1f}x | {row['cpu_rtf']:>15.4f}", flush=True
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         meta = {"device": args.device, "threads": args.threads, "utterances": len(waves), "seconds": seconds}

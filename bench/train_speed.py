@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     model = ASRModel(ref.config, ref.tokenizer).to(args.device).train()
     utts = read_utterances(args.data)[: (args.steps + 1) * args.batch_size]
     loader = DataLoader(
-        SpeechDataset(utts, ref.tokenizer), batch_size=args.batch_size, shuffle=False,
-        num_workers=args.workers, collate_fn=collate,
+        SpeechDataset(utts, ref.tokenizer),
+        batch_size=args.batch_size,
+        shuffle=False,
+        num_workers=args.workers,
+        collate_fn=collate,
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -91,10 +94,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{steps - 1} steps of {args.batch_size} utterances on {args.device} ({args.threads} threads, "
         f"{args.workers} data workers): {audio_s:.0f} s of audio in {step_s:.1f} s"
     )
-    print(f"throughput {x:.2f} audio hours per hour ({x:.2f}x real time); data wait {100 * data_s / step_s:.1f}%")
+    print(
+        f"throughput {x:.2f} audio hours per hour ({x:.2f}x real time); "
+        f"data wait {100 * data_s / step_s:.1f}%"
+    )
     if args.json:
-        print(json.dumps({"x_realtime": x, "data_wait_share": data_s / step_s, "steps": steps - 1,
-                          "batch_size": args.batch_size, "device": args.device}))
+        print(
+            json.dumps(
+                {
+                    "x_realtime": x,
+                    "data_wait_share": data_s / step_s,
+                    "steps": steps - 1,
+                    "batch_size": args.batch_size,
+                    "device": args.device,
+                }
+            )
+        )
     return 0
 
 

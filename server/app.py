@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -287,6 +288,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    # oneDNN keeps a compiled LSTM primitive per input shape (up to 1024); streams bring ever new lengths,
+    # so RSS grew ~60 MiB per 1,000 streams (bench/soak.py). Off unless the operator sets it; no slower there.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
     config = config_from_args(args)
     setup_logging(config)
     try:
