@@ -103,10 +103,16 @@ class StreamOptions:
 class RecognizerConfig:
     max_batch_size: int = 16  # segments per encoder call; more are split into several calls
     default_options: StreamOptions = field(default_factory=StreamOptions)
+    # Audio the interims of one decode_streams call may re-encode, in seconds. Interims past it wait for a
+    # later call (the streams that waited longest go first), which keeps each call short, so a final that
+    # arrives meanwhile waits little. At least one due interim is always decoded.
+    max_interim_seconds: float = 12.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_interim_seconds <= 0:
+            raise ValueError(f"max_interim_seconds must be positive, got {self.max_interim_seconds}")
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,7 @@ class Stream:
         self.utterance = 0  # index of the open utterance
         self._pending: deque[_Job] = deque()  # closed segments waiting for their final
         self._last_interim_len = 0  # segment length at the last interim
+        self._interim_turn = 0  # when (in decode calls) this stream last got an interim: fairness under load
         self._last_interim_text = ""
         self.finals_emitted = 0
         self.input_done = False  # no more audio will come
@@ -287,13 +294,15 @@ class Stream:
     def _ready(self) -> bool:
         return bool(self._pending) or self._interim_due()
 
-    def _take_jobs(self, interims: bool = True) -> list[_Job]:
+    def _take_finals(self) -> list[_Job]:
         jobs = list(self._pending)
         self._pending.clear()
-        if interims and self._interim_due():
-            jobs.append(_Job(self, self.segment.copy(), self.segment_start, self.utterance, False))
-            self._last_interim_len = len(self.segment)
         return jobs
+
+    def _take_interim(self, turn: int) -> _Job:
+        self._last_interim_len = len(self.segment)
+        self._interim_turn = turn
+        return _Job(self, self.segment.copy(), self.segment_start, self.utterance, False)
 
     def _add_result(self, result: StreamResult) -> None:
         self._results.append(result)
@@ -310,6 +319,7 @@ class Recognizer:
     def __init__(self, model: ASRModel, config: RecognizerConfig | None = None) -> None:
         self.model = model.eval()
         self.config = config or RecognizerConfig()
+        self._turn = 0  # decode calls that took interims
 
     def create_stream(self, options: StreamOptions | None = None) -> Stream:
         return Stream(options or self.config.default_options)
@@ -372,7 +382,9 @@ class Recognizer:
         jobs: list[_Job] = []
         for s in streams:
             with s.lock:
-                jobs.extend(s._take_jobs(interims))
+                jobs.extend(s._take_finals())
+        if interims:
+            jobs.extend(self._take_interims(streams))
         order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].audio))  # similar lengths pad little
         size = self.config.max_batch_size
         results: dict[int, StreamResult] = {}
@@ -390,6 +402,22 @@ class Recognizer:
         for i, job in enumerate(jobs):  # in the order taken: each stream's results stay in time order
             with job.stream.lock:
                 job.stream._add_result(results[i])
+
+    def _take_interims(self, streams: list[Stream]) -> list[_Job]:
+        """Due interims within ``max_interim_seconds`` of audio, the longest-waiting streams first."""
+        self._turn += 1
+        budget = int(self.config.max_interim_seconds * SAMPLE_RATE)
+        jobs: list[_Job] = []
+        used = 0
+        for s in sorted(dict.fromkeys(streams), key=lambda s: s._interim_turn):
+            with s.lock:
+                if not s._interim_due():
+                    continue
+                if jobs and used + len(s.segment) > budget:
+                    break
+                used += len(s.segment)
+                jobs.append(s._take_interim(self._turn))
+        return jobs
 
     def _decode(self, jobs: list[_Job]) -> list[StreamResult]:
         enc, enc_lengths, short = encode_waveforms(self.model, [j.audio for j in jobs])

@@ -252,3 +252,17 @@ def test_finals_only_leaves_interims_for_later(model: ASRModel, speech: list[np.
     assert rec.pop_results(open_) == [] and rec.is_ready(open_)  # its interim is still due
     rec.decode_streams([open_])
     assert [r.is_final for r in rec.pop_results(open_)] == [False]
+
+
+def test_interims_share_a_budget_longest_waiting_first(model: ASRModel, speech: list[np.ndarray]) -> None:
+    rec = Recognizer(model, RecognizerConfig(max_interim_seconds=1.0))
+    opts = StreamOptions(decoding=DecodingOptions(method="greedy"), interim_interval_ms=200)
+    streams = [rec.create_stream(opts) for _ in range(3)]
+    for s in streams:  # each has an open utterance of ~0.8-1.5 s: only one fits the 1 s budget at a time
+        rec.accept_audio(s, np.concatenate([silence(0.3), speech[3][: int(0.8 * SAMPLE_RATE)]]))
+    served = []
+    for _ in range(3):
+        rec.decode_streams(streams)
+        served.append([i for i, s in enumerate(streams) if rec.pop_results(s)])
+    assert all(len(x) == 1 for x in served), served
+    assert sorted(x[0] for x in served) == [0, 1, 2]  # every stream gets its turn
