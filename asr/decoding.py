@@ -195,6 +195,10 @@ def beam_search(
     k = v - 1 if not use_att else min(v - 1, max(w, int(options.pre_beam_ratio * w)))
     all_cands = torch.tensor([i for i in range(v) if i != blank], device=device)
 
+    # Every score term is a log-probability of a growing prefix (attention, CTC prefix, LM), so without a
+    # length bonus or normalisation a hypothesis's raw score can only fall as it grows: once the best live
+    # one is below the n-th best finished one, the n-best list is final and the search can stop exactly.
+    monotone = not options.normalize_length and options.length_bonus <= 0
     for step in range(int(maxlen.max()) + 1):
         last = yseq[:, -1]
         total = torch.zeros(n, v, dtype=torch.float64, device=device)
@@ -263,9 +267,15 @@ def beam_search(
                     Hypothesis(toks, score, float(att_acc[i]), float(ctc_psi[i]), float(lm_acc[i]))
                 )
         scores = top.masked_fill(ended, NEG_INF)
-        alive = torch.isfinite(scores).view(b, w).any(dim=1).tolist()
+        best_alive = scores.view(b, w).max(dim=1).values.tolist()
         for u in range(b):
-            if not done[u] and (not alive[u] or _end_detected(finished[u], step)):
+            if done[u]:
+                continue
+            if (
+                best_alive[u] == NEG_INF
+                or (monotone and _cannot_improve(finished[u], best_alive[u], options.nbest))
+                or _end_detected(finished[u], step)
+            ):
                 done[u] = True
                 scores.view(b, w)[u] = NEG_INF
         if all(done):
@@ -276,6 +286,12 @@ def beam_search(
         hyps = sorted(finished[u], key=lambda h: h.score, reverse=True)
         results.append(hyps[: options.nbest] if hyps else [Hypothesis((), NEG_INF)])
     return results
+
+
+def _cannot_improve(hyps: list[Hypothesis], best_alive: float, nbest: int) -> bool:
+    if len(hyps) < nbest:
+        return False
+    return best_alive < sorted((h.score for h in hyps), reverse=True)[nbest - 1]
 
 
 def _end_detected(hyps: list[Hypothesis], step: int, m: int = 3, margin: float = math.log(1e-10)) -> bool:

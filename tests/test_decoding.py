@@ -267,6 +267,26 @@ def test_batched_beam_search_equals_one_at_a_time(ctc_weight: float) -> None:
         assert [h.score for h in batched[b]] == pytest.approx([h.score for h in alone], abs=1e-6)
 
 
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.4, 1.0])
+@torch.inference_mode()
+def test_early_stop_keeps_the_nbest(ctc_weight: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping once no live hypothesis can enter the n-best gives exactly the n-best of a full search."""
+    import asr.decoding as decoding
+
+    model = CTCModel(seed=2)
+    enc, lengths = peaky(PATHS, sharp=1.0, seed=2)  # flat posteriors: hypotheses end at many lengths
+    opts = DecodingOptions(beam_size=6, nbest=2, ctc_weight=ctc_weight)
+    early = beam_search(model, enc, lengths, opts)
+    calls = []
+    monkeypatch.setattr(decoding, "_cannot_improve", lambda *a: calls.append(a) and False)
+    monkeypatch.setattr(decoding, "_end_detected", lambda *a: False)
+    full = beam_search(model, enc, lengths, opts)
+    assert calls, "the early-stop test never ran"
+    for a, b in zip(early, full, strict=True):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-9)
+
+
 @torch.inference_mode()
 def test_beam_search_with_beam_wider_than_vocabulary(monkeypatch: pytest.MonkeyPatch) -> None:
     """More beam slots than live extensions: the empty slots must stay dead, never win through NaNs."""
@@ -336,3 +356,12 @@ def test_hypothesis_is_immutable() -> None:
     h = Hypothesis((1, 2), -1.0)
     with pytest.raises(AttributeError):
         h.score = 0.0  # type: ignore[misc]
+
+
+def test_cannot_improve_compares_with_the_nth_best_finished() -> None:
+    from asr.decoding import _cannot_improve
+
+    hyps = [Hypothesis((1,), -2.0), Hypothesis((2,), -5.0)]
+    assert not _cannot_improve(hyps[:1], -9.0, 2)  # fewer finished than asked for: keep searching
+    assert _cannot_improve(hyps, -5.5, 2) and not _cannot_improve(hyps, -4.0, 2)
+    assert _cannot_improve(hyps, -2.5, 1) and not _cannot_improve(hyps, -1.0, 1)
