@@ -105,6 +105,12 @@ class _Options:
             ("grpc.max_reconnect_backoff_ms", max(1, int(max_backoff * 1000))),
         ]
 
+    def channel(self, kind: Any) -> Any:
+        """A channel from ``grpc`` (blocking) or ``grpc.aio`` with these settings."""
+        if self.credentials is not None:
+            return kind.secure_channel(self.target, self.credentials, options=self.channel_options)
+        return kind.insecure_channel(self.target, options=self.channel_options)
+
     def delay(self, attempt: int) -> float:
         """Backoff before retry ``attempt`` (0-based): exponential with "equal jitter"."""
         d = min(self.max_backoff, self.backoff * 2**attempt)
@@ -252,11 +258,7 @@ class Client:
             target, tls, root_certificates, client_certificate, client_key, credentials, token, timeout,
             retries, backoff, max_backoff, max_message_bytes,
         )
-        o = self._opts
-        if o.credentials is not None:
-            self._channel = grpc.secure_channel(target, o.credentials, options=o.channel_options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=o.channel_options)
+        self._channel = self._opts.channel(grpc)
         self._stub = asr_pb2_grpc.RecognizerStub(self._channel)
 
     @property
@@ -423,11 +425,7 @@ class AsyncClient:
             target, tls, root_certificates, client_certificate, client_key, credentials, token, timeout,
             retries, backoff, max_backoff, max_message_bytes,
         )
-        o = self._opts
-        if o.credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, o.credentials, options=o.channel_options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=o.channel_options)
+        self._channel = self._opts.channel(grpc.aio)
         self._stub = asr_pb2_grpc.RecognizerStub(self._channel)
 
     @property

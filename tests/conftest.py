@@ -8,8 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from asr import ASRModel, ModelConfig
 from asr.audio import SAMPLE_RATE, load_audio
+from asr.decoder import DecoderConfig
+from asr.encoder import EncoderConfig
+from asr.features import FeatureConfig
+from asr.tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -51,3 +57,23 @@ def shared_data() -> Path:
 
 def read(path: Path) -> np.ndarray:
     return load_audio(path)
+
+
+def tiny_model(seed: int = 0) -> ASRModel:
+    """A small random-weight model (40 mels, 2 BiLSTM layers of 32) for streaming and server tests."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        FeatureConfig(n_mels=40),
+        EncoderConfig(
+            input_dim=40, conv_channels=8, hidden_size=32, num_layers=2, pyramid_layers=1, dropout=0.0
+        ),
+        DecoderConfig(
+            embed_dim=32,
+            hidden_size=64,
+            attention_dim=32,
+            location_channels=4,
+            location_kernel=11,
+            dropout=0.0,
+        ),
+    )
+    return ASRModel(cfg, CharTokenizer.default()).eval()

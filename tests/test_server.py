@@ -25,16 +25,12 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from conftest import tiny_model
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from asr import ASRModel, ModelConfig, save_checkpoint
+from asr import ASRModel, save_checkpoint
 from asr.audio import SAMPLE_RATE, float_to_pcm16, load_audio, resample
-from asr.decoder import DecoderConfig
 from asr.decoding import DecodingOptions
-from asr.encoder import EncoderConfig
-from asr.features import FeatureConfig
-from asr.tokenizer import CharTokenizer
 from asr.transcribe import decode_waveforms, transcribe
 from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from server.app import create_server
@@ -42,25 +38,6 @@ from server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = SAMPLE_RATE // 10  # 100 ms
-
-
-def tiny_model(seed: int = 0) -> ASRModel:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        FeatureConfig(n_mels=40),
-        EncoderConfig(
-            input_dim=40, conv_channels=8, hidden_size=32, num_layers=2, pyramid_layers=1, dropout=0.0
-        ),
-        DecoderConfig(
-            embed_dim=32,
-            hidden_size=64,
-            attention_dim=32,
-            location_channels=4,
-            location_kernel=11,
-            dropout=0.0,
-        ),
-    )
-    return ASRModel(cfg, CharTokenizer.default()).eval()
 
 
 class ServerThread:

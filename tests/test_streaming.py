@@ -8,16 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import tiny_model
 
-from asr import ASRModel, ModelConfig
+from asr import ASRModel
 from asr.audio import SAMPLE_RATE, load_audio
-from asr.decoder import DecoderConfig
 from asr.decoding import DecodingOptions
-from asr.encoder import EncoderConfig
-from asr.features import FeatureConfig
 from asr.streaming import EndpointConfig, Recognizer, RecognizerConfig, Stream, StreamOptions, StreamResult
-from asr.tokenizer import CharTokenizer
 from asr.transcribe import decode_waveforms, transcribe
 
 CHUNK = SAMPLE_RATE // 10
@@ -26,22 +22,7 @@ FAST = 0.3  # random weights never say <eos>: cap the beam search at 0.3 tokens 
 
 @pytest.fixture(scope="module")
 def model() -> ASRModel:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        FeatureConfig(n_mels=40),
-        EncoderConfig(
-            input_dim=40, conv_channels=8, hidden_size=32, num_layers=2, pyramid_layers=1, dropout=0.0
-        ),
-        DecoderConfig(
-            embed_dim=32,
-            hidden_size=64,
-            attention_dim=32,
-            location_channels=4,
-            location_kernel=11,
-            dropout=0.0,
-        ),
-    )
-    return ASRModel(cfg, CharTokenizer.default()).eval()
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
