@@ -27,6 +27,7 @@ __all__ = [
     "read_audio",
     "read_raw",
     "resample",
+    "split_at_quiet",
     "to_linear16",
 ]
 
@@ -81,6 +82,32 @@ def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
         spectrum = np.pad(spectrum, (0, bins - len(spectrum)))
     out = np.fft.irfft(spectrum, n_out) * (n_out / len(audio))
     return out.astype(np.float32)
+
+
+def split_at_quiet(
+    audio: np.ndarray, sample_rate: int, max_seconds: float, search_seconds: float = 30.0
+) -> list[tuple[int, int]]:
+    """Cut a recording into ``[start, end)`` sample ranges of at most ``max_seconds`` each, every cut at the
+    quietest 50 ms in the ``search_seconds`` before the limit (so cuts fall between words where there is a
+    pause). The ranges cover the audio without gaps or overlaps."""
+    if max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    limit = max(1, int(max_seconds * sample_rate))
+    frame = max(1, sample_rate // 20)
+    search = max(frame, min(int(search_seconds * sample_rate), limit // 2))
+    pieces, start, n = [], 0, len(audio)
+    while n - start > limit:
+        lo = start + limit - search
+        window = audio[lo : start + limit]
+        frames = len(window) // frame
+        energy = np.square(window[: frames * frame].reshape(frames, frame)).mean(axis=1)
+        # The last quietest frame: the longest pieces, the fewest cuts.
+        quiet = frames - 1 - int(np.argmin(energy[::-1]))
+        cut = lo + quiet * frame + frame // 2
+        pieces.append((start, cut))
+        start = cut
+    pieces.append((start, n))
+    return pieces
 
 
 def to_linear16(audio: np.ndarray) -> bytes:

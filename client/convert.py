@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,17 @@ def streaming_results(resp: pb.StreamingRecognizeResponse) -> list[StreamingResu
         )
         for r in resp.results
     ]
+
+
+def shifted(result: StreamingResult, offset: float) -> StreamingResult:
+    """A result of a stream that began ``offset`` seconds into the recording, in the recording's time."""
+    if not offset:
+        return result
+    alts = tuple(
+        replace(a, words=tuple(replace(w, start=w.start + offset, end=w.end + offset) for w in a.words))
+        for a in result.alternatives
+    )
+    return replace(result, start=result.start + offset, end=result.end + offset, alternatives=alts)
 
 
 def transcript_from_finals(finals: list[StreamingResult], duration: float) -> Transcript:

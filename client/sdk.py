@@ -36,6 +36,7 @@ from client.audio import (
     pace,
     pcm_chunks,
     resample,
+    split_at_quiet,
     to_linear16,
 )
 from client.proto.asr.v1 import asr_pb2 as pb
@@ -53,6 +54,7 @@ AsyncStreamSource = AudioSource | Iterable[Chunk] | AsyncIterable[Chunk]
 DEFAULT_TARGET = "localhost:50051"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024 - 16 * 1024  # the server's default limit, less room for the config
 LONG_AUDIO_SECONDS = 240.0  # longer recordings go as a stream (the server's Recognize takes up to 300 s)
+STREAM_PIECE_SECONDS = 540.0  # longer still: several streams cut at quiet points (a stream takes 600 s)
 
 
 def _pem(value: Pem) -> bytes | None:
@@ -139,6 +141,21 @@ def _decode(
     if resample_to:
         wave, rate = resample(wave, rate, resample_to), resample_to
     return list(pcm_chunks(to_linear16(wave), rate, chunk_ms)), rate, len(wave) / rate
+
+
+def _long_pieces(
+    audio: AudioSource, sample_rate: int | None, resample_to: int | None
+) -> tuple[list[tuple[float, list[bytes]]], int, float]:
+    """A long recording as streams of at most ``STREAM_PIECE_SECONDS``: ``(offset s, LINEAR16 chunks)`` each,
+    with the rate and the whole duration."""
+    wave, rate = convert.linear_audio(audio, sample_rate)
+    if resample_to:
+        wave, rate = resample(wave, rate, resample_to), resample_to
+    pieces = [
+        (start / rate, list(pcm_chunks(to_linear16(wave[start:end]), rate, 1000)))
+        for start, end in split_at_quiet(wave, rate, STREAM_PIECE_SECONDS)
+    ]
+    return pieces, rate, len(wave) / rate
 
 
 def _too_big(audio: AudioSource, request: pb.RecognizeRequest, max_bytes: int) -> bool:
@@ -302,9 +319,13 @@ class Client:
         config = config or RecognitionConfig()
         request = convert.recognize_request(audio, config, sample_rate, resample_to)
         if _too_big(audio, request, self._opts.max_message_bytes):
-            chunks, rate, duration = _decode(audio, sample_rate, resample_to, 1000)
+            pieces, rate, duration = _long_pieces(audio, sample_rate, resample_to)
             stream_config = StreamingConfig(config, interim_results=False)
-            finals = list(self._stream(chunks, rate, stream_config, timeout))
+            finals = [
+                convert.shifted(result, offset)
+                for offset, chunks in pieces
+                for result in self._stream(chunks, rate, stream_config, timeout)
+            ]
             return convert.transcript_from_finals(finals, duration)
         metadata, deadline = self._opts.metadata, timeout or self._opts.timeout
         response = self._unary(lambda: self._stub.Recognize(request, timeout=deadline, metadata=metadata))
@@ -465,9 +486,13 @@ class AsyncClient:
         config = config or RecognitionConfig()
         request = await asyncio.to_thread(convert.recognize_request, audio, config, sample_rate, resample_to)
         if await asyncio.to_thread(_too_big, audio, request, self._opts.max_message_bytes):
-            chunks, rate, duration = await asyncio.to_thread(_decode, audio, sample_rate, resample_to, 1000)
+            pieces, rate, duration = await asyncio.to_thread(_long_pieces, audio, sample_rate, resample_to)
             stream_config = StreamingConfig(config, interim_results=False)
-            finals = [r async for r in self._stream(_list_chunks(chunks), rate, stream_config, timeout)]
+            finals = [
+                convert.shifted(result, offset)
+                for offset, chunks in pieces
+                async for result in self._stream(_list_chunks(chunks), rate, stream_config, timeout)
+            ]
             return convert.transcript_from_finals(finals, duration)
         metadata, deadline = self._opts.metadata, timeout or self._opts.timeout
         response: Any = await self._unary(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -11,7 +12,7 @@ import pytest
 from client_support import parse_cues
 
 from client import errors
-from client.audio import pace, pcm_chunks, read_audio, resample, to_linear16
+from client.audio import pace, pcm_chunks, read_audio, resample, split_at_quiet, to_linear16
 from client.formats import cues, record, render
 from client.types import Alternative, RecognitionConfig, Segment, Transcript, WordInfo
 
@@ -152,3 +153,19 @@ def test_pace_sends_in_real_time() -> None:
     start = time.monotonic()
     list(pace([b"\0" * 3200] * 4, bytes_per_second=32000))  # 4 x 100 ms; the first goes at once
     assert 0.28 <= time.monotonic() - start < 1.0
+
+
+def test_split_at_quiet_cuts_in_pauses_and_covers_everything() -> None:
+    rate = 1000
+    rng = np.random.default_rng(0)
+    loud = lambda n: rng.uniform(-0.5, 0.5, n).astype(np.float32)  # noqa: E731
+    quiet = np.zeros(200, dtype=np.float32)
+    audio = np.concatenate([loud(700), quiet, loud(900), quiet, loud(500)])  # pauses at 700-900, 1800-2000
+    pieces = split_at_quiet(audio, rate, max_seconds=1.0, search_seconds=0.5)
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(audio)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+    assert all(0 < end - start <= rate for start, end in pieces)
+    assert 700 <= pieces[0][1] <= 900  # the first cut falls in the first pause
+    assert split_at_quiet(audio[:500], rate, max_seconds=1.0) == [(0, 500)]
+    with pytest.raises(ValueError, match="positive"):
+        split_at_quiet(audio, rate, max_seconds=0)

@@ -121,6 +121,39 @@ def test_large_audio_goes_as_a_stream(server: ServerThread, hello_wav: Path) -> 
     assert t.text and t.duration == pytest.approx(read_audio(hello_wav)[0].size / 16000, abs=1e-3)
 
 
+def test_audio_longer_than_a_stream_goes_as_several(
+    model: asr.ASRModel, speech_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import soundfile as sf
+
+    import client.sdk
+
+    rate = 16000
+    gap = np.zeros(rate // 2, dtype=np.float32)
+    utts = [read_audio(speech_dir / f"utt{i}.wav")[0] for i in range(4)]
+    wave = np.concatenate([x for u in utts for x in (u, gap)])  # ~7 s: four words apart, longer than a stream
+    long_wav = tmp_path / "long.wav"
+    sf.write(long_wav, wave, rate)
+    monkeypatch.setattr(client.sdk, "LONG_AUDIO_SECONDS", 0.5)
+    with ServerThread(model, max_stream_seconds=3.0) as srv, Client(srv.target, timeout=30) as c:
+        monkeypatch.setattr(client.sdk, "STREAM_PIECE_SECONDS", 1000.0)
+        with pytest.raises(ResourceExhausted):  # one stream is over the server's limit
+            c.recognize(long_wav)
+        monkeypatch.setattr(client.sdk, "STREAM_PIECE_SECONDS", 2.9)
+        t = c.recognize(long_wav)
+
+        async def via_async() -> str:
+            async with AsyncClient(srv.target) as ac:
+                return (await ac.recognize(long_wav)).text
+
+        assert asyncio.run(via_async()) == t.text
+    assert t.duration == pytest.approx(len(wave) / rate, abs=1e-3)
+    starts = [s.start for s in t.segments]
+    assert len(t.segments) >= 3 and starts == sorted(starts)
+    assert t.segments[-1].end > 5.0  # later pieces' times are shifted into the recording's time
+    assert all(0 <= w.start <= w.end <= t.duration + 0.05 for w in t.words)
+
+
 def test_bad_requests_are_invalid_argument(client: Client, hello_wav: Path) -> None:
     with pytest.raises(InvalidArgument, match="decode"):
         client.recognize(b"this is not audio" * 10)

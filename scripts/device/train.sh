@@ -11,9 +11,10 @@
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+DATA=${DATA:-.devdata}  # or a copy left on the warm machine by an earlier call (then carry the model instead)
 if [ ! -f exp/data/so762/train.jsonl ]; then
-  python3 scripts/device/run_asr.py data prepare kaldi .devdata/speechocean762/train exp/data/so762 --valid-speakers 8
-  python3 scripts/device/run_asr.py data prepare arctic .devdata/cathy exp/data/cathy
+  python3 scripts/device/run_asr.py data prepare kaldi "$DATA/speechocean762/train" exp/data/so762 --valid-speakers 8
+  python3 scripts/device/run_asr.py data prepare arctic "$DATA/cathy" exp/data/cathy
 fi
 python3 scripts/device/run_asr.py train configs/default.yaml --out exp/default --resume \
   --max-minutes "${MINUTES:-8.5}" "$@" 2>&1 | grep --line-buffered -v -i warn | tee "$OUT/train.log"
