@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+        raise ValueError(
+            f"could not read checkpoint {path}: it is not a PyTorch checkpoint or it is damaged "
+            f"({type(exc).__name__}: {exc}); copy or export it again"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (missing or wrong 'format' field)")
     if ckpt.get("version", 0) > VERSION:
@@ -110,3 +114,46 @@ def load_model(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What a checkpoint says about itself, for listing models without building them."""
+
+    name: str
+    path: Path
+    size_bytes: int
+    parameters: int  # trainable weights (the feature front end and CMVN statistics not counted)
+    vocabulary_kind: str  # "char" or "bpe"
+    vocabulary_size: int
+    is_default: bool = False
+    training: dict[str, Any] = field(default_factory=dict)  # epoch, step, validation metrics, ...
+
+
+def summarize(path: str | os.PathLike, name: str | None = None) -> ModelSummary:
+    """Read a checkpoint's self-description (raises ``ValueError`` for a file that is not one)."""
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+    weights = sum(
+        v.numel() for k, v in ckpt["state_dict"].items() if not k.startswith(("frontend.", "cmvn."))
+    )
+    return ModelSummary(
+        name=name or path.stem,
+        path=path,
+        size_bytes=path.stat().st_size,
+        parameters=int(weights),
+        vocabulary_kind=tokenizer.kind,
+        vocabulary_size=tokenizer.vocab_size,
+        is_default=(name or path.stem) == DEFAULT_MODEL,
+        training={k: v for k, v in ckpt.get("extra", {}).items() if isinstance(v, (int, float, str))},
+    )
+
+
+def available_models(directory: str | os.PathLike = MODELS_DIR) -> list[ModelSummary]:
+    """The models that :func:`load_model` finds by name (``DIR/NAME.pt``), the default first.
+
+    A file there that is not a readable checkpoint raises ``ValueError`` naming it.
+    """
+    paths = sorted(Path(directory).glob("*.pt")) if Path(directory).is_dir() else []
+    return sorted((summarize(p) for p in paths), key=lambda m: (not m.is_default, m.name))

@@ -6,6 +6,7 @@
     asr train        train a model from a config file (asr/train.py)
     asr eval         WER/CER/RTF of a manifest        (asr/evaluate.py)
     asr data         corpus importers                 (asr/data/cli.py)
+    asr models       list models, local or remote     (client/models_cli.py)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "asr.train", "train a model from a YAML/TOML config"),
     ("eval", "asr.evaluate", "word/character error rate and real-time factor on a manifest"),
     ("data", "asr.data.cli", "import corpora into JSONL manifests"),
+    ("models", "client.models_cli", "list the models here or on a server"),
 ]
 
 

@@ -1,0 +1,65 @@
+"""``asr models``: local checkpoints described from their own metadata, and a server's models over gRPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from client_support import ServerThread, tiny_checkpoint
+
+import asr
+from asr.checkpoint import available_models
+from client.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    tiny_checkpoint(tmp_path / "small.pt", seed=1)
+    tiny_checkpoint(tmp_path / "default.pt")
+    return tmp_path
+
+
+def test_available_models_describe_themselves(models_dir: Path) -> None:
+    found = available_models(models_dir)
+    assert [m.name for m in found] == ["default", "small"]  # the default first
+    m = found[0]
+    model = asr.load_model(m.path, device="cpu")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert m.is_default and m.parameters == trainable
+    assert (m.vocabulary_kind, m.vocabulary_size) == ("char", model.tokenizer.vocab_size)
+    assert m.size_bytes == (models_dir / "default.pt").stat().st_size
+
+
+def test_models_json_and_table(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--dir", str(models_dir), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["name"], r["default"]) for r in rows] == [("default", True), ("small", False)]
+    assert main(["models", "--dir", str(models_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["name", "default", "parameters"]
+    assert lines[1].split()[:2] == ["default", "*"]
+
+
+def test_models_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--dir", str(tmp_path)]) == 1
+    assert "no models in" in capsys.readouterr().err
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    assert main(["models", "--dir", str(tmp_path)]) != 0
+    assert "broken.pt" in capsys.readouterr().err
+
+
+def test_models_on_a_server(models_dir: Path) -> None:
+    model = asr.load_model(models_dir / "small.pt", device="cpu")
+    with ServerThread(model) as srv:
+        cmd = [sys.executable, "-m", "client.cli", "models", "--server", srv.target, "--json"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    [row] = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert row["default"] and row["sample_rate"] == 16000 and row["vocabulary"].startswith("char")
