@@ -1,6 +1,6 @@
 """Offline decoding speed and accuracy, ours against PocketSphinx, on the same files in the same run.
 
-    python bench/offline_speed.py exp/data/so762_test/all.jsonl --limit 150
+    python bench/offline_speed.py exp/data/so762_test/all.jsonl --limit 500
     python bench/offline_speed.py /work/shared/data/speechocean762/test --limit 150 --threads 1 --json
 
 The argument is a JSONL manifest or a Kaldi data folder (``wav.scp`` + ``text``). Audio is decoded to 16 kHz
@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("data", type=Path, help="JSONL manifest or Kaldi data folder (e.g. speechocean762/test)")
     p.add_argument("--model", help="checkpoint (default: models/default.pt)")
-    p.add_argument("--limit", type=int, help="only the first N utterances (beam search on CPU is slow)")
+    p.add_argument(
+        "--limit", type=int,
+        help="only N utterances, spread evenly over the set (every k-th: all speakers, not the first few)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; PocketSphinx uses 1)")
     p.add_argument("--beam", type=int, default=10)
     p.add_argument("--ctc-weight", type=float, default=0.3)
@@ -112,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     utts = [u for u in read_utterances(args.data) if normalize_text(u.text)]
-    if args.limit:
-        utts = utts[: args.limit]
+    if args.limit and args.limit < len(utts):
+        step = len(utts) / args.limit
+        utts = [utts[int(i * step)] for i in range(args.limit)]
     waves: list[Any] = [load_utterance(u) for u in utts]
     refs = [normalize_text(u.text) for u in utts]
     seconds = sum(len(w) for w in waves) / SAMPLE_RATE

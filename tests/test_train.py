@@ -176,6 +176,10 @@ def test_bpe_tokenizer_and_default_config_parse(manifest: Path, tmp_path: Path) 
     assert load_model(tmp_path / "bpe" / "final.pt", device="cpu").tokenizer.kind == "bpe"
     default = load_config(ROOT / "configs" / "default.yaml")
     assert default.model_config.ctc_weight == 0.3 and default.tokenizer.kind == "char"
+    for path in sorted((ROOT / "configs").glob("*.yaml")):  # every shipped recipe parses (unknown keys fail)
+        assert load_config(path).epochs > 0, path
+    stage2 = load_config(ROOT / "configs" / "finetune-so762.yaml")
+    assert stage2.init_from == default.out_dir + "/final.pt"  # stage 2 continues stage 1's output
 
 
 def test_ddp_two_cpu_processes(manifest: Path, tmp_path: Path) -> None:
