@@ -789,7 +789,7 @@ def _train(
         if config.average > 1 and len(history) > 1:
             paths = select_checkpoints(out, config.average, "best" if math.isfinite(best_score) else "last")
             averaged = average_checkpoints(paths).to(device)
-            extra = {"averaged": [p.name for p in paths]}
+            extra = {"averaged": [p.name for p in paths], "step": step, "epoch": history[-1]["epoch"]}
             if valid_loader is not None:
                 v = validate(averaged, valid_loader, valid_texts, config.amp)
                 extra.update(
@@ -808,11 +808,11 @@ def _train(
             if avg_score <= best_score or not math.isfinite(best_score):
                 final_source = out / "averaged.pt"
         if final_source.exists():
-            final = model_from_checkpoint(load_checkpoint(final_source))
+            source = load_checkpoint(final_source)
             save_checkpoint(
-                final,
-                out / "final.pt",
-                extra={"source": final_source.name, "train_summary": summary_all},
+                model_from_checkpoint(source),
+                out / "final.pt",  # keeps its source's description (epoch, step, validation metrics)
+                extra={**source.get("extra", {}), "source": final_source.name, "train_summary": summary_all},
                 half=config.export_half,
             )
             summary_all["final"] = str(out / "final.pt")

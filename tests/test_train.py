@@ -108,6 +108,8 @@ def test_training_lowers_the_loss_and_writes_loadable_checkpoints(manifest: Path
     assert len(list(out.glob("epoch-*.pt"))) == 5  # keep_checkpoints
     final = load_checkpoint(out / "final.pt")
     assert final["state_dict"]["ctc.weight"].dtype == torch.float16  # export_half
+    assert final["extra"]["source"] in ("best.pt", "averaged.pt") and final["extra"]["step"] == 40
+    assert {"valid_loss", "valid_cer", "valid_wer", "epoch"} <= set(final["extra"])  # `asr models` shows them
     model = load_model(out / "final.pt", device="cpu")
     assert model.cmvn.mean.abs().sum() > 0  # CMVN was set from the training features
     assert model.config.encoder.hidden_size == 48
