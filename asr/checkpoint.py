@@ -130,7 +130,7 @@ class ModelSummary:
     training: dict[str, Any] = field(default_factory=dict)  # epoch, step, validation metrics, ...
 
 
-def summarize(path: str | os.PathLike, name: str | None = None) -> ModelSummary:
+def summarize(path: str | os.PathLike) -> ModelSummary:
     """Read a checkpoint's self-description (raises ``ValueError`` for a file that is not one)."""
     path = Path(path)
     ckpt = load_checkpoint(path)
@@ -139,13 +139,13 @@ def summarize(path: str | os.PathLike, name: str | None = None) -> ModelSummary:
         v.numel() for k, v in ckpt["state_dict"].items() if not k.startswith(("frontend.", "cmvn."))
     )
     return ModelSummary(
-        name=name or path.stem,
+        name=path.stem,
         path=path,
         size_bytes=path.stat().st_size,
         parameters=int(weights),
         vocabulary_kind=tokenizer.kind,
         vocabulary_size=tokenizer.vocab_size,
-        is_default=(name or path.stem) == DEFAULT_MODEL,
+        is_default=path.stem == DEFAULT_MODEL,
         training={k: v for k, v in ckpt.get("extra", {}).items() if isinstance(v, (int, float, str))},
     )
 

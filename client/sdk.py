@@ -133,13 +133,19 @@ def _whole(audio: object) -> bool:
     return isinstance(audio, (str, os.PathLike, bytes, np.ndarray))
 
 
+def _wave(audio: AudioSource, sample_rate: int | None, resample_to: int | None) -> tuple[np.ndarray, int]:
+    """A whole recording as float32 samples and their rate, resampled on the client if asked."""
+    wave, rate = convert.linear_audio(audio, sample_rate)
+    if resample_to:
+        wave, rate = resample(wave, rate, resample_to), resample_to
+    return wave, rate
+
+
 def _decode(
     audio: AudioSource, sample_rate: int | None, resample_to: int | None, chunk_ms: int
 ) -> tuple[list[bytes], int, float]:
     """LINEAR16 chunks of a whole recording, its rate and its duration in seconds."""
-    wave, rate = convert.linear_audio(audio, sample_rate)
-    if resample_to:
-        wave, rate = resample(wave, rate, resample_to), resample_to
+    wave, rate = _wave(audio, sample_rate, resample_to)
     return list(pcm_chunks(to_linear16(wave), rate, chunk_ms)), rate, len(wave) / rate
 
 
@@ -148,9 +154,7 @@ def _long_pieces(
 ) -> tuple[list[tuple[float, list[bytes]]], int, float]:
     """A long recording as streams of at most ``STREAM_PIECE_SECONDS``: ``(offset s, LINEAR16 chunks)`` each,
     with the rate and the whole duration."""
-    wave, rate = convert.linear_audio(audio, sample_rate)
-    if resample_to:
-        wave, rate = resample(wave, rate, resample_to), resample_to
+    wave, rate = _wave(audio, sample_rate, resample_to)
     pieces = [
         (start / rate, list(pcm_chunks(to_linear16(wave[start:end]), rate, 1000)))
         for start, end in split_at_quiet(wave, rate, STREAM_PIECE_SECONDS)
