@@ -6,7 +6,7 @@ They are read with ``torch.load(weights_only=True)``, so loading one never runs 
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,13 @@ DEFAULT_MODEL = "default"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a torn file.
+
+    The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s owner-only 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

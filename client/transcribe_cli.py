@@ -12,8 +12,8 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -168,11 +168,14 @@ def output_path(out_dir: Path, item: Item, fmt: str) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a temporary file beside ``path`` and rename it over: readers never see half a file."""
+    """Write a temporary file beside ``path`` and rename it over: readers never see half a file.
+
+    The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s owner-only 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

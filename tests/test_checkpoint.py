@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +136,23 @@ def test_transcribe_too_short_and_mixed_batches() -> None:
     assert both[1].text == alone.text and both[1].duration == pytest.approx(1.0)
     with pytest.raises(ValueError, match="empty"):
         model.transcribe(np.zeros(0, dtype=np.float32))
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_files_get_the_usual_permissions(tmp_path: Path, umask_022: None) -> None:
+    """Atomic writes must not leave mkstemp's owner-only 0600 on checkpoints or transcripts."""
+    from client.transcribe_cli import write_atomic
+
+    save_checkpoint(tiny_model(), tmp_path / "m.pt")
+    write_atomic(tmp_path / "a.txt", "hello\n")
+    for name in ("m.pt", "a.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "m.pt"]  # no temporary file left
