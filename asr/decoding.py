@@ -162,44 +162,49 @@ def beam_search(
     options: DecodingOptions,
     lm: LanguageModel | None = None,
 ) -> list[list[Hypothesis]]:
-    """Joint CTC/attention beam search, batched over utterances. Returns n-best lists, best first."""
+    """Joint CTC/attention beam search, batched over utterances. Returns n-best lists, best first.
+
+    Only live work is computed: the search starts from one row per utterance (the empty prefix) and widens
+    to ``beam_size`` rows as extensions appear, and an utterance whose n-best list is final leaves the
+    batch, so a batch of short and long utterances costs little more than its long ones decoded alone.
+    """
     if options.lm_weight > 0 and lm is None:
         raise ValueError("lm_weight > 0 needs a language model (pass lm=...)")
     tok = model.tokenizer
     blank, sos, eos = tok.blank_id, tok.sos_id, tok.eos_id
     lam, w = options.ctc_weight, options.beam_size
     b, device = enc.size(0), enc.device
-    n = b * w
-    utt = torch.arange(b, device=device).repeat_interleave(w)  # (N,) utterance of each hypothesis
     use_att, use_ctc = lam < 1.0, lam > 0.0
     v = tok.vocab_size
 
+    # Row state, one row per live hypothesis: ``active[u]`` is the utterance of row block ``u`` (``rows``
+    # rows each) and ``utt`` the utterance of each row, which indexes the CTC scorer's posteriors.
+    active = list(range(b))
+    rows = 1
+    utt = torch.arange(b, device=device)
     memory, dstate = model.decoder.prepare(enc, enc_lengths)
-    memory, dstate = memory.index_select(utt), dstate.index_select(utt)
     ctc_lp = model.ctc_log_probs(enc) if use_ctc else None
     scorer = CTCPrefixScorer(ctc_lp, enc_lengths, blank, eos) if ctc_lp is not None else None
     r = scorer.initial_state(utt) if scorer is not None else None
-    lm_state = lm.init_state(n, device) if lm is not None else None
+    lm_state = lm.init_state(b, device) if lm is not None else None
 
-    scores = torch.full((b, w), NEG_INF, device=device, dtype=torch.float64)
-    scores[:, 0] = 0.0
-    scores = scores.view(n)
-    att_acc = torch.zeros(n, dtype=torch.float64, device=device)
-    ctc_psi = torch.zeros(n, dtype=torch.float64, device=device)
-    lm_acc = torch.zeros(n, dtype=torch.float64, device=device)
-    yseq = torch.full((n, 1), sos, dtype=torch.long, device=device)
+    scores = torch.zeros(b, dtype=torch.float64, device=device)
+    att_acc = torch.zeros(b, dtype=torch.float64, device=device)
+    ctc_psi = torch.zeros(b, dtype=torch.float64, device=device)
+    lm_acc = torch.zeros(b, dtype=torch.float64, device=device)
+    yseq = torch.full((b, 1), sos, dtype=torch.long, device=device)
     maxlen = (enc_lengths.double() * options.max_length_ratio).clamp_min(1).long()  # (B,)
-    maxlen_utt = maxlen[utt]
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
-    done = [False] * b
     k = v - 1 if not use_att else min(v - 1, max(w, int(options.pre_beam_ratio * w)))
     all_cands = torch.tensor([i for i in range(v) if i != blank], device=device)
+    not_eos = torch.arange(v, device=device) != eos
 
     # Every score term is a log-probability of a growing prefix (attention, CTC prefix, LM), so without a
     # length bonus or normalisation a hypothesis's raw score can only fall as it grows: once the best live
     # one is below the n-th best finished one, the n-best list is final and the search can stop exactly.
     monotone = not options.normalize_length and options.length_bonus <= 0
     for step in range(int(maxlen.max()) + 1):
+        n, nb = yseq.size(0), len(active)
         last = yseq[:, -1]
         total = torch.zeros(n, v, dtype=torch.float64, device=device)
         att_lp = torch.zeros(n, v, dtype=torch.float64, device=device)
@@ -218,11 +223,11 @@ def beam_search(
             total = total + options.lm_weight * lm_lp
         total[:, blank] = NEG_INF
         if options.eos_threshold is not None and use_att:
-            best_other = att_lp.masked_fill(torch.arange(v, device=device) == eos, NEG_INF).max(-1).values
+            best_other = att_lp.masked_fill(~not_eos, NEG_INF).max(-1).values
             allow = att_lp[:, eos] >= options.eos_threshold * best_other
             total[:, eos] = total[:, eos].masked_fill(~allow, NEG_INF)
-        at_max = step >= maxlen_utt  # only <eos> is allowed once a hypothesis reaches the length cap
-        total = torch.where(at_max[:, None] & (torch.arange(v, device=device) != eos), NEG_INF, total)
+        at_max = step >= maxlen[utt]  # only <eos> is allowed once a hypothesis reaches the length cap
+        total = torch.where(at_max[:, None] & not_eos, NEG_INF, total)
         if use_att:
             cand = total.topk(k, dim=1).indices  # (N, K) pre-beam by attention (+ LM)
         else:
@@ -230,56 +235,71 @@ def beam_search(
         cand_scores = scores[:, None] + total.gather(1, cand) + options.length_bonus
         cand_scores = cand_scores.masked_fill((cand != eos) & at_max[:, None], NEG_INF)
         is_empty = torch.full_like(last, step == 0, dtype=torch.bool)
+        psi = None
         if scorer is not None and r is not None:
             psi = scorer.score(utt, r, last, is_empty, cand)
             cand_scores = cand_scores + lam * (psi - ctc_psi[:, None])
             # dead slots (score -inf, CTC prefix -inf) give -inf + inf = NaN, which topk would rank first
             cand_scores = cand_scores.masked_fill(cand_scores.isnan(), NEG_INF)
         cand_scores = cand_scores - options.length_bonus * (cand == eos)  # <eos> is no output token
-        # best w of the w*K extensions of each utterance
-        flat = cand_scores.view(b, w * cand.size(1))
-        top, top_idx = flat.topk(w, dim=1)  # (B, W)
-        src = (top_idx // cand.size(1)) + torch.arange(b, device=device)[:, None] * w  # (B, W) global hyp
+        # best extensions of each utterance: its rows x K candidates
+        width = min(w, rows * cand.size(1))
+        flat = cand_scores.view(nb, rows * cand.size(1))
+        top, top_idx = flat.topk(width, dim=1)  # (nb, width)
+        src = (top_idx // cand.size(1)) + torch.arange(nb, device=device)[:, None] * rows  # global row
         col = top_idx % cand.size(1)
-        src, col, top = src.view(n), col.view(n), top.view(n)
+        src, col, top = src.flatten(), col.flatten(), top.flatten()
+        widened, rows = width != rows, width
         new_tok = cand[src, col]
         att_acc = att_acc[src] + att_lp[src, new_tok]
         lm_acc = lm_acc[src] + lm_lp[src, new_tok]
-        if scorer is not None and r is not None:
+        ctc_psi = ctc_psi[src]
+        if scorer is not None and r is not None and psi is not None:
             ctc_psi = psi[src, col]
-            r = scorer.extend(utt, r[src], last[src], is_empty, new_tok)  # only the survivors' states
+            r = scorer.extend(utt[src], r[src], last[src], is_empty[src], new_tok)  # the survivors only
+        utt = utt[src]
         yseq = torch.cat([yseq[src], new_tok[:, None]], dim=1)
         if use_att:
             dstate = dstate.index_select(src)
+            if widened:  # memory rows are the same within an utterance: only their number changes
+                memory = memory.index_select(src)
         if lm is not None:
             lm_state = lm.select(lm_state, src)
 
         ended = (new_tok == eos) & torch.isfinite(top)
         if bool(ended.any()):
             for i in ended.nonzero().flatten().tolist():
-                u = i // w
-                if done[u]:
-                    continue
                 toks = tuple(yseq[i, 1:-1].tolist())
                 raw = float(top[i])
                 score = raw / (len(toks) + 1) if options.normalize_length else raw
-                finished[u].append(
+                finished[active[i // rows]].append(
                     Hypothesis(toks, score, float(att_acc[i]), float(ctc_psi[i]), float(lm_acc[i]))
                 )
         scores = top.masked_fill(ended, NEG_INF)
-        best_alive = scores.view(b, w).max(dim=1).values.tolist()
-        for u in range(b):
-            if done[u]:
-                continue
-            if (
-                best_alive[u] == NEG_INF
-                or (monotone and _cannot_improve(finished[u], best_alive[u], options.nbest))
+        best_alive = scores.view(nb, rows).max(dim=1).values.tolist()
+        keep = [
+            j
+            for j, u in enumerate(active)
+            if not (
+                best_alive[j] == NEG_INF
+                or (monotone and _cannot_improve(finished[u], best_alive[j], options.nbest))
                 or _end_detected(finished[u], step)
-            ):
-                done[u] = True
-                scores.view(b, w)[u] = NEG_INF
-        if all(done):
+            )
+        ]
+        if not keep:
             break
+        if len(keep) < nb:  # utterances whose n-best list is final leave the batch
+            active = [active[j] for j in keep]
+            blocks = torch.tensor(keep, device=device)
+            idx = (blocks[:, None] * rows + torch.arange(rows, device=device)).flatten()
+            scores, att_acc, ctc_psi, lm_acc = scores[idx], att_acc[idx], ctc_psi[idx], lm_acc[idx]
+            utt, yseq = utt[idx], yseq[idx]
+            if r is not None:
+                r = r[idx]
+            if use_att:
+                dstate, memory = dstate.index_select(idx), memory.index_select(idx)
+            if lm is not None:
+                lm_state = lm.select(lm_state, idx)
 
     results = []
     for u in range(b):
