@@ -9,6 +9,12 @@ would decode the same samples:
 * **a final result** at each endpoint: joint CTC/attention beam search over the closed segment, words timed
   from the stream start.
 
+The final of an utterance is decoded *ahead of its endpoint*: a segment keeps only ``final_tail_ms`` of the
+silence after its last speech, so once that much silence has passed its audio is known, and its final is
+decoded then, while the endpointer waits out the rest of ``silence_ms``. If speech resumes first, that early
+result is thrown away; if the endpoint comes, it is sent at once. The user waits ``silence_ms`` for a final,
+not ``silence_ms`` plus a beam search.
+
 Endpointing is an energy VAD (20 ms frame RMS against an adaptive noise floor): an utterance starts after
 ``min_speech_ms`` of speech and ends after ``silence_ms`` of silence; a segment that reaches
 ``max_segment_seconds`` is cut at the quietest 100 ms of its last third, and the rest carries over.
@@ -61,6 +67,9 @@ class EndpointConfig:
     """Where an utterance ends. All times in milliseconds except ``max_segment_seconds``."""
 
     silence_ms: int = 800  # silence after speech that ends an utterance
+    # silence kept at the end of an utterance's segment; once this much has passed the final is decoded early
+    # (at most silence_ms; equal to it, finals are decoded only after the endpoint)
+    final_tail_ms: int = 300
     max_segment_seconds: float = 20.0  # longer segments are cut at the quietest point near their end
     speech_threshold_db: float = 10.0  # frame energy above the noise floor that counts as speech
     min_speech_ms: int = 60  # consecutive speech that opens an utterance (ignores clicks)
@@ -76,6 +85,13 @@ class EndpointConfig:
             raise ValueError(f"speech_threshold_db must be in [3, 40], got {self.speech_threshold_db}")
         if self.min_speech_ms < 0 or self.pre_speech_ms < 0:
             raise ValueError("min_speech_ms and pre_speech_ms must be >= 0")
+        if self.final_tail_ms < 20:
+            raise ValueError(f"final_tail_ms must be at least one 20 ms frame, got {self.final_tail_ms}")
+
+    @property
+    def tail_frames(self) -> int:
+        """20 ms frames of silence a segment keeps after its speech."""
+        return min(self.final_tail_ms, self.silence_ms) // 20
 
 
 @dataclass(frozen=True)
@@ -126,6 +142,9 @@ class StreamResult:
     end: float  # seconds from the stream start: the last sample this result covers
     utterance: int  # index of the utterance in the stream, from 0
     end_of_single_utterance: bool = False  # the final that closes a single-utterance stream
+    # finals: seconds from the stream start at which the utterance was closed (its endpoint, the end of the
+    # input, or a forced cut); an early final ends before that, by the silence the endpointer waited for
+    closed_at: float = 0.0
 
     @property
     def confidence(self) -> float:
@@ -142,6 +161,18 @@ class _Job:
     utterance: int
     final: bool
     closes_stream: bool = False
+    closed_at: int = 0  # stream sample at which the segment was closed
+    # an early final (see the module docstring): held back until the endpoint confirms it, dropped if the
+    # utterance goes on
+    tentative: bool = False
+    confirmed: bool = False
+    cancelled: bool = False
+
+    def settle(self, result: StreamResult) -> StreamResult:
+        """An early final's result, with what its endpoint decided."""
+        return dataclasses.replace(
+            result, end_of_single_utterance=self.closes_stream, closed_at=self.closed_at / SAMPLE_RATE
+        )
 
 
 class Stream:
@@ -164,6 +195,9 @@ class Stream:
         # decoding state
         self.utterance = 0  # index of the open utterance
         self._pending: deque[_Job] = deque()  # closed segments waiting for their final
+        self._tentative: _Job | None = None  # the open utterance's early final, if its tail of silence is in
+        self._tentative_result: StreamResult | None = None  # its result, held until the endpoint
+        self._unresolved: _Job | None = None  # a confirmed early final still being decoded
         self._last_interim_len = 0  # segment length at the last interim
         self._interim_turn = 0  # when (in decode calls) this stream last got an interim: fairness under load
         self._last_interim_text = ""
@@ -181,7 +215,12 @@ class Stream:
     def is_done(self) -> bool:
         """No audio will come and every final has been decoded."""
         with self.lock:
-            return (self.input_done or self.ended) and not self._pending and not self._has_open_utterance()
+            return (
+                (self.input_done or self.ended)
+                and not self._pending
+                and self._unresolved is None
+                and not self._has_open_utterance()
+            )
 
     def _has_open_utterance(self) -> bool:
         return self.in_speech and len(self.segment) > 0 and not self.ended
@@ -215,6 +254,7 @@ class Stream:
         if speech:
             self._speech_run += 1
             self._silence_run = 0
+            self._cancel_tentative()  # the utterance goes on: its early final is void
             if not self.in_speech and self._speech_run * 20 >= ep.min_speech_ms:
                 self.in_speech = True
         else:
@@ -229,8 +269,15 @@ class Stream:
                 self._energies = self._energies[drop // _FRAME :]
             return
         if self._silence_run * 20 >= ep.silence_ms:
-            self._close_segment(len(self.segment), utterance_done=True)
-        elif len(self.segment) >= int(ep.max_segment_seconds * SAMPLE_RATE):
+            self._close_segment(self._utterance_end(), utterance_done=True)
+            return
+        if self._silence_run == ep.tail_frames and self._tentative is None:
+            # the segment's audio is complete unless speech resumes: decode its final now
+            self._tentative = _Job(
+                self, self.segment.copy(), self.segment_start, self.utterance, True, tentative=True
+            )
+            self._pending.append(self._tentative)
+        if len(self.segment) >= int(ep.max_segment_seconds * SAMPLE_RATE):
             self._close_segment(self._quiet_cut(), utterance_done=False)
 
     def _quiet_cut(self) -> int:
@@ -242,19 +289,53 @@ class Stream:
         best = lo + int(np.argmin(windows)) if windows else len(e)
         return (best + per // 2) * _FRAME  # frame-aligned, so the energies stay in step with the samples
 
+    def _utterance_end(self) -> int:
+        """Where the open utterance's segment ends: ``final_tail_ms`` after its last speech frame."""
+        if self._tentative is not None:
+            return len(self._tentative.audio)
+        tail = self.options.endpoint.tail_frames
+        extra = max(0, self._silence_run - tail)
+        # (a forced cut inside the silence leaves less than that: keep the tail then)
+        return max(len(self.segment) - extra * _FRAME, min(len(self.segment), tail * _FRAME))
+
+    def _cancel_tentative(self) -> None:
+        t = self._tentative
+        if t is None:
+            return
+        t.cancelled = True
+        self._pending = deque(j for j in self._pending if j is not t)
+        self._tentative = None
+        self._tentative_result = None
+
     def _close_segment(self, cut: int, utterance_done: bool) -> None:
-        """Queue samples ``[0, cut)`` of the open segment for a final; the rest starts the next segment."""
+        """Queue samples ``[0, cut)`` of the open segment for a final; the rest starts the next segment.
+
+        If the early final covers exactly these samples, it becomes the final: sent now if it is decoded,
+        else as soon as it is.
+        """
         closes = self.options.single_utterance and utterance_done
-        self._pending.append(
-            _Job(
-                self,
-                self.segment[:cut].copy(),
-                self.segment_start,
-                self.utterance,
-                True,
-                closes_stream=closes,
+        closed_at = self.segment_start + len(self.segment)
+        t = self._tentative
+        if t is not None and len(t.audio) == cut:
+            t.confirmed, t.closes_stream, t.closed_at = True, closes, closed_at
+            held, self._tentative, self._tentative_result = self._tentative_result, None, None
+            if held is not None:
+                self._add_result(t.settle(held))
+            elif not any(j is t for j in self._pending):
+                self._unresolved = t  # being decoded right now
+        else:
+            self._cancel_tentative()
+            self._pending.append(
+                _Job(
+                    self,
+                    self.segment[:cut].copy(),
+                    self.segment_start,
+                    self.utterance,
+                    True,
+                    closes_stream=closes,
+                    closed_at=closed_at,
+                )
             )
-        )
         self.segment = self.segment[cut:]
         self.segment_start += cut
         self._energies = self._energies[cut // _FRAME :]
@@ -278,7 +359,7 @@ class Stream:
             self.segment = np.concatenate([self.segment, self._residual])
             self._residual = np.zeros(0, dtype=np.float32)
         if self.in_speech and len(self.segment):
-            self._close_segment(len(self.segment), utterance_done=True)
+            self._close_segment(self._utterance_end(), utterance_done=True)
 
     # -- scheduling ------------------------------------------------------------------------------------------
 
@@ -303,6 +384,18 @@ class Stream:
         self._last_interim_len = len(self.segment)
         self._interim_turn = turn
         return _Job(self, self.segment.copy(), self.segment_start, self.utterance, False)
+
+    def _deliver(self, job: _Job, result: StreamResult) -> None:
+        """A decoded job's result: early finals wait for their endpoint (or are dropped), the rest go out."""
+        if job.tentative:
+            if not job.confirmed:
+                if job is self._tentative:
+                    self._tentative_result = result
+                return
+            if self._unresolved is job:
+                self._unresolved = None
+            result = job.settle(result)
+        self._add_result(result)
 
     def _add_result(self, result: StreamResult) -> None:
         self._results.append(result)
@@ -332,7 +425,7 @@ class Recognizer:
         with s.lock:
             s.num_samples = len(audio)
             for i, (a, b) in enumerate(split_long_audio(audio)):
-                s._pending.append(_Job(s, audio[a:b], a, i, True))
+                s._pending.append(_Job(s, audio[a:b], a, i, True, closed_at=b))
             s.utterance = len(s._pending)
             s.input_done = True
         return s
@@ -356,7 +449,7 @@ class Recognizer:
             return stream._ready()
 
     def has_final(self, stream: Stream) -> bool:
-        """Whether the stream has a closed utterance waiting for its final decoding."""
+        """Whether the stream has a final to decode: a closed utterance's, or an early one (see above)."""
         with stream.lock:
             return bool(stream._pending)
 
@@ -395,13 +488,13 @@ class Recognizer:
         except BaseException:
             # give the finals back (latest first, so they keep their order) for a retry stream by stream
             for job in sorted(jobs, key=lambda j: j.start, reverse=True):
-                if job.final:
+                if job.final and not job.cancelled:
                     with job.stream.lock:
                         job.stream._pending.appendleft(job)
             raise
         for i, job in enumerate(jobs):  # in the order taken: each stream's results stay in time order
             with job.stream.lock:
-                job.stream._add_result(results[i])
+                job.stream._deliver(job, results[i])
 
     def _take_interims(self, streams: list[Stream]) -> list[_Job]:
         """Due interims within ``max_interim_seconds`` of audio, the longest-waiting streams first."""
@@ -460,6 +553,7 @@ class Recognizer:
                     end=(j.start + len(j.audio)) / SAMPLE_RATE,
                     utterance=j.utterance,
                     end_of_single_utterance=j.closes_stream,
+                    closed_at=j.closed_at / SAMPLE_RATE,
                 )
         assert all(r is not None for r in out)
         return [r for r in out if r is not None]

@@ -10,8 +10,10 @@ stream. Per stream it records
 * first partial: first interim result received - the chunk holding the speech onset sent;
 * final after end of speech: the final received - the chunk holding the last speech sample sent (includes
   the endpointer's silence wait, ``silence_ms``, 800 ms by default);
-* final after endpoint: the final received - the chunk holding the final's ``end`` sent: the server's own
-  delay once the endpointer has decided (the number a lower ``silence_ms`` would bring to the user);
+* final after endpoint: the final received - the chunk holding the endpoint sent (``silence_ms`` after the
+  last speech frame; the final's ``end`` is ``final_tail_ms`` after it, the server's default assumed): the
+  server's own delay once the endpointer has decided. The server decodes a final early, once
+  ``final_tail_ms`` of silence is in, so this is often about zero;
 * errors: calls that ended with an error status.
 
 Levels run in order, each ``--rounds`` times; the run stops after the first level that loses real time: any
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from asr.audio import SAMPLE_RATE  # noqa: E402
+from asr.streaming import EndpointConfig  # noqa: E402
 from bench.offline_speed import read_utterances  # noqa: E402
 
 CHUNK_S = 0.1
@@ -77,8 +80,9 @@ def recordings(data: Path, n: int) -> list[tuple[np.ndarray, float, float]]:
 
 
 def one_stream(
-    target: str, audio: np.ndarray, onset: float, end: float, config: Any, out: list[dict]
+    target: str, audio: np.ndarray, onset: float, end: float, config: Any, out: list[dict], lag: float
 ) -> None:
+    """Play one recording; ``lag``: seconds from a final's ``end`` to its endpoint."""
     from client import ASRError, Client
 
     step = int(CHUNK_S * SAMPLE_RATE)
@@ -105,7 +109,7 @@ def one_stream(
                     row["first_partial"] = now - sent_at(onset)
                 if r.is_final and row["final_after_speech"] is None:
                     row["final_after_speech"] = now - sent_at(end)
-                    row["final_after_endpoint"] = now - sent_at(r.end)
+                    row["final_after_endpoint"] = now - sent_at(r.end + lag)
         row["error"] = None
     except ASRError as exc:
         row["error"] = f"{exc.code}: {exc}"
@@ -119,11 +123,13 @@ def percentiles(values: list[float]) -> dict[str, int] | None:
     return {f"p{q}_ms": round(float(np.percentile(v, q))) for q in (50, 95, 99)}
 
 
-def run_level(target: str, n: int, rounds: int, recs: list, config: Any) -> dict[str, Any]:
+def run_level(target: str, n: int, rounds: int, recs: list, config: Any, lag: float) -> dict[str, Any]:
     rows: list[dict] = []
     for r in range(rounds):
         threads = [
-            threading.Thread(target=one_stream, args=(target, *recs[(r * n + i) % len(recs)], config, rows))
+            threading.Thread(
+                target=one_stream, args=(target, *recs[(r * n + i) % len(recs)], config, rows, lag)
+            )
             for i in range(n)
         ]
         for i, t in enumerate(threads):
@@ -202,13 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         interim_results=True,
         silence_ms=args.silence_ms,
     )
+    ep = EndpointConfig()
+    silence = args.silence_ms or ep.silence_ms
+    lag = (silence - min(ep.final_tail_ms, silence)) / 1000  # a final's end to its endpoint
     proc = None
     target = args.server
     if target is None:
         proc, target = start_server(args.model, args.server_threads)
     results = []
     try:
-        one_stream(target, *recs[0], config, [])  # warm the path once
+        one_stream(target, *recs[0], config, [], lag)  # warm the path once
         print(
             f"server {target}; finals: {'greedy' if args.greedy else f'beam {args.beam or 8}'}; "
             "ms p50/p95/p99"
@@ -218,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'after endpoint':>16} | errors"
         )
         for n in levels:
-            s = run_level(target, n, args.rounds, recs, config)
+            s = run_level(target, n, args.rounds, recs, config, lag)
             results.append(s)
 
             def cell(d: dict | None) -> str:

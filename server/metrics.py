@@ -30,7 +30,8 @@ class Metrics:
         )
         self.result_latency = Histogram(
             "asr_stream_result_latency_seconds",
-            "Streams: arrival of the last audio a result covers to the result sent (finals: endpoint)",
+            "Streams: arrival of the last audio a result covers (finals: what closed the utterance) "
+            "to the result sent",
             ["kind"],
             buckets=_LATENCY,
             registry=r,

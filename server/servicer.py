@@ -344,16 +344,18 @@ class _StreamCall:
             self.wake.clear()
             if self.error is not None:
                 raise self.error
-            if stream.ended and not event_sent:
-                event_sent = True
-                yield self._response(
-                    [], speech_event=asr_pb2.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE
-                )
-            while rec.is_ready(stream):
-                await model.batcher.decode(stream)
+            while True:  # an early final confirmed by the endpoint is out without decoding
+                if stream.ended and not event_sent:  # the event comes before the utterance's final
+                    event_sent = True
+                    yield self._response(
+                        [], speech_event=asr_pb2.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE
+                    )
                 for r in rec.pop_results(stream):
                     self._observe(r)
                     yield self._response([self._result(r, cfg)])
+                if not rec.is_ready(stream):
+                    break
+                await model.batcher.decode(stream)
             if self.error is not None:
                 raise self.error
             if stream.is_done:
@@ -418,7 +420,7 @@ class _StreamCall:
 
     def _observe(self, r: StreamResult) -> None:
         samples, times = self.arrivals
-        i = bisect.bisect_left(samples, round(r.end * SAMPLE_RATE))
+        i = bisect.bisect_left(samples, round((r.closed_at if r.is_final else r.end) * SAMPLE_RATE))
         if i < len(times):
             kind = "final" if r.is_final else "interim"
             self.service.metrics.result_latency.labels(kind).observe(time.perf_counter() - times[i])

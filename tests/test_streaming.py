@@ -226,7 +226,7 @@ def test_finals_only_leaves_interims_for_later(model: ASRModel, speech: list[np.
     opts = StreamOptions(decoding=DecodingOptions(method="greedy"), interim_interval_ms=200)
     closed, open_ = rec.create_stream(opts), rec.create_stream(opts)
     rec.accept_audio(closed, np.concatenate([silence(0.3), speech[0], silence(1.5)]))
-    rec.accept_audio(open_, np.concatenate([silence(0.3), speech[1]]))
+    rec.accept_audio(open_, np.concatenate([silence(0.3), speech[3][: int(0.8 * SAMPLE_RATE)]]))  # mid-speech
     assert rec.has_final(closed) and not rec.has_final(open_)
     rec.decode_streams([closed, open_], interims=False)
     assert [r.is_final for r in rec.pop_results(closed)] == [True]
@@ -247,3 +247,97 @@ def test_interims_share_a_budget_longest_waiting_first(model: ASRModel, speech: 
         served.append([i for i, s in enumerate(streams) if rec.pop_results(s)])
     assert all(len(x) == 1 for x in served), served
     assert sorted(x[0] for x in served) == [0, 1, 2]  # every stream gets its turn
+
+
+# ---------------------------------------------------------------- early finals
+
+
+def speech_end(audio: np.ndarray) -> float:
+    """Seconds to the end of the last 20 ms frame with any signal."""
+    frames = np.abs(audio[: len(audio) // 320 * 320].reshape(-1, 320)).max(axis=1)
+    return (int(np.flatnonzero(frames > 1e-3)[-1]) + 1) * 320 / SAMPLE_RATE
+
+
+def voiced(audio: np.ndarray) -> np.ndarray:
+    """The audio without its trailing silence."""
+    return audio[: int(speech_end(audio) * SAMPLE_RATE)]
+
+
+def test_early_final_is_decoded_before_the_endpoint_and_sent_at_it(
+    model: ASRModel, speech: list[np.ndarray]
+) -> None:
+    rec = Recognizer(model)
+    opts = StreamOptions(decoding=DecodingOptions(beam_size=2, max_length_ratio=FAST), interim_results=False)
+    s = rec.create_stream(opts)
+    head = np.concatenate([silence(0.3), speech[0]])
+    end = speech_end(head)
+    rec.accept_audio(s, np.concatenate([head, silence(end + 0.5 - len(head) / SAMPLE_RATE)]))
+    assert rec.has_final(s)  # 300 ms of silence are in: the final is due early...
+    rec.decode_streams([s])
+    assert rec.pop_results(s) == [] and not rec.is_ready(s)  # ...but held back until the endpoint
+    rec.accept_audio(s, silence(0.4))  # 800 ms of silence: the endpoint
+    (final,) = rec.pop_results(s)  # out at once, with no decoding call
+    assert final.is_final and final.utterance == 0
+    # the segment ends final_tail_ms after the last speech frame, and its final equals offline decoding
+    assert final.end == pytest.approx(end + 0.3, abs=0.021)
+    assert_matches_offline(model, np.concatenate([head, silence(1.0)]), [final], opts.decoding)
+    rec.input_finished(s)
+    assert s.is_done and not rec.is_ready(s)
+
+
+def test_early_final_is_dropped_when_speech_resumes(model: ASRModel, speech: list[np.ndarray]) -> None:
+    rec = Recognizer(model)
+    opts = StreamOptions(decoding=DecodingOptions(method="greedy"), interim_results=False)
+    s = rec.create_stream(opts)
+    first = np.concatenate([silence(0.3), voiced(speech[0])])
+    rec.accept_audio(s, np.concatenate([first, silence(0.5)]))
+    rec.decode_streams([s])  # the early final of the first part, held
+    assert rec.pop_results(s) == []
+    rec.accept_audio(s, voiced(speech[3]))  # a 500 ms pause, not an endpoint: the utterance goes on
+    rec.accept_audio(s, silence(0.2))
+    assert not rec.has_final(s)
+    rec.accept_audio(s, silence(1.0))
+    rec.decode_streams([s])
+    (final,) = rec.pop_results(s)  # one final over both parts, never the first part's
+    assert final.utterance == 0 and final.start < 0.3 < len(first) / SAMPLE_RATE + 0.5 < final.end
+
+
+def test_endpoint_while_the_early_final_is_decoded(model: ASRModel, speech: list[np.ndarray]) -> None:
+    """The endpoint (and the end of input) arrive while the early final is in the model: it is sent when
+    it comes out, the stream is not done before, and nothing is decoded twice."""
+    calls: list[int] = []
+
+    class Racing(Recognizer):
+        def _decode(self, jobs: list) -> list[StreamResult]:  # type: ignore[type-arg]
+            calls.append(len(jobs))
+            if len(calls) == 1:
+                self.accept_audio(s, silence(0.6))
+                self.input_finished(s)
+                assert not s.is_done
+            return super()._decode(jobs)
+
+    rec = Racing(model)
+    greedy = DecodingOptions(method="greedy")
+    opts = StreamOptions(decoding=greedy, interim_results=False, single_utterance=True)
+    s = rec.create_stream(opts)
+    rec.accept_audio(s, np.concatenate([silence(0.3), voiced(speech[0])]))
+    rec.accept_audio(s, silence(0.5))
+    rec.decode_streams([s])
+    (final,) = rec.pop_results(s)
+    assert final.is_final and final.end_of_single_utterance
+    assert s.is_done and not rec.is_ready(s) and calls == [1]
+
+
+def test_tail_as_long_as_the_silence_decodes_after_the_endpoint(
+    model: ASRModel, speech: list[np.ndarray]
+) -> None:
+    rec = Recognizer(model)
+    ep = EndpointConfig(silence_ms=400, final_tail_ms=1000)  # the tail is capped at silence_ms
+    s = rec.create_stream(StreamOptions(endpoint=ep, interim_results=False))
+    rec.accept_audio(s, np.concatenate([silence(0.3), voiced(speech[0])]))
+    rec.accept_audio(s, silence(0.25))
+    assert not rec.has_final(s)
+    rec.accept_audio(s, silence(0.3))
+    assert rec.has_final(s) and rec.pop_results(s) == []
+    with pytest.raises(ValueError, match="final_tail_ms"):
+        EndpointConfig(final_tail_ms=0)
