@@ -366,6 +366,8 @@ class Stream:
     def _interim_due(self) -> bool:
         if not (self.options.interim_results and self._has_open_utterance()):
             return False
+        if self._tentative is not None:  # only silence since the early final's audio: nothing new to show
+            return False
         interval = max(
             self.options.interim_interval_ms * SAMPLE_RATE // 1000,
             int(self.options.interim_growth * self._last_interim_len),

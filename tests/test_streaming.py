@@ -267,20 +267,26 @@ def test_early_final_is_decoded_before_the_endpoint_and_sent_at_it(
     model: ASRModel, speech: list[np.ndarray]
 ) -> None:
     rec = Recognizer(model)
-    opts = StreamOptions(decoding=DecodingOptions(beam_size=2, max_length_ratio=FAST), interim_results=False)
-    s = rec.create_stream(opts)
-    head = np.concatenate([silence(0.3), speech[0]])
+    beam = DecodingOptions(beam_size=2, max_length_ratio=FAST)
+    s = rec.create_stream(StreamOptions(decoding=beam, interim_interval_ms=100))
+    head = np.concatenate([silence(0.3), voiced(speech[0])])
     end = speech_end(head)
-    rec.accept_audio(s, np.concatenate([head, silence(end + 0.5 - len(head) / SAMPLE_RATE)]))
+    rec.accept_audio(s, head)
+    rec.decode_streams([s])
+    (interim,) = rec.pop_results(s)
+    assert not interim.is_final
+    rec.accept_audio(s, silence(end + 0.5 - len(head) / SAMPLE_RATE))
     assert rec.has_final(s)  # 300 ms of silence are in: the final is due early...
     rec.decode_streams([s])
-    assert rec.pop_results(s) == [] and not rec.is_ready(s)  # ...but held back until the endpoint
+    assert rec.pop_results(s) == []  # ...but held back until the endpoint
     rec.accept_audio(s, silence(0.4))  # 800 ms of silence: the endpoint
+    assert not rec.is_ready(s)  # (no interims over the silence after the final's audio)
     (final,) = rec.pop_results(s)  # out at once, with no decoding call
     assert final.is_final and final.utterance == 0
     # the segment ends final_tail_ms after the last speech frame, and its final equals offline decoding
     assert final.end == pytest.approx(end + 0.3, abs=0.021)
-    assert_matches_offline(model, np.concatenate([head, silence(1.0)]), [final], opts.decoding)
+    assert final.closed_at == pytest.approx(end + 0.8, abs=0.021)  # when the endpoint came
+    assert_matches_offline(model, np.concatenate([head, silence(1.0)]), [final], beam)
     rec.input_finished(s)
     assert s.is_done and not rec.is_ready(s)
 
