@@ -278,7 +278,10 @@ class Stream:
             )
             self._pending.append(self._tentative)
         if len(self.segment) >= int(ep.max_segment_seconds * SAMPLE_RATE):
-            self._close_segment(self._quiet_cut(), utterance_done=False)
+            if self._tentative is not None:  # a pause of final_tail_ms is in: the utterance ends there
+                self._close_segment(len(self._tentative.audio), utterance_done=True)
+            else:
+                self._close_segment(self._quiet_cut(), utterance_done=False)
 
     def _quiet_cut(self) -> int:
         """Sample offset in the open segment of the quietest 100 ms window in its last third."""

@@ -347,3 +347,17 @@ def test_tail_as_long_as_the_silence_decodes_after_the_endpoint(
     assert rec.has_final(s) and rec.pop_results(s) == []
     with pytest.raises(ValueError, match="final_tail_ms"):
         EndpointConfig(final_tail_ms=0)
+
+
+def test_segment_limit_in_a_pause_ends_the_utterance_at_the_early_final(
+    model: ASRModel, speech: list[np.ndarray]
+) -> None:
+    head = np.concatenate([silence(0.3), voiced(speech[0])])
+    end = speech_end(head)
+    rec = Recognizer(model)
+    ep = EndpointConfig(silence_ms=3000, max_segment_seconds=len(head) / SAMPLE_RATE + 0.5)
+    s = rec.create_stream(StreamOptions(decoding=DecodingOptions(method="greedy"), endpoint=ep))
+    results = feed(rec, s, np.concatenate([head, silence(4.0)]))
+    finals = [r for r in results if r.is_final]
+    assert len(finals) == 1  # not a second final over the silence after the cut
+    assert finals[0].end == pytest.approx(end + 0.3, abs=0.021)
