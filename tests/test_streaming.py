@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tiny_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from asr import ASRModel
 from asr.audio import SAMPLE_RATE, load_audio
@@ -361,3 +363,57 @@ def test_segment_limit_in_a_pause_ends_the_utterance_at_the_early_final(
     finals = [r for r in results if r.is_final]
     assert len(finals) == 1  # not a second final over the silence after the cut
     assert finals[0].end == pytest.approx(end + 0.3, abs=0.021)
+
+
+def final_ranges(results: list[StreamResult]) -> list[tuple[str, int, int, int]]:
+    return [
+        (r.text, r.utterance, round(r.start * SAMPLE_RATE), round(r.end * SAMPLE_RATE))
+        for r in results
+        if r.is_final
+    ]
+
+
+PAUSES = [0.1, 0.36, 0.5, 0.7, 1.0]  # around the 300 ms early-final tail and the 800 ms endpoint
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    blocks=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(PAUSES)), min_size=1, max_size=4),
+    chunk=st.integers(50, 8000),
+    decode_every=st.integers(1, 6),
+)
+def test_finals_do_not_depend_on_chunks_or_decode_timing(
+    model: ASRModel, speech: list[np.ndarray], blocks: list[tuple[int, float]], chunk: int, decode_every: int
+) -> None:
+    """Speech with pauses of every length: the finals are the same whether the audio comes in one piece
+    and is decoded at the end, or in chunks decoded now and then (early finals made, kept, dropped)."""
+    parts = [np.concatenate([voiced(speech[i]), silence(pause)]) for i, pause in blocks]
+    audio = np.concatenate([silence(0.3), *parts])
+    rec = Recognizer(model)
+    opts = StreamOptions(decoding=DecodingOptions(method="greedy"), interim_interval_ms=100)
+    whole = rec.create_stream(opts)
+    rec.accept_audio(whole, audio)
+    rec.input_finished(whole)
+    while rec.is_ready(whole):
+        rec.decode_streams([whole])
+    want = final_ranges(rec.pop_results(whole))
+    s = rec.create_stream(opts)
+    got: list[StreamResult] = []
+    for k, i in enumerate(range(0, len(audio), chunk)):
+        rec.accept_audio(s, audio[i : i + chunk])
+        if k % decode_every == 0 and rec.is_ready(s):
+            rec.decode_streams([s])
+        got += rec.pop_results(s)
+    rec.input_finished(s)
+    while rec.is_ready(s):
+        rec.decode_streams([s])
+    got += rec.pop_results(s)
+    assert s.is_done and whole.is_done
+    assert want and final_ranges(got) == want
+    assert [f[1] for f in want] == list(range(len(want)))  # every utterance once, in order
+    assert all(a[3] <= b[2] for a, b in itertools.pairwise(want))
