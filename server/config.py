@@ -39,6 +39,9 @@ class ServerConfig:
     max_beam_size: int = 16
     beam_size: int = 8  # default beam when a request does not set one
     ctc_weight: float = 0.3  # default CTC weight of finals
+    # streams: silence an utterance keeps after its speech; its final is decoded once that much is in and
+    # sent at the endpoint (early finals). At or above a stream's silence_ms, finals wait for the endpoint
+    final_tail_ms: int = 300
     # security
     tls_cert: str = ""  # PEM server certificate chain; with tls_key enables TLS
     tls_key: str = ""
@@ -60,6 +63,8 @@ class ServerConfig:
         for name in ("max_wait_ms", "max_stream_seconds", "max_audio_seconds", "idle_timeout_s", "grace_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.final_tail_ms < 20:
+            raise ValueError(f"final_tail_ms must be at least 20 (one VAD frame), got {self.final_tail_ms}")
         if self.beam_size > self.max_beam_size:
             raise ValueError(
                 f"beam_size ({self.beam_size}) must not exceed max_beam_size ({self.max_beam_size})"

@@ -103,9 +103,10 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
 
     def _stream_options(self, sc: asr_pb2.StreamingRecognitionConfig) -> StreamOptions:
         cfg = sc.config
-        default = StreamOptions()
+        default = default_stream_options(self.config)
         ep, dep = sc.endpointing, default.endpoint
-        endpoint = EndpointConfig(
+        endpoint = dataclasses.replace(
+            dep,
             silence_ms=ep.silence_ms or dep.silence_ms,
             max_segment_seconds=ep.max_segment_seconds or dep.max_segment_seconds,
             speech_threshold_db=ep.speech_threshold_db or dep.speech_threshold_db,
@@ -459,6 +460,7 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 def default_stream_options(config: ServerConfig) -> StreamOptions:
-    return dataclasses.replace(
-        StreamOptions(), decoding=DecodingOptions(beam_size=config.beam_size, ctc_weight=config.ctc_weight)
+    return StreamOptions(
+        decoding=DecodingOptions(beam_size=config.beam_size, ctc_weight=config.ctc_weight),
+        endpoint=EndpointConfig(final_tail_ms=config.final_tail_ms),
     )

@@ -482,6 +482,28 @@ def test_too_many_streams(model: ASRModel, speech: list[np.ndarray]) -> None:
         srv.stop()
 
 
+def test_early_finals_are_a_server_setting(
+    server: ServerThread, model: ASRModel, speech: list[np.ndarray]
+) -> None:
+    """By default a final ends final_tail_ms (300 ms) after the speech; with the tail as long as the
+    endpoint silence (800 ms) the server decodes finals only after the endpoint, as before."""
+    sil = np.zeros(2 * SAMPLE_RATE, np.float32)
+    audio = np.concatenate([sil[: SAMPLE_RATE // 2], speech[0], sil])
+
+    def final_end(srv: ServerThread) -> float:
+        responses = run_stream(srv, audio, stream_config(interim=False))
+        (final,) = check_finals_match_offline(model, audio, responses)
+        return seconds(final.result_end_offset)
+
+    late = ServerThread(config(final_tail_ms=800, warmup=False), model)
+    try:
+        assert final_end(late) - final_end(server) == pytest.approx(0.5, abs=0.001)
+    finally:
+        late.stop()
+    with pytest.raises(ValueError, match="final_tail_ms"):
+        ServerConfig(final_tail_ms=0)
+
+
 def test_bad_stream_does_not_affect_others(
     server: ServerThread, model: ASRModel, speech: list[np.ndarray]
 ) -> None:
