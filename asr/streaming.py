@@ -202,6 +202,8 @@ class Stream:
         self._interim_turn = 0  # when (in decode calls) this stream last got an interim: fairness under load
         self._last_interim_text = ""
         self.finals_emitted = 0
+        self.early_finals_sent = 0  # finals decoded before their endpoint
+        self.early_finals_wasted = 0  # early finals decoded (or being decoded) when speech resumed
         self.input_done = False  # no more audio will come
         self.ended = False  # single utterance reached its endpoint; later audio is ignored
         self._results: deque[StreamResult] = deque()
@@ -306,6 +308,8 @@ class Stream:
         if t is None:
             return
         t.cancelled = True
+        if not any(j is t for j in self._pending):
+            self.early_finals_wasted += 1  # the model has already seen it
         self._pending = deque(j for j in self._pending if j is not t)
         self._tentative = None
         self._tentative_result = None
@@ -321,6 +325,7 @@ class Stream:
         t = self._tentative
         if t is not None and len(t.audio) == cut:
             t.confirmed, t.closes_stream, t.closed_at = True, closes, closed_at
+            self.early_finals_sent += 1
             held, self._tentative, self._tentative_result = self._tentative_result, None, None
             if held is not None:
                 self._add_result(t.settle(held))

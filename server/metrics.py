@@ -36,6 +36,12 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.early_finals = Counter(
+            "asr_early_finals",
+            "Finals decoded before their endpoint: sent at it, or wasted when speech resumed",
+            ["outcome"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "asr_batch_size", "Streams per model batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
         )

@@ -361,12 +361,17 @@ class _StreamCall:
                 raise self.error
             if stream.is_done:
                 break
+        early = self.service.metrics.early_finals
+        early.labels("sent").inc(stream.early_finals_sent)
+        early.labels("wasted").inc(stream.early_finals_wasted)
         log.info(
             "stream closed",
             extra={
                 "request_id": self.rid,
                 "audio_s": round(stream.duration, 3),
                 "finals": stream.finals_emitted,
+                "early_finals": stream.early_finals_sent,
+                "early_finals_wasted": stream.early_finals_wasted,
                 "elapsed_s": round(time.perf_counter() - self.t_start, 3),
             },
         )

@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -641,8 +642,11 @@ def test_tls_and_mutual_tls(model: ASRModel, tmp_path: Path) -> None:
 
 def test_metrics_endpoint(server: ServerThread, speech: list[np.ndarray]) -> None:
     assert_still_serving(server, speech)
+    run_stream(server, conversation(speech), stream_config(interim=False))  # two utterances, early finals
     port = server.server.metrics_port
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    sent = re.search(r'^asr_early_finals_total\{outcome="sent"\} (\S+)$', text, re.M)
+    assert sent is not None and float(sent.group(1)) >= 2
     assert 'asr_requests_total{code="OK",method="Recognize"}' in text
     for name in (
         "asr_active_streams",

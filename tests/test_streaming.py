@@ -307,6 +307,7 @@ def test_early_final_is_dropped_when_speech_resumes(model: ASRModel, speech: lis
     rec.accept_audio(s, silence(1.0))
     rec.decode_streams([s])
     (final,) = rec.pop_results(s)  # one final over both parts, never the first part's
+    assert (s.early_finals_wasted, s.early_finals_sent) == (1, 1)  # the first decoded in vain
     assert final.utterance == 0 and final.start < 0.3 < len(first) / SAMPLE_RATE + 0.5 < final.end
 
 
