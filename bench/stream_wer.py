@@ -1,0 +1,100 @@
+"""Accuracy through the streaming path against offline decoding, on the same files in the same run.
+
+    python bench/stream_wer.py exp/data/so762/valid.jsonl
+    python bench/stream_wer.py exp/data/so762/valid.jsonl --tail-ms 300 800 --silence-ms 800 3000
+
+Offline, each recording is decoded whole (``asr.transcribe``). Streamed, it gets ``--lead`` seconds of
+silence before and ``--trail`` after and goes through :class:`asr.streaming.Recognizer` as one stream (all
+audio at once: the endpointer's decisions do not depend on chunking), whose finals are joined. The endpointer
+cuts where a speaker pauses for ``silence_ms``, drops the audio more than ``pre_speech_ms`` before an onset,
+and (early finals) keeps ``final_tail_ms`` of silence after the speech: each pair of ``--silence-ms`` and
+``--tail-ms`` is one row, with the WER, CER and segments per recording. Default decoding (beam 10) for all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from asr.audio import SAMPLE_RATE  # noqa: E402
+from asr.tokenizer import normalize_text  # noqa: E402
+from bench.offline_speed import read_utterances  # noqa: E402
+
+
+def scores(refs: list[str], hyps: list[str]) -> tuple[float, float]:
+    import jiwer
+
+    hyps = [h or "<empty>" for h in hyps]
+    return float(jiwer.wer(refs, hyps)), float(jiwer.cer(refs, hyps))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("data", type=Path, help="JSONL manifest or Kaldi data folder")
+    p.add_argument("--model", help="checkpoint (default: the bundled model)")
+    p.add_argument("--limit", type=int, default=0, help="first N utterances (0: all)")
+    p.add_argument("--silence-ms", type=int, nargs="+", default=[800], help="endpoint silences to try")
+    p.add_argument("--tail-ms", type=int, nargs="+", default=[300, 800], help="final tails to try")
+    p.add_argument("--lead", type=float, default=0.5, help="seconds of silence before each recording")
+    p.add_argument("--trail", type=float, default=1.0, help="seconds of silence after each recording")
+    p.add_argument("--batch", type=int, default=16, help="streams per decode call")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from asr.checkpoint import load_model
+    from asr.data.dataset import load_utterance
+    from asr.streaming import EndpointConfig, Recognizer, StreamOptions
+    from asr.transcribe import transcribe_batch
+
+    torch.set_num_threads(args.threads)
+    utts = read_utterances(args.data)
+    if args.limit:
+        utts = utts[: args.limit]
+    if not utts:
+        raise SystemExit(f"no utterances in {args.data}")
+    model = load_model(args.model)
+    refs = [normalize_text(u.text) for u in utts]
+    waves = [load_utterance(u) for u in utts]
+    print(f"{len(utts)} utterances, {sum(len(w) for w in waves) / SAMPLE_RATE / 3600:.2f} h", flush=True)
+    print(f"{'decoding':<38} | {'WER':>6} | {'CER':>6} | segments/utt | seconds")
+    t0 = time.perf_counter()
+    wer, cer = scores(refs, [t.text for t in transcribe_batch(model, waves, batch_size=args.batch)])
+    row = "{:<38} | {:6.2%} | {:6.2%} | {:12.2f} | {:7.1f}"
+    print(row.format("offline (whole recordings)", wer, cer, 1.0, time.perf_counter() - t0), flush=True)
+
+    rec = Recognizer(model)
+    lead = np.zeros(int(args.lead * SAMPLE_RATE), np.float32)
+    trail = np.zeros(int(args.trail * SAMPLE_RATE), np.float32)
+    for silence, tail in itertools.product(args.silence_ms, args.tail_ms):
+        t0 = time.perf_counter()
+        ep = EndpointConfig(silence_ms=silence, final_tail_ms=tail)
+        opts = StreamOptions(endpoint=ep, interim_results=False)
+        streams = []
+        for w in waves:
+            s = rec.create_stream(opts)
+            rec.accept_audio(s, np.concatenate([lead, w, trail]))
+            rec.input_finished(s)
+            streams.append(s)
+        for i in range(0, len(streams), args.batch):
+            rec.decode_streams(streams[i : i + args.batch])
+        finals = [[r for r in rec.pop_results(s) if r.is_final] for s in streams]
+        hyps = [" ".join(r.text for r in f if r.text) for f in finals]
+        wer, cer = scores(refs, hyps)
+        segs = sum(map(len, finals)) / len(finals)
+        name = f"streamed, silence {silence} ms, tail {min(tail, silence)} ms"
+        print(row.format(name, wer, cer, segs, time.perf_counter() - t0), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
