@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16, help="streams per decode call")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     args = p.parse_args(argv)
+    if args.limit < 0 or args.batch < 1 or args.threads < 1:
+        p.error("--limit must be >= 0, --batch and --threads >= 1")
 
     import torch
 

@@ -1,0 +1,38 @@
+"""bench/stream_wer.py end to end on generated speech: the offline row and one streamed row per setting."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from client_support import tiny_checkpoint
+
+from asr.data.importers import import_corpus
+from asr.data.manifest import write_manifest
+from bench.stream_wer import main
+
+ROW = re.compile(r"^(offline|streamed)[^|]*\| +([\d.]+)% \| +([\d.]+)% \| +([\d.]+) \|", re.M)
+
+
+def test_stream_wer_prints_offline_and_streamed_rows(
+    speech_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "speech.jsonl"
+    write_manifest(import_corpus("folder", speech_dir), manifest)
+    model = tiny_checkpoint(tmp_path / "tiny.pt")
+    args = [str(manifest), "--model", str(model), "--tail-ms", "300", "800", "--threads", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rows = ROW.findall(out)
+    assert [r[0] for r in rows] == ["offline", "streamed", "streamed"], out
+    assert "tail 300 ms" in out and "tail 800 ms" in out
+    # each recording is one utterance with silence around it: the endpointer gives one segment each
+    assert all(float(r[3]) == 1.0 for r in rows), out
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SystemExit, match="no utterances"):
+        main([str(empty), "--model", str(model)])
+    with pytest.raises(SystemExit):
+        main([str(manifest), "--limit", "-1"])
+    assert "--limit must be >= 0" in capsys.readouterr().err
