@@ -36,12 +36,15 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
 
 
-def feed(rec: Recognizer, stream: Stream, audio: np.ndarray, chunk: int = CHUNK) -> list[StreamResult]:
-    """Real-time-like loop: accept a chunk, decode when ready, collect results; then close the input."""
+def feed(
+    rec: Recognizer, stream: Stream, audio: np.ndarray, chunk: int = CHUNK, decode_every: int = 1
+) -> list[StreamResult]:
+    """Real-time-like loop: accept a chunk, decode when ready (every ``decode_every`` chunks), collect
+    results; then close the input."""
     out: list[StreamResult] = []
-    for i in range(0, len(audio), chunk):
+    for k, i in enumerate(range(0, len(audio), chunk)):
         rec.accept_audio(stream, audio[i : i + chunk])
-        if rec.is_ready(stream):
+        if k % decode_every == 0 and rec.is_ready(stream):
             rec.decode_streams([stream])
         out += rec.pop_results(stream)
     rec.input_finished(stream)
@@ -397,24 +400,9 @@ def test_finals_do_not_depend_on_chunks_or_decode_timing(
     audio = np.concatenate([silence(0.3), *parts])
     rec = Recognizer(model)
     opts = StreamOptions(decoding=DecodingOptions(method="greedy"), interim_interval_ms=100)
-    whole = rec.create_stream(opts)
-    rec.accept_audio(whole, audio)
-    rec.input_finished(whole)
-    while rec.is_ready(whole):
-        rec.decode_streams([whole])
-    want = final_ranges(rec.pop_results(whole))
-    s = rec.create_stream(opts)
-    got: list[StreamResult] = []
-    for k, i in enumerate(range(0, len(audio), chunk)):
-        rec.accept_audio(s, audio[i : i + chunk])
-        if k % decode_every == 0 and rec.is_ready(s):
-            rec.decode_streams([s])
-        got += rec.pop_results(s)
-    rec.input_finished(s)
-    while rec.is_ready(s):
-        rec.decode_streams([s])
-    got += rec.pop_results(s)
-    assert s.is_done and whole.is_done
+    whole, s = rec.create_stream(opts), rec.create_stream(opts)
+    want = final_ranges(feed(rec, whole, audio, chunk=len(audio)))  # one piece, decoded after it all
+    got = feed(rec, s, audio, chunk, decode_every)  # (feed checks that both streams end done)
     assert want and final_ranges(got) == want
     assert [f[1] for f in want] == list(range(len(want)))  # every utterance once, in order
     assert all(a[3] <= b[2] for a, b in itertools.pairwise(want))
