@@ -26,7 +26,8 @@ from asr.audio import SAMPLE_RATE
 from asr.checkpoint import load_model
 from asr.data.dataset import load_utterance
 from asr.data.manifest import Utterance, read_manifest
-from asr.decoding import DecodingOptions
+from asr.decoding import DecodingOptions, LanguageModel
+from asr.lm_cli import add_lm_arguments, lm_from_args
 from asr.model import ASRModel
 from asr.tokenizer import normalize_text
 from asr.transcribe import transcribe_batch
@@ -76,8 +77,9 @@ def evaluate(
     *,
     batch_size: int = 16,
     progress: bool = False,
+    lm: LanguageModel | None = None,
 ) -> EvalResult:
-    """Decode ``utts`` with ``model`` and score them against their transcripts."""
+    """Decode ``utts`` with ``model`` (fusing ``lm`` if given) and score them against their transcripts."""
     options = options or DecodingOptions()
     kept = [u for u in utts if normalize_text(u.text)]
     if not kept:
@@ -94,7 +96,7 @@ def evaluate(
         t0 = time.perf_counter()
         waves: list[np.ndarray] = [load_utterance(kept[i]) for i in idx]
         t1 = time.perf_counter()
-        results = transcribe_batch(model, list(waves), options, batch_size=batch_size)
+        results = transcribe_batch(model, list(waves), options, batch_size=batch_size, lm=lm)
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
         t2 = time.perf_counter()
@@ -160,6 +162,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("greedy", "beam"), help="decoding method (default: beam)")
     p.add_argument("--beam", type=int, help="beam size")
     p.add_argument("--ctc-weight", type=float, help="CTC weight in joint decoding")
+    add_lm_arguments(p)
     p.add_argument("--batch-size", type=int, default=16, help="utterances decoded together (default: 16)")
     p.add_argument("--limit", type=int, help="only the first N utterances of the manifest")
     p.add_argument(
@@ -183,9 +186,10 @@ def run(args: argparse.Namespace) -> int:
         changes["beam_size"] = args.beam
     if args.ctc_weight is not None:
         changes["ctc_weight"] = args.ctc_weight
-    options = dataclasses.replace(options, **changes)
     model = load_model(args.model, device=args.device)
-    result = evaluate(model, utts, options, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    lm, changes["lm_weight"] = lm_from_args(args, model)
+    options = dataclasses.replace(options, **changes)
+    result = evaluate(model, utts, options, batch_size=args.batch_size, progress=sys.stderr.isatty(), lm=lm)
     if args.errors:
         write_errors(result, args.errors)
     if args.json:
@@ -202,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"CER         {100 * result.cer:.2f} %")
     print(
         f"RTF         {result.rtf:.4f}  ({result.decode_seconds:.1f} s decoding on {model.device}, "
-        f"{options.method}{f' beam {options.beam_size}' if options.method == 'beam' else ''})"
+        f"{'greedy' if options.method == 'greedy' else f'beam {options.beam_size}'}"
+        f"{f', LM weight {options.lm_weight}' if lm is not None else ''})"
     )
     return 0

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
+from asr.tokenizer import CharTokenizer, SentencePieceTokenizer, tokenizer_fingerprint
 
 FORMAT = "las-asr-ngram"
+DEFAULT_LM_WEIGHT = 0.3  # shallow-fusion weight when an LM is given without one
 CACHE_SIZE = 100_000  # histories whose distributions are kept
 History = tuple[int, ...]
 
@@ -46,11 +47,13 @@ class NGramLM:
         blank_id: int,
         sos_id: int,
         eos_id: int,
+        tokenizer: str = "",
     ) -> None:
         if order < 1:
             raise ValueError(f"order must be at least 1, got {order}")
         self.order, self.vocab_size = order, vocab_size
         self.blank_id, self.sos_id, self.eos_id = blank_id, sos_id, eos_id
+        self.tokenizer = tokenizer  # tokenizer_fingerprint() of the ids it counts ("" in old files)
         self.counts = counts  # history (0..order-1 tokens) -> next-token counts
         self.discounts = self._discounts()
         self._cache: dict[History, Tensor] = {}
@@ -72,8 +75,22 @@ class NGramLM:
         if not counts:
             raise ValueError("cannot train a language model on no texts")
         return cls(
-            dict(counts), order, tokenizer.vocab_size, tokenizer.blank_id, tokenizer.sos_id, tokenizer.eos_id
+            dict(counts),
+            order,
+            tokenizer.vocab_size,
+            tokenizer.blank_id,
+            tokenizer.sos_id,
+            tokenizer.eos_id,
+            tokenizer_fingerprint(tokenizer),
         )
+
+    @property
+    def num_ngrams(self) -> int:
+        return sum(len(nxt) for nxt in self.counts.values())
+
+    def describe(self) -> str:
+        """One line for logs and ``ListModels``, e.g. ``"6-gram token LM, 191,120 n-grams"``."""
+        return f"{self.order}-gram token LM, {self.num_ngrams:,} n-grams"
 
     def _discounts(self) -> list[float]:
         out = []
@@ -147,9 +164,10 @@ class NGramLM:
             "blank_id": self.blank_id,
             "sos_id": self.sos_id,
             "eos_id": self.eos_id,
-            # ngrams[n]: (M, n + 2) int64 rows of history (n ids), next id, count
+            "tokenizer": self.tokenizer,
+            # ngrams[n]: (M, n + 2) int32 rows of history (n ids), next id, count
             "ngrams": {
-                n: torch.tensor(r, dtype=torch.long).reshape(-1, n + 2) for n, r in sorted(by_len.items())
+                n: torch.tensor(r, dtype=torch.int32).reshape(-1, n + 2) for n, r in sorted(by_len.items())
             },
         }
 
@@ -161,7 +179,15 @@ class NGramLM:
         for n, rows in d["ngrams"].items():
             for row in rows.tolist():
                 counts[tuple(row[:n])][row[n]] = row[n + 1]
-        return cls(dict(counts), d["order"], d["vocab_size"], d["blank_id"], d["sos_id"], d["eos_id"])
+        return cls(
+            dict(counts),
+            d["order"],
+            d["vocab_size"],
+            d["blank_id"],
+            d["sos_id"],
+            d["eos_id"],
+            d.get("tokenizer", ""),
+        )
 
     def save(self, path: str | os.PathLike) -> None:
         from asr.checkpoint import atomic_save
@@ -183,14 +209,17 @@ class NGramLM:
 
     def check_tokenizer(self, tokenizer: CharTokenizer | SentencePieceTokenizer) -> None:
         """Raise if this LM was counted over different ids than ``tokenizer`` produces."""
-        if (self.vocab_size, self.sos_id, self.eos_id) != (
+        same_ids = (self.vocab_size, self.sos_id, self.eos_id) == (
             tokenizer.vocab_size,
             tokenizer.sos_id,
             tokenizer.eos_id,
-        ):
+        )
+        if not same_ids or (self.tokenizer and self.tokenizer != tokenizer_fingerprint(tokenizer)):
             raise ValueError(
-                f"language model vocabulary ({self.vocab_size} ids) does not match the tokenizer "
-                f"({tokenizer.vocab_size} ids)"
+                f"the language model does not match the model's tokenizer ({self.vocab_size} ids, tokenizer "
+                f"{self.tokenizer or '?'}; the model has {tokenizer.vocab_size} ids, tokenizer "
+                f"{tokenizer_fingerprint(tokenizer)}): train one for this model with "
+                "'asr lm train TEXTS --model MODEL -o LM'"
             )
 
     def perplexity(self, texts: Iterable[str], tokenizer: CharTokenizer | SentencePieceTokenizer) -> float:
@@ -200,3 +229,13 @@ class NGramLM:
             total += self.log_prob(ids)
             count += len(ids) + 1
         return math.exp(-total / max(1, count))
+
+
+def load_lm(path: str | os.PathLike, tokenizer: CharTokenizer | SentencePieceTokenizer) -> NGramLM:
+    """:meth:`NGramLM.load`, checked against the tokenizer of the model it will decode with."""
+    lm = NGramLM.load(path)
+    try:
+        lm.check_tokenizer(tokenizer)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return lm

@@ -20,7 +20,7 @@ from asr.features import FeatureConfig, GlobalCMVN, LogMel
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
 
 if TYPE_CHECKING:
-    from asr.decoding import DecodingOptions
+    from asr.decoding import DecodingOptions, LanguageModel
     from asr.transcribe import AudioInput, Transcript
 
 Tokenizer = CharTokenizer | SentencePieceTokenizer
@@ -134,18 +134,25 @@ class ASRModel(nn.Module):
         ys_out[torch.arange(b, device=targets.device), target_lengths] = self.tokenizer.eos_id
         return ys_in, ys_out
 
-    def transcribe(self, audio: AudioInput, options: DecodingOptions | None = None) -> Transcript:
-        """Recognise one utterance (path, encoded bytes or 16 kHz float waveform)."""
+    def transcribe(
+        self, audio: AudioInput, options: DecodingOptions | None = None, *, lm: LanguageModel | None = None
+    ) -> Transcript:
+        """Recognise one utterance (path, encoded bytes or 16 kHz float waveform); ``lm`` (with
+        ``options.lm_weight`` above 0) is fused into the beam search."""
         from asr.transcribe import transcribe
 
-        return transcribe(self, audio, options)
+        return transcribe(self, audio, options, lm=lm)
 
     def transcribe_batch(
-        self, audios: list[AudioInput], options: DecodingOptions | None = None
+        self,
+        audios: list[AudioInput],
+        options: DecodingOptions | None = None,
+        *,
+        lm: LanguageModel | None = None,
     ) -> list[Transcript]:
         from asr.transcribe import transcribe_batch
 
-        return transcribe_batch(self, audios, options)
+        return transcribe_batch(self, audios, options, lm=lm)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

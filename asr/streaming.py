@@ -50,7 +50,7 @@ import torch
 
 from asr.alignment import Word
 from asr.audio import SAMPLE_RATE
-from asr.decoding import DecodingOptions
+from asr.decoding import DecodingOptions, LanguageModel
 from asr.transcribe import Alternative, decode_encoded, encode_waveforms, split_long_audio
 
 if TYPE_CHECKING:
@@ -419,9 +419,12 @@ class Stream:
 class Recognizer:
     """Decodes many :class:`Stream` objects with one model, batching their segments together."""
 
-    def __init__(self, model: ASRModel, config: RecognizerConfig | None = None) -> None:
+    def __init__(
+        self, model: ASRModel, config: RecognizerConfig | None = None, lm: LanguageModel | None = None
+    ) -> None:
         self.model = model.eval()
         self.config = config or RecognizerConfig()
+        self.lm = lm  # fused into the beam search of finals whose options set lm_weight > 0
         self._turn = 0  # decode calls that took interims
 
     def create_stream(self, options: StreamOptions | None = None) -> Stream:
@@ -548,7 +551,14 @@ class Recognizer:
             durations = [len(jobs[i].audio) / SAMPLE_RATE for i in idx]
             word_times = any(jobs[i].stream.options.word_times for i in idx)
             transcripts = decode_encoded(
-                self.model, sub, lengths, opts, offsets=starts, durations=durations, word_times=word_times
+                self.model,
+                sub,
+                lengths,
+                opts,
+                offsets=starts,
+                durations=durations,
+                word_times=word_times,
+                lm=self.lm,
             )
             for i, t in zip(idx, transcripts, strict=True):
                 j = jobs[i]

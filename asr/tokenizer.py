@@ -6,6 +6,7 @@ last id is the sentence boundary used as both ``<sos>`` and ``<eos>`` by the att
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -201,3 +202,13 @@ def tokenizer_from_dict(d: dict[str, Any]) -> CharTokenizer | SentencePieceToken
     if kind == "bpe":
         return SentencePieceTokenizer(bytes(d["model"]))
     raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char' or 'bpe'")
+
+
+def tokenizer_fingerprint(tokenizer: CharTokenizer | SentencePieceTokenizer) -> str:
+    """A short digest of the id mapping: equal fingerprints mean the same text gives the same ids."""
+    h = hashlib.sha256(tokenizer.kind.encode())
+    if isinstance(tokenizer, CharTokenizer):
+        h.update("\x00".join(tokenizer.units).encode())
+    else:
+        h.update(tokenizer.model_proto)
+    return h.hexdigest()[:16]

@@ -6,6 +6,7 @@
     asr train        train a model from a config file (asr/train.py)
     asr eval         WER/CER/RTF of a manifest        (asr/evaluate.py)
     asr data         corpus importers                 (asr/data/cli.py)
+    asr lm           language models for decoding     (asr/lm_cli.py)
     asr models       list models, local or remote     (client/models_cli.py)
 """
 
@@ -29,6 +30,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "asr.train", "train a model from a YAML/TOML config"),
     ("eval", "asr.evaluate", "word/character error rate and real-time factor on a manifest"),
     ("data", "asr.data.cli", "import corpora into JSONL manifests"),
+    ("lm", "asr.lm_cli", "train a language model for shallow fusion"),
     ("models", "client.models_cli", "list the models here or on a server"),
 ]
 

@@ -39,6 +39,8 @@ def recognition_config(
     decoding = pb.DecodingConfig(method=_METHODS[config.method], beam_size=config.beam_size or 0)
     if config.ctc_weight is not None:
         decoding.ctc_weight = config.ctc_weight
+    if config.lm_weight is not None:
+        decoding.lm_weight = config.lm_weight
     return pb.RecognitionConfig(
         encoding=encoding,  # type: ignore[arg-type]
         sample_rate_hertz=sample_rate,
@@ -170,6 +172,6 @@ def transcript_from_finals(finals: list[StreamingResult], duration: float) -> Tr
 def models(resp: pb.ListModelsResponse) -> list[ModelInfo]:
     return [
         ModelInfo(m.name, m.sample_rate_hertz, m.vocabulary_kind, m.vocabulary_size, m.is_default,
-                  m.num_parameters, m.device)
+                  m.num_parameters, m.device, m.language_model)
         for m in resp.models
     ]

@@ -57,7 +57,7 @@ def _remote(args: argparse.Namespace) -> list[dict[str, Any]]:
             {
                 "name": m.name, "default": m.is_default, "parameters": m.num_parameters,
                 "vocabulary": f"{m.vocabulary_kind} {m.vocabulary_size}", "sample_rate": m.sample_rate,
-                "device": m.device,
+                "device": m.device, "language_model": m.language_model or None,
             }
             for m in client.list_models()
         ]

@@ -106,6 +106,11 @@ def register(subparsers: Any) -> None:
     dec.add_argument("--beam", type=int, help="beam size")
     dec.add_argument("--ctc-weight", type=float, help="CTC weight in joint decoding, in [0, 1]")
     dec.add_argument("--alternatives", type=int, default=1, help="n-best per segment (json, jsonl)")
+    dec.add_argument("--lm", metavar="PATH", help="local mode: language model from 'asr lm train'")
+    dec.add_argument(
+        "--lm-weight", type=float,
+        help="language model weight in beam search (default with --lm: 0.3); remote: of the server's LM",
+    )
     p.set_defaults(func=run)
 
 
@@ -293,12 +298,15 @@ def recognition_config(args: argparse.Namespace) -> RecognitionConfig:
         method=args.method,
         beam_size=args.beam,
         ctc_weight=args.ctc_weight,
+        lm_weight=args.lm_weight,
     )
 
 
 def run_remote(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
     if args.jobs < 1:
         raise CLIError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.lm:
+        raise CLIError("--lm is for local mode; a server decodes with its own LM (asr serve --lm)")
     config = recognition_config(args)
     with make_client(args) as client, ThreadPoolExecutor(args.jobs) as pool:
 
@@ -344,13 +352,17 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    from asr.lm_cli import lm_from_args
+
+    model = asr.load_model(args.model, device=args.device)
+    lm, lm_weight = lm_from_args(args, model)
     options = asr.DecodingOptions(
         method=args.method or "beam",
         beam_size=args.beam or 10,
         ctc_weight=0.3 if args.ctc_weight is None else args.ctc_weight,
         nbest=args.alternatives,
+        lm_weight=lm_weight,
     )
-    model = asr.load_model(args.model, device=args.device)
     for k in range(0, len(items), args.batch_size):
         batch = items[k : k + args.batch_size]
         loaded = []
@@ -362,11 +374,13 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
         if not loaded:
             continue
         try:
-            results = transcribe_batch(model, [w for _, w in loaded], options, batch_size=args.batch_size)
+            results = transcribe_batch(
+                model, [w for _, w in loaded], options, batch_size=args.batch_size, lm=lm
+            )
         except Exception:  # isolate the recording that breaks the batch
             for item, wave in loaded:
                 try:
-                    t = transcribe_batch(model, [wave], options)[0]
+                    t = transcribe_batch(model, [wave], options, lm=lm)[0]
                     yield Outcome(item, from_local(t), None, len(wave) / SAMPLE_RATE)
                 except Exception as exc:
                     yield Outcome(item, None, exc, len(wave) / SAMPLE_RATE)

@@ -38,6 +38,7 @@ class RecognitionConfig:
     method: str | None = None  # "greedy" (CTC best path) or "beam" (joint CTC/attention)
     beam_size: int | None = None
     ctc_weight: float | None = None  # in [0, 1]
+    lm_weight: float | None = None  # >= 0: weight of the server's language model; 0 turns it off
     language_code: str = ""  # informational; the model decides the language
 
     def __post_init__(self) -> None:
@@ -49,6 +50,8 @@ class RecognitionConfig:
             raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
         if self.ctc_weight is not None and not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.lm_weight is not None and self.lm_weight < 0:
+            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
 
 
 @dataclass(frozen=True)
@@ -163,3 +166,4 @@ class ModelInfo:
     is_default: bool
     num_parameters: int
     device: str
+    language_model: str = ""  # the LM fused into its beam search; "" = none

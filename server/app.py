@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from asr.audio import SAMPLE_RATE
 from asr.checkpoint import load_model, resolve_model_path
+from asr.lm import NGramLM
 from asr.model import ASRModel
 from asr.streaming import Recognizer, RecognizerConfig
 from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
@@ -80,9 +81,10 @@ class SpeechServer:
         await self.grpc.wait_for_termination()
 
 
-def _model_info(name: str, model: ASRModel, default: bool) -> asr_pb2.ModelInfo:
+def _model_info(name: str, model: ASRModel, default: bool, lm: NGramLM | None) -> asr_pb2.ModelInfo:
     tok = model.tokenizer
     return asr_pb2.ModelInfo(
+        language_model=lm.describe() if lm is not None else "",
         name=name,
         sample_rate_hertz=model.config.features.sample_rate,
         vocabulary_kind=tok.kind,
@@ -107,7 +109,8 @@ async def create_server(
     """Build, bind and start the server; returns it and the bound port (``config.port`` 0 picks one).
 
     ``model`` (served as ``config.model_name`` or "default") or ``models`` (name -> model, the first is the
-    default) skip loading ``config.model`` from disk.
+    default) skip loading ``config.model`` from disk. ``config.lm`` is fused into every model's beam search
+    (each model's tokenizer must match it).
     """
     if models is None:
         if model is None:
@@ -124,11 +127,19 @@ async def create_server(
         raise ValueError("create_server needs at least one model")
     if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
+    lm = NGramLM.load(config.lm) if config.lm else None
+    lm_weight = config.lm_weight if lm is not None else 0.0
     metrics = Metrics()
     loaded: dict[str, LoadedModel] = {}
     default_name = next(iter(models))
     for name, m in models.items():
-        rec = Recognizer(m, RecognizerConfig(config.max_batch_size, default_stream_options(config)))
+        if lm is not None:
+            try:
+                lm.check_tokenizer(m.tokenizer)
+            except ValueError as exc:
+                raise ValueError(f"--lm {config.lm} cannot decode model {name!r}: {exc}") from None
+        defaults = default_stream_options(config, lm_weight)
+        rec = Recognizer(m, RecognizerConfig(config.max_batch_size, defaults), lm=lm)
         batcher = Batcher(
             rec, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms, metrics=metrics
         )
@@ -137,7 +148,8 @@ async def create_server(
             t0 = time.perf_counter()
             await batcher.run_in_executor(_warm_up, rec)
             log.info("warmed up", extra={"model": name, "elapsed_s": round(time.perf_counter() - t0, 3)})
-        loaded[name] = LoadedModel(name, rec, batcher, _model_info(name, m, name == default_name))
+        info = _model_info(name, m, name == default_name, lm)
+        loaded[name] = LoadedModel(name, rec, batcher, info, lm_weight)
     service = RecognizerService(loaded, default_name, config, metrics)
 
     interceptors = [BearerTokenInterceptor(config.tokens)] if config.tokens else []
@@ -177,6 +189,7 @@ async def create_server(
             "mtls": bool(config.tls_client_ca),
             "auth": bool(config.tokens),
             "models": sorted(models),
+            "lm": lm.describe() if lm is not None else None,
         },
     )
     return SpeechServer(server, service, health_servicer, metrics, metrics_port), port
@@ -258,6 +271,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "model": "model name under models/ or checkpoint path (default: default)",
         "model_name": "name to serve the model under (default: the file's stem)",
         "device": "cpu, cuda, cuda:1 (default: cuda when available)",
+        "lm": "language model from 'asr lm train', fused into beam search (default: none)",
+        "lm_weight": "default weight of --lm in beam search; requests may set their own (default 0.3)",
         "token": "require 'authorization: Bearer TOKEN' (comma-separate several; prefer ASR_TOKEN)",
         "tls_cert": "PEM certificate chain (enables TLS with --tls-key)",
         "tls_key": "PEM private key",

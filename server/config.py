@@ -27,6 +27,8 @@ class ServerConfig:
     device: str = ""  # "" = cuda when available, else cpu
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     warmup: bool = True
+    lm: str = ""  # language model from `asr lm train`, fused into beam search; "" = none
+    lm_weight: float = 0.3  # its default weight (requests may set DecodingConfig.lm_weight)
     # batching
     max_batch_size: int = 16  # segments per model call
     max_wait_ms: float = 10.0  # how long a batch waits for more work once it has some
@@ -71,6 +73,8 @@ class ServerConfig:
             )
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if not 0.0 <= self.lm_weight < float("inf"):
+            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.tls_client_ca and not self.tls_cert:

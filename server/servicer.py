@@ -19,6 +19,7 @@ import bisect
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -46,6 +47,7 @@ class LoadedModel:
     recognizer: Recognizer
     batcher: Batcher
     info: asr_pb2.ModelInfo
+    lm_weight: float = 0.0  # default weight of its language model (recognizer.lm); 0 without one
 
 
 class CallError(Exception):
@@ -84,7 +86,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
             raise ValueError(f"unknown model {name!r}; this server has {sorted(self.models)}")
         return self.models[name]
 
-    def _decoding(self, cfg: asr_pb2.RecognitionConfig) -> DecodingOptions:
+    def _decoding(self, cfg: asr_pb2.RecognitionConfig, model: LoadedModel) -> DecodingOptions:
         d = cfg.decoding
         method = "greedy" if d.method == asr_pb2.DecodingConfig.GREEDY else "beam"
         beam = d.beam_size or self.config.beam_size
@@ -99,9 +101,21 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
             raise ValueError(f"max_alternatives must be in [1, {limit}] ({method} decoding), got {nbest}")
         if cfg.audio_channel_count < 0:
             raise ValueError(f"audio_channel_count must be >= 0, got {cfg.audio_channel_count}")
-        return DecodingOptions(method=method, beam_size=beam, ctc_weight=ctc_weight, nbest=nbest)
+        lm_weight = d.lm_weight if d.HasField("lm_weight") else model.lm_weight
+        if not 0.0 <= lm_weight < math.inf:
+            raise ValueError(f"lm_weight must be >= 0, got {lm_weight}")
+        if lm_weight > 0 and model.recognizer.lm is None:
+            raise ValueError(
+                f"lm_weight {lm_weight:g} needs a language model, and model {model.name!r} has none "
+                "(start the server with --lm)"
+            )
+        if method == "greedy":
+            lm_weight = 0.0  # CTC best path has no search to fuse into
+        return DecodingOptions(
+            method=method, beam_size=beam, ctc_weight=ctc_weight, nbest=nbest, lm_weight=lm_weight
+        )
 
-    def _stream_options(self, sc: asr_pb2.StreamingRecognitionConfig) -> StreamOptions:
+    def _stream_options(self, sc: asr_pb2.StreamingRecognitionConfig, model: LoadedModel) -> StreamOptions:
         cfg = sc.config
         default = default_stream_options(self.config)
         ep, dep = sc.endpointing, default.endpoint
@@ -112,7 +126,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
             speech_threshold_db=ep.speech_threshold_db or dep.speech_threshold_db,
         )
         return StreamOptions(
-            decoding=self._decoding(cfg),
+            decoding=self._decoding(cfg, model),
             endpoint=endpoint,
             interim_results=sc.interim_results,
             interim_interval_ms=sc.interim_interval_ms or default.interim_interval_ms,
@@ -161,7 +175,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
                 cfg = request.config
                 model = self._model(cfg.model)
                 options = StreamOptions(
-                    decoding=self._decoding(cfg),
+                    decoding=self._decoding(cfg, model),
                     interim_results=False,
                     word_times=cfg.enable_word_time_offsets or cfg.enable_word_confidence,
                 )
@@ -322,7 +336,7 @@ class _StreamCall:
                 raise ValueError("StreamingRecognitionConfig.config is required")
             cfg = sc.config
             model = self.service._model(cfg.model)
-            options = self.service._stream_options(sc)
+            options = self.service._stream_options(sc, model)
             encoding = cfg.encoding or asr_pb2.LINEAR16
             chunker = stream_decoder(encoding, cfg.sample_rate_hertz, cfg.audio_channel_count or 1)
         except ValueError as exc:
@@ -464,8 +478,10 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex[:16]
 
 
-def default_stream_options(config: ServerConfig) -> StreamOptions:
+def default_stream_options(config: ServerConfig, lm_weight: float = 0.0) -> StreamOptions:
     return StreamOptions(
-        decoding=DecodingOptions(beam_size=config.beam_size, ctc_weight=config.ctc_weight),
+        decoding=DecodingOptions(
+            beam_size=config.beam_size, ctc_weight=config.ctc_weight, lm_weight=lm_weight
+        ),
         endpoint=EndpointConfig(final_tail_ms=config.final_tail_ms),
     )

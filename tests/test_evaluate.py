@@ -73,7 +73,9 @@ def test_scores_normalised_text(
     utts = [Utterance(u.id, audio, u.text) for u in utts]
     hyps = {"a": "HELLO WORLD", "b": "GOOD MOURNING"}
 
-    def fake(model: ASRModel, waves: list, options: object, batch_size: int = 16) -> list[Transcript]:
+    def fake(
+        model: ASRModel, waves: list, options: object, batch_size: int = 16, lm: object = None
+    ) -> list[Transcript]:
         return [Transcript(h) for h in fake.queue[: len(waves)]]  # type: ignore[attr-defined]
 
     fake.queue = [hyps["a"], hyps["b"]]  # type: ignore[attr-defined]

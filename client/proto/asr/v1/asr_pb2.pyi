@@ -28,7 +28,7 @@ MP3: AudioEncoding
 WAV: AudioEncoding
 
 class DecodingConfig(_message.Message):
-    __slots__ = ("method", "beam_size", "ctc_weight")
+    __slots__ = ("method", "beam_size", "ctc_weight", "lm_weight")
     class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         METHOD_UNSPECIFIED: _ClassVar[DecodingConfig.Method]
@@ -40,10 +40,12 @@ class DecodingConfig(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
     CTC_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LM_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     method: DecodingConfig.Method
     beam_size: int
     ctc_weight: float
-    def __init__(self, method: _Optional[_Union[DecodingConfig.Method, str]] = ..., beam_size: _Optional[int] = ..., ctc_weight: _Optional[float] = ...) -> None: ...
+    lm_weight: float
+    def __init__(self, method: _Optional[_Union[DecodingConfig.Method, str]] = ..., beam_size: _Optional[int] = ..., ctc_weight: _Optional[float] = ..., lm_weight: _Optional[float] = ...) -> None: ...
 
 class RecognitionConfig(_message.Message):
     __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "model", "max_alternatives", "enable_word_time_offsets", "enable_word_confidence", "decoding", "language_code")
@@ -196,7 +198,7 @@ class StreamingRecognizeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[StreamingRecognitionResult, _Mapping]]] = ..., speech_event_type: _Optional[_Union[StreamingRecognizeResponse.SpeechEventType, str]] = ..., total_billed_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "sample_rate_hertz", "vocabulary_kind", "vocabulary_size", "is_default", "num_parameters", "device")
+    __slots__ = ("name", "sample_rate_hertz", "vocabulary_kind", "vocabulary_size", "is_default", "num_parameters", "device", "language_model")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
     VOCABULARY_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +206,7 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     NUM_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     sample_rate_hertz: int
     vocabulary_kind: str
@@ -211,7 +214,8 @@ class ModelInfo(_message.Message):
     is_default: bool
     num_parameters: int
     device: str
-    def __init__(self, name: _Optional[str] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_kind: _Optional[str] = ..., vocabulary_size: _Optional[int] = ..., is_default: _Optional[bool] = ..., num_parameters: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    language_model: str
+    def __init__(self, name: _Optional[str] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_kind: _Optional[str] = ..., vocabulary_size: _Optional[int] = ..., is_default: _Optional[bool] = ..., num_parameters: _Optional[int] = ..., device: _Optional[str] = ..., language_model: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -1,0 +1,145 @@
+"""``asr lm``: train a token n-gram language model for a model's tokenizer, and measure its perplexity.
+
+    asr lm train TEXTS... -o models/my.lm [--model M] [--order 6] [--valid TEXTS...]
+    asr lm perplexity LM TEXTS... [--model M]
+
+TEXTS are JSONL manifests (their ``text`` fields), Kaldi ``text`` files (``--format kaldi``: each line's
+first field is an utterance id) or plain text, one sentence per line, normalised as for training.
+The LM counts the model's own token ids, so it is tied to that model's tokenizer (checked when it is loaded):
+decode with it through ``--lm`` of ``asr transcribe``, ``asr eval`` and ``asr serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from asr.checkpoint import load_model
+from asr.lm import DEFAULT_LM_WEIGHT, NGramLM, load_lm
+from asr.model import ASRModel
+from asr.tokenizer import normalize_text
+
+FORMATS = ("auto", "text", "jsonl", "kaldi")
+TEXTS_HELP = "manifests (.jsonl), Kaldi text or plain text files"
+
+
+def read_texts(paths: Sequence[str | Path], fmt: str = "auto") -> Iterator[str]:
+    """Normalised non-empty sentences from manifests, Kaldi ``text`` files or plain text files."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown text format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"no such text file: {path}")
+        kind = fmt if fmt != "auto" else ("jsonl" if path.suffix == ".jsonl" else "text")
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if kind == "jsonl":
+                    try:
+                        text = json.loads(line)["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise ValueError(f"{path}:{n}: not a JSON object with a 'text' field") from None
+                elif kind == "kaldi":
+                    fields = line.split(maxsplit=1)
+                    text = fields[1] if len(fields) > 1 else ""
+                else:
+                    text = line
+                text = normalize_text(str(text))
+                if text:
+                    yield text
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "lm",
+        help="train a language model for shallow fusion",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="lm_command", metavar="ACTION", required=True)
+    t = sub.add_parser(
+        "train",
+        help="count a token n-gram LM from text",
+        epilog="Example:\n  asr lm train exp/data/so762/train.jsonl corpus.txt -o models/my.lm --order 6",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("texts", nargs="+", metavar="TEXTS", help=TEXTS_HELP)
+    t.add_argument(
+        "-o", "--output", required=True, type=Path, help="where to write the LM (by convention NAME.lm)"
+    )
+    t.add_argument("--order", type=int, default=6, help="n-gram order in tokens (default: 6)")
+    t.add_argument("--valid", nargs="+", metavar="TEXTS", help="report perplexity on these texts")
+    _common(t)
+    t.set_defaults(func=run_train)
+    q = sub.add_parser("perplexity", help="per-token perplexity of an LM on text")
+    q.add_argument("lm", type=Path, help="the LM file from 'asr lm train'")
+    q.add_argument("texts", nargs="+", metavar="TEXTS", help=TEXTS_HELP)
+    _common(q)
+    q.set_defaults(func=run_perplexity)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="the model whose tokenizer the LM counts (default: the bundled model)")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="how to read TEXTS (default: by suffix)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.order < 1:
+        raise ValueError(f"--order must be at least 1, got {args.order}")
+    tokenizer = load_model(args.model, device="cpu").tokenizer
+    texts = list(read_texts(args.texts, args.format))
+    if not texts:
+        raise ValueError(f"no text in {' '.join(args.texts)}")
+    t0 = time.perf_counter()
+    lm = NGramLM.train(texts, tokenizer, order=args.order)
+    seconds = time.perf_counter() - t0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    lm.save(args.output)
+    print(
+        f"{args.output}: {lm.describe()} from {len(texts):,} sentences in {seconds:.1f} s, "
+        f"{args.output.stat().st_size / 1e6:.1f} MB",
+        file=sys.stderr,
+    )
+    if args.valid:
+        print(f"perplexity  {lm.perplexity(read_texts(args.valid, args.format), tokenizer):.3f}")
+    return 0
+
+
+def run_perplexity(args: argparse.Namespace) -> int:
+    tokenizer = load_model(args.model, device="cpu").tokenizer
+    lm = load_lm(args.lm, tokenizer)
+    texts = list(read_texts(args.texts, args.format))
+    if not texts:
+        raise ValueError(f"no text in {' '.join(args.texts)}")
+    print(f"perplexity  {lm.perplexity(texts, tokenizer):.3f}  ({len(texts):,} sentences)")
+    return 0
+
+
+def add_lm_arguments(group: argparse._ActionsContainer, *, remote: bool = False) -> None:
+    """``--lm`` and ``--lm-weight`` for the commands that decode."""
+    group.add_argument(
+        "--lm", type=Path, metavar="PATH", help="language model from 'asr lm train' for shallow fusion"
+    )
+    group.add_argument(
+        "--lm-weight",
+        type=float,
+        help=f"weight of the language model in beam search (default: {DEFAULT_LM_WEIGHT} with --lm, else 0)"
+        + ("; on a server, its LM's weight for these requests" if remote else ""),
+    )
+
+
+def lm_from_args(args: argparse.Namespace, model: ASRModel) -> tuple[NGramLM | None, float]:
+    """The LM named by ``--lm`` (checked against ``model``) and the weight to decode with."""
+    if args.lm is None:
+        if args.lm_weight:
+            raise ValueError("--lm-weight needs a language model: add --lm PATH (from 'asr lm train')")
+        return None, 0.0
+    weight = DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight
+    if weight < 0:
+        raise ValueError(f"--lm-weight must be >= 0, got {weight}")
+    return load_lm(args.lm, model.tokenizer), weight

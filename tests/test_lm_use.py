@@ -1,0 +1,207 @@
+"""The language model as users reach it: ``asr lm``, ``--lm`` on ``asr eval`` and ``asr transcribe``, and a
+server started with ``--lm`` (ListModels, per-request ``lm_weight``, Recognize and StreamingRecognize).
+
+A random-weight model reads speech as noise, so an LM counted from one sentence and given a large weight takes
+the search over: the output becomes that sentence. That makes "the LM was used" visible end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import tiny_model
+from test_server import ServerThread, code_of, config, pcm_roundtrip, stream_config, streaming_requests
+
+from asr import ASRModel, save_checkpoint
+from asr.audio import SAMPLE_RATE, float_to_pcm16, load_audio
+from asr.decoding import DecodingOptions
+from asr.lm import NGramLM, load_lm
+from asr.lm_cli import read_texts
+from asr.tokenizer import CharTokenizer
+from asr.transcribe import transcribe
+from client import Client, RecognitionConfig
+from client.cli import main
+from client.proto.asr.v1 import asr_pb2
+from server.app import create_server
+
+SENTENCE = "HELLO WORLD"
+STRONG = 5.0  # an LM weight that overrides a random model
+
+
+@pytest.fixture(scope="module")
+def model() -> ASRModel:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def files(model: ASRModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("lm")
+    save_checkpoint(model, d / "tiny.pt")
+    (d / "text.txt").write_text(f"{SENTENCE.lower()}!\n\n{SENTENCE}\n", encoding="utf-8")
+    (d / "text.jsonl").write_text(json.dumps({"id": "a", "audio": "x.wav", "text": "Hello, world."}) + "\n")
+    (d / "kaldi_text").write_text("utt1 HELLO WORLD\nutt2\n")
+    argv = ["lm", "train", str(d / "text.txt"), "-o", str(d / "hello.lm"), "--model", str(d / "tiny.pt")]
+    assert main(argv) == 0
+    return {"model": d / "tiny.pt", "lm": d / "hello.lm", "dir": d}
+
+
+@pytest.fixture(scope="module")
+def wav(speech_dir: Path) -> Path:
+    return speech_dir / "utt1.wav"
+
+
+def test_read_texts_formats_and_errors(files: dict[str, Path]) -> None:
+    d = files["dir"]
+    assert list(read_texts([d / "text.txt"])) == [SENTENCE, SENTENCE]  # normalised, blank lines skipped
+    assert list(read_texts([d / "text.jsonl"])) == [SENTENCE]
+    assert list(read_texts([d / "kaldi_text"], "kaldi")) == [SENTENCE]  # an id without text is skipped
+    with pytest.raises(ValueError, match=r"text\.txt:1: not a JSON object"):
+        list(read_texts([d / "text.txt"], "jsonl"))
+    with pytest.raises(FileNotFoundError, match="no such text file"):
+        list(read_texts([d / "missing.txt"]))
+    with pytest.raises(ValueError, match="unknown text format"):
+        list(read_texts([d / "text.txt"], "csv"))
+
+
+def test_lm_train_and_perplexity_commands(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    d, ckpt = files["dir"], str(files["model"])
+    out = d / "six.lm"
+    assert main(["lm", "train", str(d / "text.jsonl"), str(d / "text.txt"), "-o", str(out), "--model", ckpt,
+                 "--valid", str(d / "text.txt")]) == 0
+    captured = capsys.readouterr()
+    assert "6-gram token LM" in captured.err and "from 3 sentences" in captured.err
+    seen = float(captured.out.split()[-1])
+    assert main(["lm", "perplexity", str(out), str(d / "text.jsonl"), "--model", ckpt]) == 0
+    assert float(capsys.readouterr().out.split()[1]) == pytest.approx(seen)
+    (d / "other.txt").write_text("QUIZZICAL JUXTAPOSITION\n")
+    assert main(["lm", "perplexity", str(out), str(d / "other.txt"), "--model", ckpt]) == 0
+    assert float(capsys.readouterr().out.split()[1]) > 3 * seen  # unseen text is less likely
+    (d / "empty.txt").write_text("\n...\n")
+    train = ["lm", "train", "-o", str(d / "e.lm"), "--model", ckpt]
+    assert main([*train, str(d / "empty.txt")]) == 1
+    assert "no text in" in capsys.readouterr().err
+    assert main([*train, str(d / "text.txt"), "--order", "0"]) == 1
+    assert "--order" in capsys.readouterr().err
+
+
+def test_an_lm_is_tied_to_its_tokenizer(
+    files: dict[str, Path], model: ASRModel, wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lm = load_lm(files["lm"], model.tokenizer)
+    assert lm.order == 6 and lm.tokenizer
+    units = model.tokenizer.units
+    shuffled = CharTokenizer([*units[1:], units[0]])  # same size, other ids
+    with pytest.raises(ValueError, match=r"hello.lm: the language model does not match.*asr lm train"):
+        load_lm(files["lm"], shuffled)
+    other = NGramLM.train([SENTENCE], shuffled)
+    other.save(tmp_path / "other.lm")
+    argv = ["transcribe", str(wav), "--model", str(files["model"]), "--device", "cpu"]
+    assert main([*argv, "--lm", str(tmp_path / "other.lm")]) == 1
+    assert "other.lm: the language model does not match the model's tokenizer" in capsys.readouterr().err
+
+
+def test_shallow_fusion_through_the_library(model: ASRModel, files: dict[str, Path], wav: Path) -> None:
+    lm = load_lm(files["lm"], model.tokenizer)
+    plain = transcribe(model, wav, DecodingOptions(beam_size=4))
+    assert plain.text != SENTENCE
+    assert transcribe(model, wav, DecodingOptions(beam_size=4, lm_weight=0.0), lm=lm).text == plain.text
+    assert model.transcribe(wav, DecodingOptions(beam_size=4, lm_weight=STRONG), lm=lm).text == SENTENCE
+
+
+def test_eval_and_transcribe_take_an_lm(
+    files: dict[str, Path], wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "u", "audio": str(wav), "text": SENTENCE}) + "\n")
+    base = ["eval", str(manifest), "--model", str(files["model"]), "--device", "cpu", "--beam", "4", "--json"]
+    assert main(base) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["wer"] > 0
+    assert main([*base, "--lm", str(files["lm"]), "--lm-weight", str(STRONG)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["wer"] == 0.0
+
+    tr = ["transcribe", str(wav), "--model", str(files["model"]), "--device", "cpu", "--beam", "4"]
+    assert main([*tr, "--lm", str(files["lm"]), "--lm-weight", str(STRONG)]) == 0
+    assert capsys.readouterr().out.strip() == SENTENCE
+    assert main([*tr, "--lm-weight", "0.5"]) == 1
+    assert "--lm-weight needs a language model" in capsys.readouterr().err
+    assert main([*tr, "--lm", str(files["dir"] / "missing.lm")]) == 1
+    assert "language model not found" in capsys.readouterr().err
+    assert main(["transcribe", str(wav), "--server", "127.0.0.1:1", "--lm", str(files["lm"])]) == 2
+    assert "asr serve --lm" in capsys.readouterr().err
+
+
+# -- the server ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm_server(model: ASRModel, files: dict[str, Path]) -> Iterator[ServerThread]:
+    s = ServerThread(config(lm=str(files["lm"]), lm_weight=STRONG), model)
+    yield s
+    s.stop()
+
+
+def recognize(server: ServerThread, audio: np.ndarray, **decoding: float) -> str:
+    cfg = asr_pb2.RecognitionConfig(
+        encoding=asr_pb2.LINEAR16,
+        sample_rate_hertz=SAMPLE_RATE,
+        decoding=asr_pb2.DecodingConfig(**decoding),  # type: ignore[arg-type]
+    )
+    req = asr_pb2.RecognizeRequest(config=cfg, audio=asr_pb2.RecognitionAudio(content=float_to_pcm16(audio)))
+    resp = server.stub().Recognize(req, timeout=60)
+    return " ".join(r.alternatives[0].transcript for r in resp.results)
+
+
+def test_server_fuses_its_lm(lm_server: ServerThread, model: ASRModel, wav: Path) -> None:
+    audio = load_audio(wav)
+    (info,) = lm_server.stub().ListModels(asr_pb2.ListModelsRequest(), timeout=10).models
+    assert info.language_model.startswith("6-gram token LM")
+    assert recognize(lm_server, audio) == SENTENCE  # the server's default weight
+    plain = transcribe(model, pcm_roundtrip(audio), DecodingOptions(beam_size=4)).text
+    assert recognize(lm_server, audio, lm_weight=0.0) == plain  # a request can turn it off
+    assert recognize(lm_server, audio, method=asr_pb2.DecodingConfig.GREEDY) != SENTENCE  # greedy: no search
+    assert code_of(lambda: recognize(lm_server, audio, lm_weight=-1.0)) == grpc.StatusCode.INVALID_ARGUMENT
+    pad = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    responses = list(
+        lm_server.stub().StreamingRecognize(
+            streaming_requests(np.concatenate([pad, audio, pad, pad]), stream_config(interim=False)),
+            timeout=60,
+        )
+    )
+    finals = [
+        r.results[0].alternatives[0].transcript for r in responses if r.results and r.results[0].is_final
+    ]
+    assert finals == [SENTENCE]
+    with Client(lm_server.address) as client:  # the SDK: the model's LM and a per-request weight
+        assert client.list_models()[0].language_model == info.language_model
+        assert client.recognize(wav, RecognitionConfig(beam_size=4)).text == SENTENCE
+        assert client.recognize(wav, RecognitionConfig(beam_size=4, lm_weight=0.0)).text != SENTENCE
+
+
+def test_server_without_lm_refuses_an_lm_weight(model: ASRModel, wav: Path) -> None:
+    s = ServerThread(config(), model)
+    try:
+        audio = load_audio(wav)
+        assert s.stub().ListModels(asr_pb2.ListModelsRequest(), timeout=10).models[0].language_model == ""
+        with pytest.raises(grpc.RpcError) as info:
+            recognize(s, audio, lm_weight=0.5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "has none (start the server with --lm)" in str(info.value.details())
+        plain = transcribe(model, pcm_roundtrip(audio), DecodingOptions(beam_size=4)).text
+        assert recognize(s, audio, lm_weight=0.0) == plain
+    finally:
+        s.stop()
+
+
+def test_server_refuses_an_lm_for_another_tokenizer(model: ASRModel, tmp_path: Path) -> None:
+    units = model.tokenizer.units
+    NGramLM.train([SENTENCE], CharTokenizer([*units[1:], units[0]])).save(tmp_path / "other.lm")
+    with pytest.raises(ValueError, match="cannot decode model 'default'"):
+        asyncio.run(create_server(config(lm=str(tmp_path / "other.lm"), warmup=False), model))
+    with pytest.raises(ValueError, match="lm_weight must be >= 0"):
+        config(lm_weight=-0.1)
