@@ -9,6 +9,7 @@
 from asr.audio import SAMPLE_RATE, AudioError, load_audio
 from asr.checkpoint import load_model, save_checkpoint
 from asr.decoding import DecodingOptions, Hypothesis
+from asr.lm import NGramLM, load_lm
 from asr.model import ASRModel, ModelConfig
 from asr.transcribe import Alternative, Transcript, Word
 
@@ -20,9 +21,11 @@ __all__ = [
     "DecodingOptions",
     "Hypothesis",
     "ModelConfig",
+    "NGramLM",
     "Transcript",
     "Word",
     "load_audio",
+    "load_lm",
     "load_model",
     "save_checkpoint",
 ]

@@ -69,6 +69,7 @@ def register(subparsers: Any) -> None:
     dec.add_argument("--method", choices=("greedy", "beam"), help="decoding of finals (default: beam)")
     dec.add_argument("--beam", type=int, help="beam size")
     dec.add_argument("--ctc-weight", type=float, help="CTC weight in joint decoding, in [0, 1]")
+    dec.add_argument("--lm-weight", type=float, help="weight of the server's language model; 0 turns it off")
     dec.add_argument("--silence-ms", type=int, help="silence that ends an utterance (server default: 800)")
     dec.add_argument("--single-utterance", action="store_true", help="stop after the first utterance")
     p.set_defaults(func=run)
@@ -156,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     config = StreamingConfig(
         recognition=RecognitionConfig(
             model=args.model, method=args.method, beam_size=args.beam, ctc_weight=args.ctc_weight,
+            lm_weight=args.lm_weight,
             word_time_offsets=args.json, word_confidence=args.json,
         ),
         interim_results=tty or args.interim,

@@ -205,3 +205,13 @@ def test_server_refuses_an_lm_for_another_tokenizer(model: ASRModel, tmp_path: P
         asyncio.run(create_server(config(lm=str(tmp_path / "other.lm"), warmup=False), model))
     with pytest.raises(ValueError, match="lm_weight must be >= 0"):
         config(lm_weight=-0.1)
+
+
+def test_stream_command_passes_the_lm_weight(
+    lm_server: ServerThread, wav: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["stream", str(wav), "--server", lm_server.address, "--no-realtime", "--beam", "4"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.split("\n")[0].strip() == SENTENCE
+    assert main([*argv, "--lm-weight", "0"]) == 0
+    assert SENTENCE not in capsys.readouterr().out
