@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
+from asr.lm import DEFAULT_LM_WEIGHT
+
 MiB = 1024 * 1024
 
 
@@ -28,7 +30,7 @@ class ServerConfig:
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     warmup: bool = True
     lm: str = ""  # language model from `asr lm train`, fused into beam search; "" = none
-    lm_weight: float = 0.3  # its default weight (requests may set DecodingConfig.lm_weight)
+    lm_weight: float = DEFAULT_LM_WEIGHT  # its default weight (requests may set DecodingConfig.lm_weight)
     # batching
     max_batch_size: int = 16  # segments per model call
     max_wait_ms: float = 10.0  # how long a batch waits for more work once it has some
