@@ -40,8 +40,16 @@ class DecodingOptions:
     nbest: int = 1
     max_length_ratio: float = 1.0  # max tokens = ratio * encoder frames
     pre_beam_ratio: float = 1.5  # candidates per hypothesis = ratio * beam, chosen by the attention scores
+    phrases: tuple[str, ...] = ()  # phrase hints: words and phrases to favour (asr.biasing)
+    phrase_boost: float = 2.0  # score per token of a completed phrase hint
 
     def __post_init__(self) -> None:
+        if not isinstance(self.phrases, tuple):  # a list would make the options unhashable
+            if isinstance(self.phrases, str):
+                raise ValueError("phrases must be a sequence of strings, not one string")
+            object.__setattr__(self, "phrases", tuple(self.phrases))
+        if self.phrase_boost < 0:
+            raise ValueError(f"phrase_boost must be >= 0, got {self.phrase_boost}")
         if self.method not in ("greedy", "beam"):
             raise ValueError(f"unknown decoding method {self.method!r}; choose 'greedy' or 'beam'")
         if self.beam_size < 1:
@@ -171,6 +179,14 @@ def beam_search(
     if options.lm_weight > 0 and lm is None:
         raise ValueError("lm_weight > 0 needs a language model (pass lm=...)")
     tok = model.tokenizer
+    # score terms fused into the search beside attention and CTC: (scorer, weight, is the LM)
+    fused: list[tuple[LanguageModel, float, bool]] = []
+    if lm is not None and options.lm_weight > 0:
+        fused.append((lm, options.lm_weight, True))
+    if options.phrases and options.phrase_boost > 0:
+        from asr.biasing import PhraseBiaser
+
+        fused.append((PhraseBiaser.build(tok, options.phrases, options.phrase_boost), 1.0, False))
     blank, sos, eos = tok.blank_id, tok.sos_id, tok.eos_id
     lam, w = options.ctc_weight, options.beam_size
     b, device = enc.size(0), enc.device
@@ -186,7 +202,7 @@ def beam_search(
     ctc_lp = model.ctc_log_probs(enc) if use_ctc else None
     scorer = CTCPrefixScorer(ctc_lp, enc_lengths, blank, eos) if ctc_lp is not None else None
     r = scorer.initial_state(utt) if scorer is not None else None
-    lm_state = lm.init_state(b, device) if lm is not None else None
+    fused_states = [f.init_state(b, device) for f, _, _ in fused]
 
     scores = torch.zeros(b, dtype=torch.float64, device=device)
     att_acc = torch.zeros(b, dtype=torch.float64, device=device)
@@ -202,7 +218,8 @@ def beam_search(
     # Every score term is a log-probability of a growing prefix (attention, CTC prefix, LM), so without a
     # length bonus or normalisation a hypothesis's raw score can only fall as it grows: once the best live
     # one is below the n-th best finished one, the n-best list is final and the search can stop exactly.
-    monotone = not options.normalize_length and options.length_bonus <= 0
+    # (Phrase hints add positive bonuses, so they turn this off.)
+    monotone = not options.normalize_length and options.length_bonus <= 0 and not options.phrases
     for step in range(int(maxlen.max()) + 1):
         n, nb = yseq.size(0), len(active)
         last = yseq[:, -1]
@@ -213,14 +230,16 @@ def beam_search(
             att_lp = torch.log_softmax(logits.double(), dim=-1)
             total = total + (1 - lam) * att_lp
         lm_lp = torch.zeros_like(total)
-        if lm is not None and options.lm_weight > 0:
-            lm_lp, lm_state = lm.score(last, lm_state)
-            if lm_lp.shape != total.shape:
+        for i, (f, weight, is_lm) in enumerate(fused):
+            f_lp, fused_states[i] = f.score(last, fused_states[i])
+            if f_lp.shape != total.shape:
                 raise ValueError(
-                    f"language model gives {lm_lp.size(-1)} log-probs per step; the tokenizer has {v} ids"
+                    f"language model gives {f_lp.size(-1)} log-probs per step; the tokenizer has {v} ids"
                 )
-            lm_lp = lm_lp.to(device=device, dtype=torch.float64)
-            total = total + options.lm_weight * lm_lp
+            f_lp = f_lp.to(device=device, dtype=torch.float64)
+            total = total + weight * f_lp
+            if is_lm:
+                lm_lp = f_lp
         total[:, blank] = NEG_INF
         if options.eos_threshold is not None and use_att:
             best_other = att_lp.masked_fill(~not_eos, NEG_INF).max(-1).values
@@ -263,8 +282,7 @@ def beam_search(
             dstate = dstate.index_select(src)
             if widened:  # memory rows are the same within an utterance: only their number changes
                 memory = memory.index_select(src)
-        if lm is not None:
-            lm_state = lm.select(lm_state, src)
+        fused_states = [f.select(s, src) for (f, _, _), s in zip(fused, fused_states, strict=True)]
 
         ended = (new_tok == eos) & torch.isfinite(top)
         if bool(ended.any()):
@@ -298,8 +316,7 @@ def beam_search(
                 r = r[idx]
             if use_att:
                 dstate, memory = dstate.index_select(idx), memory.index_select(idx)
-            if lm is not None:
-                lm_state = lm.select(lm_state, idx)
+            fused_states = [f.select(s, idx) for (f, _, _), s in zip(fused, fused_states, strict=True)]
 
     results = []
     for u in range(b):

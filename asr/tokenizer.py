@@ -15,6 +15,7 @@ from typing import Any, Protocol
 BLANK = "<blank>"
 UNK = "<unk>"
 SOS_EOS = "<sos/eos>"
+UNK_ID = 1  # both kinds
 
 _KEEP = re.compile(r"[^A-Z' ]+")
 _SPACES = re.compile(r"\s+")

@@ -41,7 +41,7 @@ def recognition_config(
         decoding.ctc_weight = config.ctc_weight
     if config.lm_weight is not None:
         decoding.lm_weight = config.lm_weight
-    return pb.RecognitionConfig(
+    out = pb.RecognitionConfig(
         encoding=encoding,  # type: ignore[arg-type]
         sample_rate_hertz=sample_rate,
         audio_channel_count=1,
@@ -51,7 +51,11 @@ def recognition_config(
         enable_word_confidence=config.word_confidence,
         decoding=decoding,
         language_code=config.language_code,
+        phrases=config.phrases,
     )
+    if config.phrase_boost is not None:
+        out.phrase_boost = config.phrase_boost
+    return out
 
 
 def streaming_config(config: StreamingConfig, sample_rate: int) -> pb.StreamingRecognizeRequest:

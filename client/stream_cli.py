@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from client.audio import DEFAULT_CHUNK_MS, read_raw
 from client.formats import word_record
-from client.transcribe_cli import add_connection_args, make_client
+from client.transcribe_cli import add_connection_args, add_phrase_args, make_client, phrases_from_args
 from client.types import RecognitionConfig, StreamingConfig, StreamingResult
 
 DESCRIPTION = """\
@@ -72,6 +72,7 @@ def register(subparsers: Any) -> None:
     dec.add_argument("--lm-weight", type=float, help="weight of the server's language model; 0 turns it off")
     dec.add_argument("--silence-ms", type=int, help="silence that ends an utterance (server default: 800)")
     dec.add_argument("--single-utterance", action="store_true", help="stop after the first utterance")
+    add_phrase_args(dec)
     p.set_defaults(func=run)
 
 
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     config = StreamingConfig(
         recognition=RecognitionConfig(
             model=args.model, method=args.method, beam_size=args.beam, ctc_weight=args.ctc_weight,
-            lm_weight=args.lm_weight,
+            lm_weight=args.lm_weight, phrases=phrases_from_args(args), phrase_boost=args.phrase_boost,
             word_time_offsets=args.json, word_confidence=args.json,
         ),
         interim_results=tty or args.interim,

@@ -111,7 +111,28 @@ def register(subparsers: Any) -> None:
         "--lm-weight", type=float,
         help="language model weight in beam search (default with --lm: 0.3); remote: of the server's LM",
     )
+    add_phrase_args(dec)
     p.set_defaults(func=run)
+
+
+def add_phrase_args(group: Any) -> None:
+    group.add_argument(
+        "--phrase", action="append", default=[], metavar="TEXT",
+        help="a phrase hint: a name or term to favour (repeat the flag for several)",
+    )
+    group.add_argument("--phrases", metavar="FILE", help="phrase hints, one per line")
+    group.add_argument("--phrase-boost", type=float, help="score per token of a completed hint (0..10)")
+
+
+def phrases_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    phrases = list(args.phrase)
+    if args.phrases:
+        try:
+            lines = Path(args.phrases).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise CLIError(f"cannot read --phrases {args.phrases}: {exc.strerror or exc}", code=1) from exc
+        phrases += [line.strip() for line in lines if line.strip()]
+    return tuple(phrases)
 
 
 def add_connection_args(group: Any) -> None:
@@ -299,6 +320,8 @@ def recognition_config(args: argparse.Namespace) -> RecognitionConfig:
         beam_size=args.beam,
         ctc_weight=args.ctc_weight,
         lm_weight=args.lm_weight,
+        phrases=phrases_from_args(args),
+        phrase_boost=args.phrase_boost,
     )
 
 
@@ -352,16 +375,22 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    from asr.biasing import phrase_ids
     from asr.lm_cli import lm_from_args
 
     model = asr.load_model(args.model, device=args.device)
     lm, lm_weight = lm_from_args(args, model)
+    phrases = phrases_from_args(args)
+    for phrase in phrases:
+        phrase_ids(model.tokenizer, phrase)  # a hint the model cannot spell stops the batch before it starts
     options = asr.DecodingOptions(
         method=args.method or "beam",
         beam_size=args.beam or 10,
         ctc_weight=0.3 if args.ctc_weight is None else args.ctc_weight,
         nbest=args.alternatives,
         lm_weight=lm_weight,
+        phrases=phrases,
+        **({} if args.phrase_boost is None else {"phrase_boost": args.phrase_boost}),
     )
     for k in range(0, len(items), args.batch_size):
         batch = items[k : k + args.batch_size]

@@ -40,8 +40,15 @@ class RecognitionConfig:
     ctc_weight: float | None = None  # in [0, 1]
     lm_weight: float | None = None  # >= 0: weight of the server's language model; 0 turns it off
     language_code: str = ""  # informational; the model decides the language
+    phrases: tuple[str, ...] = ()  # phrase hints: names and terms the audio is likely to contain
+    phrase_boost: float | None = None  # score per token of a completed hint, in [0, 10]
 
     def __post_init__(self) -> None:
+        if isinstance(self.phrases, str):
+            raise ValueError("phrases must be a sequence of strings, not one string")
+        object.__setattr__(self, "phrases", tuple(self.phrases))
+        if self.phrase_boost is not None and not 0.0 <= self.phrase_boost <= 10.0:
+            raise ValueError(f"phrase_boost must be in [0, 10], got {self.phrase_boost}")
         if self.method is not None and self.method not in METHODS:
             raise ValueError(f"unknown decoding method {self.method!r}; choose one of {METHODS}")
         if self.max_alternatives < 1:

@@ -273,6 +273,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "device": "cpu, cuda, cuda:1 (default: cuda when available)",
         "lm": "language model from 'asr lm train', fused into beam search (default: none)",
         "lm_weight": "default weight of --lm in beam search; requests may set their own (default 0.3)",
+        "max_phrases": "phrase hints a request may carry (default 1000)",
+        "phrase_boost": "default score per token of a completed phrase hint "
+        f"(default {ServerConfig.phrase_boost:g})",
         "token": "require 'authorization: Bearer TOKEN' (comma-separate several; prefer ASR_TOKEN)",
         "tls_cert": "PEM certificate chain (enables TLS with --tls-key)",
         "tls_key": "PEM private key",

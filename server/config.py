@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
+from asr.decoding import DecodingOptions
 from asr.lm import DEFAULT_LM_WEIGHT
+
+MAX_PHRASE_BOOST = 10.0
 
 MiB = 1024 * 1024
 
@@ -41,8 +44,10 @@ class ServerConfig:
     max_audio_seconds: float = 300.0  # audio per Recognize request; more gets INVALID_ARGUMENT
     idle_timeout_s: float = 30.0  # a stream with no message for this long gets DEADLINE_EXCEEDED
     max_beam_size: int = 16
+    max_phrases: int = 1000  # phrase hints per request
     beam_size: int = 8  # default beam when a request does not set one
     ctc_weight: float = 0.3  # default CTC weight of finals
+    phrase_boost: float = DecodingOptions.phrase_boost  # default score per token of a completed phrase hint
     # streams: silence an utterance keeps after its speech; its final is decoded once that much is in and
     # sent at the endpoint (early finals). At or above a stream's silence_ms, finals wait for the endpoint
     final_tail_ms: int = 300
@@ -75,6 +80,10 @@ class ServerConfig:
             )
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.max_phrases < 0:
+            raise ValueError(f"max_phrases must be >= 0, got {self.max_phrases}")
+        if not 0.0 <= self.phrase_boost <= MAX_PHRASE_BOOST:
+            raise ValueError(f"phrase_boost must be in [0, {MAX_PHRASE_BOOST:g}], got {self.phrase_boost}")
         if not 0.0 <= self.lm_weight < float("inf"):
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
         if bool(self.tls_cert) != bool(self.tls_key):

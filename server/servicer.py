@@ -30,12 +30,13 @@ import grpc
 from google.protobuf import duration_pb2
 
 from asr.audio import SAMPLE_RATE
+from asr.biasing import phrase_ids
 from asr.decoding import DecodingOptions
 from asr.streaming import EndpointConfig, Recognizer, Stream, StreamOptions, StreamResult
 from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from server.audio import ChunkDecoder, ContainerChunkDecoder, decode_request_audio, stream_decoder
 from server.batcher import Batcher
-from server.config import ServerConfig
+from server.config import MAX_PHRASE_BOOST, ServerConfig
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,25 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
             )
         if method == "greedy":
             lm_weight = 0.0  # CTC best path has no search to fuse into
+        phrases = tuple(cfg.phrases)
+        if len(phrases) > self.config.max_phrases:
+            raise ValueError(
+                f"{len(phrases)} phrase hints; this server takes at most {self.config.max_phrases}"
+            )
+        tokenizer = model.recognizer.model.tokenizer
+        for phrase in phrases:
+            phrase_ids(tokenizer, phrase)
+        boost = cfg.phrase_boost if cfg.HasField("phrase_boost") else self.config.phrase_boost
+        if not 0.0 <= boost <= MAX_PHRASE_BOOST:
+            raise ValueError(f"phrase_boost must be in [0, {MAX_PHRASE_BOOST:g}], got {boost}")
         return DecodingOptions(
-            method=method, beam_size=beam, ctc_weight=ctc_weight, nbest=nbest, lm_weight=lm_weight
+            method=method,
+            beam_size=beam,
+            ctc_weight=ctc_weight,
+            nbest=nbest,
+            lm_weight=lm_weight,
+            phrases=phrases if method == "beam" else (),
+            phrase_boost=boost,
         )
 
     def _stream_options(self, sc: asr_pb2.StreamingRecognitionConfig, model: LoadedModel) -> StreamOptions:

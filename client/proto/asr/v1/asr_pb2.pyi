@@ -48,7 +48,7 @@ class DecodingConfig(_message.Message):
     def __init__(self, method: _Optional[_Union[DecodingConfig.Method, str]] = ..., beam_size: _Optional[int] = ..., ctc_weight: _Optional[float] = ..., lm_weight: _Optional[float] = ...) -> None: ...
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "model", "max_alternatives", "enable_word_time_offsets", "enable_word_confidence", "decoding", "language_code")
+    __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "model", "max_alternatives", "enable_word_time_offsets", "enable_word_confidence", "decoding", "language_code", "phrases", "phrase_boost")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
     AUDIO_CHANNEL_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,8 @@ class RecognitionConfig(_message.Message):
     ENABLE_WORD_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     DECODING_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_CODE_FIELD_NUMBER: _ClassVar[int]
+    PHRASES_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_BOOST_FIELD_NUMBER: _ClassVar[int]
     encoding: AudioEncoding
     sample_rate_hertz: int
     audio_channel_count: int
@@ -67,7 +69,9 @@ class RecognitionConfig(_message.Message):
     enable_word_confidence: bool
     decoding: DecodingConfig
     language_code: str
-    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., model: _Optional[str] = ..., max_alternatives: _Optional[int] = ..., enable_word_time_offsets: _Optional[bool] = ..., enable_word_confidence: _Optional[bool] = ..., decoding: _Optional[_Union[DecodingConfig, _Mapping]] = ..., language_code: _Optional[str] = ...) -> None: ...
+    phrases: _containers.RepeatedScalarFieldContainer[str]
+    phrase_boost: float
+    def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., model: _Optional[str] = ..., max_alternatives: _Optional[int] = ..., enable_word_time_offsets: _Optional[bool] = ..., enable_word_confidence: _Optional[bool] = ..., decoding: _Optional[_Union[DecodingConfig, _Mapping]] = ..., language_code: _Optional[str] = ..., phrases: _Optional[_Iterable[str]] = ..., phrase_boost: _Optional[float] = ...) -> None: ...
 
 class EndpointConfig(_message.Message):
     __slots__ = ("silence_ms", "max_segment_seconds", "speech_threshold_db")

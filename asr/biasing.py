@@ -1,0 +1,130 @@
+"""Phrase hints: contextual biasing of the beam search towards words and phrases a request expects.
+
+The phrases' token sequences form an Aho-Corasick automaton. Each hypothesis carries the automaton state of
+its tokens; a token that extends a match earns ``boost``, and a token that breaks one takes the unfinished
+match's credit back, so only completed phrases keep their bonus (the context graph of Zhao et al. 2019,
+"Shallow-fusion end-to-end contextual biasing", in the form icefall and WeNet use). A completed phrase
+banks its credit and the search starts matching afresh. With a character tokenizer a phrase must start at a
+word boundary (after a space or at the start): "CAT" is not boosted inside "CONCATENATE".
+
+The automaton is tabulated over the whole vocabulary, so scoring a step is two tensor gathers:
+
+>>> biaser = PhraseBiaser.build(model.tokenizer, ["kubernetes", "new york"], boost=2.0)
+>>> state = biaser.init_state(batch, device)
+>>> bonus, state = biaser.score(last_tokens, state)     # (N, V) added to the hypotheses' scores
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from asr.tokenizer import (
+    UNK_ID,
+    CharTokenizer,
+    SentencePieceTokenizer,
+    normalize_text,
+    tokenizer_fingerprint,
+)
+
+Tokenizer = CharTokenizer | SentencePieceTokenizer
+MAX_PHRASE_TOKENS = 100
+_CACHE: OrderedDict[tuple[str, tuple[str, ...], float], PhraseBiaser] = OrderedDict()
+_CACHE_SIZE = 32
+
+
+def phrase_ids(tokenizer: Tokenizer, phrase: str) -> list[int]:
+    """The tokens of a phrase hint; ``ValueError`` when there is nothing to match or it cannot be spelt."""
+    ids = tokenizer.encode(normalize_text(phrase))
+    if not ids or UNK_ID in ids:
+        raise ValueError(f"phrase hint {phrase!r} has nothing this model can spell")
+    if len(ids) > MAX_PHRASE_TOKENS:
+        raise ValueError(f"phrase hint {phrase[:30]!r}... is over {MAX_PHRASE_TOKENS} tokens")
+    return ids
+
+
+class PhraseBiaser:
+    """Implements :class:`asr.decoding.LanguageModel`: ``score`` returns per-token bonuses, not log-probs."""
+
+    def __init__(self, next_state: Tensor, bonus: Tensor, num_phrases: int) -> None:
+        self.next_state = next_state  # (M, V) int64: automaton state after each token (M states, 0 = root)
+        self.bonus = bonus  # (M, V) float32: credit gained (or taken back) by each token from each state
+        self.num_phrases = num_phrases
+
+    @classmethod
+    def build(cls, tokenizer: Tokenizer, phrases: Sequence[str], boost: float) -> PhraseBiaser:
+        """Raises ``ValueError`` for a phrase with nothing the tokenizer can spell, or a negative boost."""
+        if boost < 0:
+            raise ValueError(f"phrase boost must be >= 0, got {boost}")
+        key = (tokenizer_fingerprint(tokenizer), tuple(phrases), float(boost))
+        cached = _CACHE.get(key)
+        if cached is not None:
+            _CACHE.move_to_end(key)
+            return cached
+        biaser = cls._build(tokenizer, phrases, boost)
+        _CACHE[key] = biaser
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return biaser
+
+    @classmethod
+    def _build(cls, tokenizer: Tokenizer, phrases: Sequence[str], boost: float) -> PhraseBiaser:
+        space = tokenizer.space_id
+        v = tokenizer.vocab_size
+        children: list[dict[int, int]] = [{}]
+        depth = [0]  # tokens matched, the leading word boundary not counted
+        end = [False]
+        for phrase in phrases:
+            ids = phrase_ids(tokenizer, phrase)
+            seq = [space, *ids] if space is not None else ids
+            node = 0
+            for i, t in enumerate(seq):
+                nxt = children[node].get(t)
+                if nxt is None:
+                    nxt = len(children)
+                    children[node][t] = nxt
+                    children.append({})
+                    depth.append(depth[node] + (0 if (space is not None and i == 0) else 1))
+                    end.append(False)
+                node = nxt
+            end[node] = True
+        # Aho-Corasick failure links (longest proper suffix that is a trie path), then the full goto table
+        m = len(children)
+        fail = [0] * m
+        goto = np.zeros((m, v), dtype=np.int64)
+        queue: deque[int] = deque()
+        for t, c in children[0].items():
+            goto[0, t] = c
+            queue.append(c)
+        while queue:
+            node = queue.popleft()
+            goto[node] = goto[fail[node]]
+            for t, c in children[node].items():
+                fail[c] = int(goto[fail[node], t])
+                goto[node, t] = c
+                queue.append(c)
+        if space is not None:
+            goto[:, tokenizer.sos_id] = goto[0, space]  # the start of the text is a word boundary
+        depth_a = np.asarray(depth, dtype=np.float32)
+        bonus = boost * (depth_a[goto] - depth_a[:, None])
+        # a completed phrase banks its credit: the search goes back to the root
+        next_state = np.where(np.asarray(end)[goto], 0, goto)
+        return cls(torch.from_numpy(next_state), torch.from_numpy(bonus), len(phrases))
+
+    # --- LanguageModel protocol -------------------------------------------------------------------
+
+    def init_state(self, batch_size: int, device: torch.device) -> Tensor:
+        if self.next_state.device != device:
+            self.next_state, self.bonus = self.next_state.to(device), self.bonus.to(device)
+        return torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def score(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        state = self.next_state[state, tokens]
+        return self.bonus[state], state
+
+    def select(self, state: Tensor, index: Tensor) -> Tensor:
+        return state[index]
