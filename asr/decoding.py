@@ -41,7 +41,7 @@ class DecodingOptions:
     max_length_ratio: float = 1.0  # max tokens = ratio * encoder frames
     pre_beam_ratio: float = 1.5  # candidates per hypothesis = ratio * beam, chosen by the attention scores
     phrases: tuple[str, ...] = ()  # phrase hints: words and phrases to favour (asr.biasing)
-    phrase_boost: float = 2.0  # score per token of a completed phrase hint
+    phrase_boost: float = 1.0  # score per token of a completed phrase hint (bench/biasing.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.phrases, tuple):  # a list would make the options unhashable
