@@ -33,7 +33,9 @@ def test_biased_errors_split_hinted_and_other_words() -> None:
 ROW = re.compile(r"^\| (no hints|boost [\d.]+) \| ([\d.]+) % \|", re.M)
 
 
-def test_prints_one_row_per_boost(speech_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prints_one_row_per_boost(
+    speech_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     manifest = tmp_path / "speech.jsonl"
     write_manifest(import_corpus("folder", speech_dir), manifest)
     model = tiny_checkpoint(tmp_path / "tiny.pt")
