@@ -137,7 +137,9 @@ def _configs(wild: bool) -> st.SearchStrategy[asr_pb2.StreamingRecognitionConfig
         method=pick(st.sampled_from([0, 1, 2]), st.integers(-3, 50)),
         beam_size=pick(st.integers(0, 8), int32),
         ctc_weight=pick(st.one_of(st.none(), st.floats(0, 1, width=32)), st.floats(width=32)),
+        lm_weight=pick(st.sampled_from([None, 0.0]), st.floats(width=32)),  # this server has no LM
     )
+    words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz' ", min_size=1, max_size=30).filter(str.strip)
     config = st.builds(
         asr_pb2.RecognitionConfig,
         encoding=pick(st.sampled_from([asr_pb2.LINEAR16, asr_pb2.MULAW]), ENCODINGS),
@@ -149,6 +151,8 @@ def _configs(wild: bool) -> st.SearchStrategy[asr_pb2.StreamingRecognitionConfig
         enable_word_confidence=st.booleans(),
         decoding=decoding,
         language_code=st.sampled_from(["", "en-US", "xx"]),
+        phrases=pick(st.lists(words, max_size=5), st.lists(st.text(max_size=200), max_size=20)),
+        phrase_boost=pick(st.one_of(st.none(), st.floats(0, 10, width=32)), st.floats(width=32)),
     )
     endpointing = st.builds(
         asr_pb2.EndpointConfig,
