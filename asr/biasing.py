@@ -16,6 +16,7 @@ The automaton is tabulated over the whole vocabulary, so scoring a step is two t
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
@@ -35,6 +36,7 @@ Tokenizer = CharTokenizer | SentencePieceTokenizer
 MAX_PHRASE_TOKENS = 100
 _CACHE: OrderedDict[tuple[str, tuple[str, ...], float], PhraseBiaser] = OrderedDict()
 _CACHE_SIZE = 32
+_CACHE_LOCK = threading.Lock()
 
 
 def phrase_ids(tokenizer: Tokenizer, phrase: str) -> list[int]:
@@ -61,14 +63,16 @@ class PhraseBiaser:
         if boost < 0:
             raise ValueError(f"phrase boost must be >= 0, got {boost}")
         key = (tokenizer_fingerprint(tokenizer), tuple(phrases), float(boost))
-        cached = _CACHE.get(key)
-        if cached is not None:
-            _CACHE.move_to_end(key)
-            return cached
+        with _CACHE_LOCK:  # one model thread per served model
+            cached = _CACHE.get(key)
+            if cached is not None:
+                _CACHE.move_to_end(key)
+                return cached
         biaser = cls._build(tokenizer, phrases, boost)
-        _CACHE[key] = biaser
-        if len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        with _CACHE_LOCK:
+            _CACHE[key] = biaser
+            if len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
         return biaser
 
     @classmethod
