@@ -184,7 +184,7 @@ def beam_search(
     if lm is not None and options.lm_weight > 0:
         fused.append((lm, options.lm_weight, True))
     if options.phrases and options.phrase_boost > 0:
-        from asr.biasing import PhraseBiaser
+        from asr.biasing import PhraseBiaser, phrase_ids
 
         fused.append((PhraseBiaser.build(tok, options.phrases, options.phrase_boost), 1.0, False))
     blank, sos, eos = tok.blank_id, tok.sos_id, tok.eos_id
@@ -218,8 +218,12 @@ def beam_search(
     # Every score term is a log-probability of a growing prefix (attention, CTC prefix, LM), so without a
     # length bonus or normalisation a hypothesis's raw score can only fall as it grows: once the best live
     # one is below the n-th best finished one, the n-best list is final and the search can stop exactly.
-    # (Phrase hints add positive bonuses, so they turn this off.)
-    monotone = not options.normalize_length and options.length_bonus <= 0 and not options.phrases
+    # Phrase hints add positive bonuses: a live hypothesis is then given the credit of its longest hint as
+    # slack (one more completed hint could lift it that much; ESPnet's end detection covers the rest).
+    monotone = not options.normalize_length and options.length_bonus <= 0
+    slack = 0.0
+    if options.phrases and options.phrase_boost > 0:
+        slack = options.phrase_boost * max(len(phrase_ids(tok, p)) for p in options.phrases)
     for step in range(int(maxlen.max()) + 1):
         n, nb = yseq.size(0), len(active)
         last = yseq[:, -1]
@@ -300,7 +304,7 @@ def beam_search(
             for j, u in enumerate(active)
             if not (
                 best_alive[j] == NEG_INF
-                or (monotone and _cannot_improve(finished[u], best_alive[j], options.nbest))
+                or (monotone and _cannot_improve(finished[u], best_alive[j] + slack, options.nbest))
                 or _end_detected(finished[u], step)
             )
         ]
