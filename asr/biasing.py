@@ -34,8 +34,10 @@ from asr.tokenizer import (
 
 Tokenizer = CharTokenizer | SentencePieceTokenizer
 MAX_PHRASE_TOKENS = 100
+MAX_HINT_TOKENS = 10_000  # all the hints of one request together: bounds the tables (about 2.5 MB) and build
 _CACHE: OrderedDict[tuple[str, tuple[str, ...], float], PhraseBiaser] = OrderedDict()
 _CACHE_SIZE = 32
+_CACHE_BYTES = 64 * 1024 * 1024
 _CACHE_LOCK = threading.Lock()
 
 
@@ -49,13 +51,26 @@ def phrase_ids(tokenizer: Tokenizer, phrase: str) -> list[int]:
     return ids
 
 
+def check_phrases(tokenizer: Tokenizer, phrases: Sequence[str]) -> list[list[int]]:
+    """The tokens of every hint, checked one by one and together (``ValueError`` says what is wrong)."""
+    ids = [phrase_ids(tokenizer, p) for p in phrases]
+    total = sum(map(len, ids))
+    if total > MAX_HINT_TOKENS:
+        raise ValueError(f"phrase hints total {total} tokens; at most {MAX_HINT_TOKENS} per request")
+    return ids
+
+
 class PhraseBiaser:
     """Implements :class:`asr.decoding.LanguageModel`: ``score`` returns per-token bonuses, not log-probs."""
 
     def __init__(self, next_state: Tensor, bonus: Tensor, num_phrases: int) -> None:
-        self.next_state = next_state  # (M, V) int64: automaton state after each token (M states, 0 = root)
+        self.next_state = next_state  # (M, V) int32: automaton state after each token (M states, 0 = root)
         self.bonus = bonus  # (M, V) float32: credit gained (or taken back) by each token from each state
         self.num_phrases = num_phrases
+
+    @property
+    def nbytes(self) -> int:
+        return self.next_state.numel() * self.next_state.element_size() + self.bonus.numel() * 4
 
     @classmethod
     def build(cls, tokenizer: Tokenizer, phrases: Sequence[str], boost: float) -> PhraseBiaser:
@@ -71,7 +86,9 @@ class PhraseBiaser:
         biaser = cls._build(tokenizer, phrases, boost)
         with _CACHE_LOCK:
             _CACHE[key] = biaser
-            if len(_CACHE) > _CACHE_SIZE:
+            while len(_CACHE) > 1 and (
+                len(_CACHE) > _CACHE_SIZE or sum(b.nbytes for b in _CACHE.values()) > _CACHE_BYTES
+            ):
                 _CACHE.popitem(last=False)
         return biaser
 
@@ -82,8 +99,7 @@ class PhraseBiaser:
         children: list[dict[int, int]] = [{}]
         depth = [0]  # tokens matched, the leading word boundary not counted
         end = [False]
-        for phrase in phrases:
-            ids = phrase_ids(tokenizer, phrase)
+        for ids in check_phrases(tokenizer, phrases):
             seq = [space, *ids] if space is not None else ids
             node = 0
             for i, t in enumerate(seq):
@@ -117,7 +133,7 @@ class PhraseBiaser:
         bonus = boost * (depth_a[goto] - depth_a[:, None])
         # a completed phrase banks its credit: the search goes back to the root
         next_state = np.where(np.asarray(end)[goto], 0, goto)
-        return cls(torch.from_numpy(next_state), torch.from_numpy(bonus), len(phrases))
+        return cls(torch.from_numpy(next_state.astype(np.int32)), torch.from_numpy(bonus), len(phrases))
 
     # --- LanguageModel protocol -------------------------------------------------------------------
 
@@ -127,7 +143,7 @@ class PhraseBiaser:
         return torch.zeros(batch_size, dtype=torch.long, device=device)
 
     def score(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        state = self.next_state[state, tokens]
+        state = self.next_state[state, tokens].long()
         return self.bonus[state], state
 
     def select(self, state: Tensor, index: Tensor) -> Tensor:

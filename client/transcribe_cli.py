@@ -375,14 +375,13 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
-    from asr.biasing import phrase_ids
+    from asr.biasing import check_phrases
     from asr.lm_cli import lm_from_args
 
     model = asr.load_model(args.model, device=args.device)
     lm, lm_weight = lm_from_args(args, model)
     phrases = phrases_from_args(args)
-    for phrase in phrases:
-        phrase_ids(model.tokenizer, phrase)  # a hint the model cannot spell stops the batch before it starts
+    check_phrases(model.tokenizer, phrases)  # a hint the model cannot spell stops the batch before it starts
     options = asr.DecodingOptions(
         method=args.method or "beam",
         beam_size=args.beam or 10,

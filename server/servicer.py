@@ -30,7 +30,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from asr.audio import SAMPLE_RATE
-from asr.biasing import phrase_ids
+from asr.biasing import check_phrases
 from asr.decoding import DecodingOptions
 from asr.streaming import EndpointConfig, Recognizer, Stream, StreamOptions, StreamResult
 from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
@@ -117,9 +117,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
             raise ValueError(
                 f"{len(phrases)} phrase hints; this server takes at most {self.config.max_phrases}"
             )
-        tokenizer = model.recognizer.model.tokenizer
-        for phrase in phrases:
-            phrase_ids(tokenizer, phrase)
+        check_phrases(model.recognizer.model.tokenizer, phrases)
         boost = cfg.phrase_boost if cfg.HasField("phrase_boost") else self.config.phrase_boost
         if not 0.0 <= boost <= MAX_PHRASE_BOOST:
             raise ValueError(f"phrase_boost must be in [0, {MAX_PHRASE_BOOST:g}], got {boost}")

@@ -13,8 +13,8 @@ from conftest import tiny_model
 from test_lm import CTCModel, ambiguous_cat
 from test_server import ServerThread, config
 
-from asr import save_checkpoint
-from asr.biasing import PhraseBiaser, phrase_ids
+from asr import biasing, save_checkpoint
+from asr.biasing import PhraseBiaser, check_phrases, phrase_ids
 from asr.decoding import DecodingOptions, beam_search
 from asr.tokenizer import CharTokenizer
 from client import Client, RecognitionConfig
@@ -73,6 +73,18 @@ def test_builds_are_checked_and_cached() -> None:
         DecodingOptions(phrases=("cat",), phrase_boost=-0.5)
     assert DecodingOptions(phrases=["cat"]).phrases == ("cat",)  # type: ignore[arg-type]
     hash(DecodingOptions(phrases=["cat"]))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="total 10100 tokens; at most 10000 per request"):
+        check_phrases(TOK, ["x" * 100] * 101)
+
+
+def test_the_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(biasing, "_CACHE", biasing.OrderedDict())
+    one = PhraseBiaser.build(TOK, ["kubernetes"], boost=1.0)
+    monkeypatch.setattr(biasing, "_CACHE_BYTES", 3 * one.nbytes)
+    for boost in (2.0, 3.0, 4.0, 5.0):
+        PhraseBiaser.build(TOK, ["kubernetes"], boost=boost)
+    assert len(biasing._CACHE) == 3  # the oldest went first
+    assert PhraseBiaser.build(TOK, ["kubernetes"], boost=1.0) is not one
 
 
 @torch.inference_mode()
@@ -110,10 +122,17 @@ def recognize(server: ServerThread, wav: Path, **fields: Any) -> str:
     return " ".join(r.alternatives[0].transcript for r in resp.results)
 
 
-def test_server_takes_phrase_hints(hint_server: ServerThread, hello_wav: Path) -> None:
+def test_server_takes_phrase_hints(
+    hint_server: ServerThread, hello_wav: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert "HELLO WORLD" not in recognize(hint_server, hello_wav)
     assert "HELLO WORLD" in recognize(hint_server, hello_wav, phrases=[HINT, "good"], phrase_boost=3.0)
     assert "HELLO WORLD" not in recognize(hint_server, hello_wav, phrases=[HINT], phrase_boost=0.0)
+    monkeypatch.setattr(biasing, "MAX_HINT_TOKENS", 12)
+    with pytest.raises(grpc.RpcError) as info:
+        recognize(hint_server, hello_wav, phrases=[HINT, "good"])  # 11 + 4 tokens
+    assert "total 15 tokens; at most 12" in str(info.value.details())
+    monkeypatch.undo()
     greedy = asr_pb2.DecodingConfig(method=asr_pb2.DecodingConfig.GREEDY)
     assert "HELLO WORLD" not in recognize(hint_server, hello_wav, phrases=[HINT], decoding=greedy)
     for fields, message in [
