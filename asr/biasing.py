@@ -4,8 +4,9 @@ The phrases' token sequences form an Aho-Corasick automaton. Each hypothesis car
 its tokens; a token that extends a match earns ``boost``, and a token that breaks one takes the unfinished
 match's credit back, so only completed phrases keep their bonus (the context graph of Zhao et al. 2019,
 "Shallow-fusion end-to-end contextual biasing", in the form icefall and WeNet use). A completed phrase
-banks its credit and the search starts matching afresh. With a character tokenizer a phrase must start at a
-word boundary (after a space or at the start): "CAT" is not boosted inside "CONCATENATE".
+banks its credit where its word ends and the search starts matching afresh. A phrase must start at a
+word boundary (after a space or at the start) and end at one: "CAT" earns nothing in "CONCATENATE" or
+"CATS".
 
 The automaton is tabulated over the whole vocabulary, so scoring a step is two tensor gathers:
 
@@ -129,10 +130,39 @@ class PhraseBiaser:
                 queue.append(c)
         if space is not None:
             goto[:, tokenizer.sos_id] = goto[0, space]  # the start of the text is a word boundary
+        # A completed phrase banks its credit where its word ends: at a word start (a space, or a piece that
+        # begins a word) or <eos>. Anything else takes the credit back, as for a broken match ("CATS"), unless
+        # it extends a longer phrase; a longer phrase that then breaks keeps the shorter one's credit
+        # ("NEW" in "NEW DELHI" with hints "NEW" and "NEW YORK"): ``banked`` is that credit, in tokens.
+        if space is not None:
+            starts = np.array([space])
+        else:
+            pieces = (tokenizer.id_to_piece(i) for i in range(v))
+            starts = np.array([i for i, p in enumerate(pieces) if p.startswith("\u2581")], dtype=int)
+        is_start = np.zeros(v, dtype=bool)
+        is_start[starts] = True
+        banked = [0] * m
+        stack = [0]
+        while stack:
+            node = stack.pop()
+            for t, c in children[node].items():
+                banked[c] = depth[node] if end[node] and is_start[t] else banked[node]
+                stack.append(c)
         depth_a = np.asarray(depth, dtype=np.float32)
-        bonus = boost * (depth_a[goto] - depth_a[:, None])
-        # a completed phrase banks its credit: the search goes back to the root
-        next_state = np.where(np.asarray(end)[goto], 0, goto)
+        gained = depth_a[goto] - depth_a[:, None]
+        extends = gained > 0  # only a child is deeper
+        bonus = boost * np.where(extends, gained, gained + np.asarray(banked, dtype=np.float32)[:, None])
+        ends = np.flatnonzero(end)
+        if len(ends) and len(starts):
+            sub = goto[np.ix_(ends, starts)]  # (E, S)
+            bank = depth_a[sub] <= depth_a[ends][:, None]  # not an extension (a child is one token deeper)
+            rows, cols = np.nonzero(bank)
+            fresh = goto[0, starts][cols]
+            goto[ends[rows], starts[cols]] = fresh
+            bonus[ends[rows], starts[cols]] = boost * depth_a[fresh]
+        goto[ends, tokenizer.eos_id] = 0
+        bonus[ends, tokenizer.eos_id] = 0.0
+        next_state = goto
         return cls(torch.from_numpy(next_state.astype(np.int32)), torch.from_numpy(bonus), len(phrases))
 
     # --- LanguageModel protocol -------------------------------------------------------------------

@@ -16,7 +16,7 @@ from test_server import ServerThread, config
 from asr import biasing, save_checkpoint
 from asr.biasing import PhraseBiaser, check_phrases, phrase_ids
 from asr.decoding import DecodingOptions, beam_search
-from asr.tokenizer import CharTokenizer
+from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
 from client import Client, RecognitionConfig
 from client.cli import main
 from client.proto.asr.v1 import asr_pb2
@@ -24,11 +24,11 @@ from client.proto.asr.v1 import asr_pb2
 TOK = CharTokenizer.default()
 
 
-def credit(biaser: PhraseBiaser, text: str, end: bool = True) -> float:
+def credit(biaser: PhraseBiaser, text: str, end: bool = True, tok: Any = TOK) -> float:
     """Total bonus the search would add along ``<sos> text [<eos>]``."""
     state = biaser.init_state(1, torch.device("cpu"))
-    last, total = TOK.sos_id, 0.0
-    for t in [*TOK.encode(text), *([TOK.eos_id] if end else [])]:
+    last, total = tok.sos_id, 0.0
+    for t in [*tok.encode(text), *([tok.eos_id] if end else [])]:
         bonus, state = biaser.score(torch.tensor([last]), state)
         total += float(bonus[0, t])
         last = t
@@ -44,7 +44,8 @@ def test_completed_phrases_keep_their_credit_and_broken_ones_lose_it() -> None:
     assert credit(b, "CA") == pytest.approx(0.0)  # taken back at <eos>
     assert credit(b, "CA", end=False) == pytest.approx(2.0)  # (a live prefix holds its credit)
     assert credit(b, "CONCAT") == pytest.approx(0.0)  # only from a word boundary
-    assert credit(b, "CATS") == pytest.approx(3.0)
+    assert credit(b, "CATS") == pytest.approx(0.0)  # whole words only
+    assert credit(b, "CAT", end=False) == pytest.approx(3.0)  # (banked at the next word start or <eos>)
 
 
 def test_failure_links_carry_a_broken_match_into_a_shorter_phrase() -> None:
@@ -55,6 +56,21 @@ def test_failure_links_carry_a_broken_match_into_a_shorter_phrase() -> None:
     assert credit(b, "NEW YOGURT") == pytest.approx(0.0)
     assert credit(b, "NEW YOGURT", end=False) == pytest.approx(0.0)
     assert credit(b, "NEWS YORK") == pytest.approx(0.5 * 4)  # NEW broken by S, YORK matched afresh
+    both = PhraseBiaser.build(TOK, ["new", "new york"], boost=1.0)
+    assert credit(both, "NEW") == pytest.approx(3.0)
+    assert credit(both, "NEW YORK") == pytest.approx(8.0)  # the longer phrase goes on through the space
+    assert credit(both, "NEW DELHI") == pytest.approx(3.0)  # when it breaks, NEW keeps its credit
+    assert credit(both, "NEW YO") == pytest.approx(3.0)
+    assert credit(both, "NEWT") == pytest.approx(0.0)
+
+
+def test_word_pieces_match_whole_words() -> None:
+    bpe = SentencePieceTokenizer.train(["the cat sat on the mat", "a cat and a dog", "concatenate"] * 20, 40)
+    b = PhraseBiaser.build(bpe, ["cat"], boost=1.0)
+    n = len(bpe.encode("CAT"))
+    assert credit(b, "THE CAT SAT", tok=bpe) == pytest.approx(n)
+    assert credit(b, "CONCATENATE", tok=bpe) == pytest.approx(0.0)
+    assert credit(b, "CA", tok=bpe) == pytest.approx(0.0)
 
 
 def test_builds_are_checked_and_cached() -> None:
