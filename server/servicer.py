@@ -102,6 +102,21 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
             raise ValueError(f"max_alternatives must be in [1, {limit}] ({method} decoding), got {nbest}")
         if cfg.audio_channel_count < 0:
             raise ValueError(f"audio_channel_count must be >= 0, got {cfg.audio_channel_count}")
+        lm_weight = self._lm_weight(d, model)
+        phrases, boost = self._phrase_hints(cfg, model)
+        greedy = method == "greedy"  # CTC best path has no search to fuse an LM or hints into
+        return DecodingOptions(
+            method=method,
+            beam_size=beam,
+            ctc_weight=ctc_weight,
+            nbest=nbest,
+            lm_weight=0.0 if greedy else lm_weight,
+            phrases=() if greedy else phrases,
+            phrase_boost=boost,
+        )
+
+    @staticmethod
+    def _lm_weight(d: asr_pb2.DecodingConfig, model: LoadedModel) -> float:
         lm_weight = d.lm_weight if d.HasField("lm_weight") else model.lm_weight
         if not 0.0 <= lm_weight < math.inf:
             raise ValueError(f"lm_weight must be >= 0, got {lm_weight}")
@@ -110,8 +125,11 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
                 f"lm_weight {lm_weight:g} needs a language model, and model {model.name!r} has none "
                 "(start the server with --lm)"
             )
-        if method == "greedy":
-            lm_weight = 0.0  # CTC best path has no search to fuse into
+        return lm_weight
+
+    def _phrase_hints(
+        self, cfg: asr_pb2.RecognitionConfig, model: LoadedModel
+    ) -> tuple[tuple[str, ...], float]:
         phrases = tuple(cfg.phrases)
         if len(phrases) > self.config.max_phrases:
             raise ValueError(
@@ -121,15 +139,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
         boost = cfg.phrase_boost if cfg.HasField("phrase_boost") else self.config.phrase_boost
         if not 0.0 <= boost <= MAX_PHRASE_BOOST:
             raise ValueError(f"phrase_boost must be in [0, {MAX_PHRASE_BOOST:g}], got {boost}")
-        return DecodingOptions(
-            method=method,
-            beam_size=beam,
-            ctc_weight=ctc_weight,
-            nbest=nbest,
-            lm_weight=lm_weight,
-            phrases=phrases if method == "beam" else (),
-            phrase_boost=boost,
-        )
+        return phrases, boost
 
     def _stream_options(self, sc: asr_pb2.StreamingRecognitionConfig, model: LoadedModel) -> StreamOptions:
         cfg = sc.config
