@@ -201,3 +201,19 @@ def test_cli_phrase_flags(
     stream = ["stream", str(hello_wav), "--server", hint_server.address, "--no-realtime"]
     assert main([*stream, "--phrase", HINT, "--phrase-boost", "3"]) == 0
     assert "HELLO WORLD" in capsys.readouterr().out
+
+
+@torch.inference_mode()
+def test_hints_and_an_lm_fuse_together() -> None:
+    from asr.lm import NGramLM
+
+    model = CTCModel()
+    enc, lengths = ambiguous_cat()
+    lm = NGramLM.train(["THE CAT SAT", "A CAT RAN", "MY CAT"], TOK, order=3)
+    opts = DecodingOptions(beam_size=4, ctc_weight=1.0, lm_weight=0.5, phrases=("cut",), phrase_boost=2.0)
+    best = beam_search(model, enc, lengths, opts, lm=lm)[0][0]
+    assert TOK.decode(best.tokens) == "CUT"  # the hint outweighs the LM here
+    assert best.lm_score == pytest.approx(lm.log_prob(list(best.tokens)), abs=1e-5)  # bonuses not in it
+    plain = DecodingOptions(beam_size=4, ctc_weight=1.0, lm_weight=0.5)
+    no_hint = beam_search(model, enc, lengths, plain, lm=lm)
+    assert TOK.decode(no_hint[0][0].tokens) == "CAT"
