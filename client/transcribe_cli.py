@@ -46,6 +46,7 @@ examples:
   asr transcribe audio/ --format jsonl >> all.jsonl  the same through stdout
   asr transcribe audio/ --server localhost:50051 --jobs 8 --format vtt -o subs/
   asr transcribe a.flac --model exp/run1/best.pt --method greedy --format json
+  asr transcribe call.wav --phrase Kubernetes --phrase "New York"    hints: names to favour
 """
 
 # Errors that would hit every file the same way: stop the batch instead of failing each file.
@@ -121,7 +122,9 @@ def add_phrase_args(group: Any) -> None:
         help="a phrase hint: a name or term to favour (repeat the flag for several)",
     )
     group.add_argument("--phrases", metavar="FILE", help="phrase hints, one per line")
-    group.add_argument("--phrase-boost", type=float, help="score per token of a completed hint (0..10)")
+    group.add_argument(
+        "--phrase-boost", type=float, help="score per token of a completed hint (0..10; default 1)"
+    )
 
 
 def phrases_from_args(args: argparse.Namespace) -> tuple[str, ...]:
