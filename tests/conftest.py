@@ -48,6 +48,17 @@ def hello_wav(speech_dir: Path) -> Path:
     return speech_dir / "utt0.wav"
 
 
+@pytest.fixture(scope="session")
+def speech_manifest(speech_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated speech as a JSONL manifest (``audio`` and ``text``), through the folder importer."""
+    from asr.data.importers import import_corpus
+    from asr.data.manifest import write_manifest
+
+    path = tmp_path_factory.mktemp("manifest") / "speech.jsonl"
+    write_manifest(import_corpus("folder", speech_dir), path)
+    return path
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "speechocean762").is_dir():

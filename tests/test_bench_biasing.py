@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 from client_support import tiny_checkpoint
 
-from asr.data.importers import import_corpus
-from asr.data.manifest import write_manifest
 from bench.biasing import biased_errors, hint_lists, main
 
 
@@ -34,10 +32,9 @@ ROW = re.compile(r"^\| (no hints|boost [\d.]+) \| ([\d.]+) % \|", re.M)
 
 
 def test_prints_one_row_per_boost(
-    speech_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    speech_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    manifest = tmp_path / "speech.jsonl"
-    write_manifest(import_corpus("folder", speech_dir), manifest)
+    manifest = speech_manifest
     model = tiny_checkpoint(tmp_path / "tiny.pt")
     assert main([str(manifest), "--model", str(model), "--boosts", "1", "--common", "0", "--beam", "2"]) == 0
     out = capsys.readouterr().out

@@ -8,18 +8,15 @@ from pathlib import Path
 import pytest
 from client_support import tiny_checkpoint
 
-from asr.data.importers import import_corpus
-from asr.data.manifest import write_manifest
 from bench.stream_wer import main
 
 ROW = re.compile(r"^(offline|streamed)[^|]*\| +([\d.]+)% \| +([\d.]+)% \| +([\d.]+) \|", re.M)
 
 
 def test_stream_wer_prints_offline_and_streamed_rows(
-    speech_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    speech_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    manifest = tmp_path / "speech.jsonl"
-    write_manifest(import_corpus("folder", speech_dir), manifest)
+    manifest = speech_manifest
     model = tiny_checkpoint(tmp_path / "tiny.pt")
     args = [str(manifest), "--model", str(model), "--tail-ms", "300", "800", "--threads", "1"]
     assert main(args) == 0
