@@ -7,6 +7,8 @@ process's RSS and open fds (psutil), runs ``--streams`` streams (``--concurrency
 the server takes them), then samples again after a short settle. The mix is mostly complete streams of a
 recording (greedy finals; every 5th with beam search), with a share of bad ones that must fail cleanly:
 every 10th cancelled mid-stream by the client, every 25th sending a config after audio (INVALID_ARGUMENT).
+With ``--hints N`` every beam-search stream carries its own list of N random phrase hints, so the server
+builds, caches and evicts a hint automaton per stream (warm up with 5 x 32 streams or more to fill the cache).
 Growth is (after - before) / before; the target is under 5%. Bounded: ``--max-seconds`` stops the run.
 """
 
@@ -36,7 +38,13 @@ def sample(pid: int) -> dict[str, float]:
     return {"rss_mib": proc.memory_info().rss / 2**20, "fds": proc.num_fds(), "threads": proc.num_threads()}
 
 
-def one(target: str, k: int, audio: np.ndarray) -> str:
+def random_hints(k: int, n: int) -> tuple[str, ...]:
+    rng = np.random.default_rng(k)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    return tuple("".join(rng.choice(letters, rng.integers(4, 13))) for _ in range(n))
+
+
+def one(target: str, k: int, audio: np.ndarray, hints: int = 0) -> str:
     """Stream ``k`` of the soak; returns its outcome (``ok``, ``cancelled``, or an error code name)."""
     import grpc
 
@@ -60,7 +68,8 @@ def one(target: str, k: int, audio: np.ndarray) -> str:
             except grpc.RpcError as exc:
                 return exc.code().name
     method = "beam" if k % 5 == 0 else "greedy"
-    config = StreamingConfig(RecognitionConfig(method=method), interim_results=True)
+    phrases = random_hints(k, hints) if hints and method == "beam" else ()
+    config = StreamingConfig(RecognitionConfig(method=method, phrases=phrases), interim_results=True)
     try:
         with Client(target, timeout=60, retries=0) as client:
             for i, _ in enumerate(client.stream(audio, config, sample_rate=16000, chunk_ms=200)):
@@ -80,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--max-seconds", type=float, default=900.0, help="stop starting streams after this long")
+    p.add_argument("--hints", type=int, default=0, help="random phrase hints on every beam-search stream")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if not args.data.exists():
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cold = sample(proc.pid)
         with ThreadPoolExecutor(args.concurrency) as pool:
-            list(pool.map(lambda k: one(target, k, recs[k % len(recs)]), range(args.warmup)))
+            list(pool.map(lambda k: one(target, k, recs[k % len(recs)], args.hints), range(args.warmup)))
         time.sleep(2)
         before = sample(proc.pid)
         start = time.monotonic()
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             nonlocal done
             if time.monotonic() - start > args.max_seconds:
                 return
-            out = one(target, k, recs[k % len(recs)])
+            out = one(target, args.warmup + k, recs[k % len(recs)], args.hints)
             with lock:
                 outcomes[out] = outcomes.get(out, 0) + 1
                 done += 1
