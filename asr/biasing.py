@@ -64,10 +64,10 @@ def check_phrases(tokenizer: Tokenizer, phrases: Sequence[str]) -> list[list[int
 class PhraseBiaser:
     """Implements :class:`asr.decoding.LanguageModel`: ``score`` returns per-token bonuses, not log-probs."""
 
-    def __init__(self, next_state: Tensor, bonus: Tensor, num_phrases: int) -> None:
+    def __init__(self, next_state: Tensor, bonus: Tensor, max_credit: float) -> None:
         self.next_state = next_state  # (M, V) int32: automaton state after each token (M states, 0 = root)
         self.bonus = bonus  # (M, V) float32: credit gained (or taken back) by each token from each state
-        self.num_phrases = num_phrases
+        self.max_credit = max_credit  # the credit of the longest hint: what one more completed hint can add
 
     @property
     def nbytes(self) -> int:
@@ -100,7 +100,8 @@ class PhraseBiaser:
         children: list[dict[int, int]] = [{}]
         depth = [0]  # tokens matched, the leading word boundary not counted
         end = [False]
-        for ids in check_phrases(tokenizer, phrases):
+        hint_ids = check_phrases(tokenizer, phrases)
+        for ids in hint_ids:
             seq = [space, *ids] if space is not None else ids
             node = 0
             for i, t in enumerate(seq):
@@ -163,7 +164,8 @@ class PhraseBiaser:
         goto[ends, tokenizer.eos_id] = 0
         bonus[ends, tokenizer.eos_id] = 0.0
         next_state = goto
-        return cls(torch.from_numpy(next_state.astype(np.int32)), torch.from_numpy(bonus), len(phrases))
+        max_credit = boost * max(map(len, hint_ids), default=0)
+        return cls(torch.from_numpy(next_state.astype(np.int32)), torch.from_numpy(bonus), max_credit)
 
     # --- LanguageModel protocol -------------------------------------------------------------------
 

@@ -183,10 +183,12 @@ def beam_search(
     fused: list[tuple[LanguageModel, float, bool]] = []
     if lm is not None and options.lm_weight > 0:
         fused.append((lm, options.lm_weight, True))
+    biaser = None
     if options.phrases and options.phrase_boost > 0:
-        from asr.biasing import PhraseBiaser, phrase_ids
+        from asr.biasing import PhraseBiaser
 
-        fused.append((PhraseBiaser.build(tok, options.phrases, options.phrase_boost), 1.0, False))
+        biaser = PhraseBiaser.build(tok, options.phrases, options.phrase_boost)
+        fused.append((biaser, 1.0, False))
     blank, sos, eos = tok.blank_id, tok.sos_id, tok.eos_id
     lam, w = options.ctc_weight, options.beam_size
     b, device = enc.size(0), enc.device
@@ -221,9 +223,7 @@ def beam_search(
     # Phrase hints add positive bonuses: a live hypothesis is then given the credit of its longest hint as
     # slack (one more completed hint could lift it that much; ESPnet's end detection covers the rest).
     monotone = not options.normalize_length and options.length_bonus <= 0
-    slack = 0.0
-    if options.phrases and options.phrase_boost > 0:
-        slack = options.phrase_boost * max(len(phrase_ids(tok, p)) for p in options.phrases)
+    slack = biaser.max_credit if biaser is not None else 0.0
     for step in range(int(maxlen.max()) + 1):
         n, nb = yseq.size(0), len(active)
         last = yseq[:, -1]

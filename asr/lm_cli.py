@@ -120,7 +120,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_lm_arguments(group: argparse._ActionsContainer, *, remote: bool = False) -> None:
+def add_lm_arguments(group: argparse._ActionsContainer) -> None:
     """``--lm`` and ``--lm-weight`` for the commands that decode."""
     group.add_argument(
         "--lm", type=Path, metavar="PATH", help="language model from 'asr lm train' for shallow fusion"
@@ -128,8 +128,7 @@ def add_lm_arguments(group: argparse._ActionsContainer, *, remote: bool = False)
     group.add_argument(
         "--lm-weight",
         type=float,
-        help=f"weight of the language model in beam search (default: {DEFAULT_LM_WEIGHT} with --lm, else 0)"
-        + ("; on a server, its LM's weight for these requests" if remote else ""),
+        help=f"weight of the language model in beam search (default: {DEFAULT_LM_WEIGHT} with --lm, else 0)",
     )
 
 

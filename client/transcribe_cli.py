@@ -392,7 +392,7 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
         nbest=args.alternatives,
         lm_weight=lm_weight,
         phrases=phrases,
-        **({} if args.phrase_boost is None else {"phrase_boost": args.phrase_boost}),
+        phrase_boost=asr.DecodingOptions.phrase_boost if args.phrase_boost is None else args.phrase_boost,
     )
     for k in range(0, len(items), args.batch_size):
         batch = items[k : k + args.batch_size]
