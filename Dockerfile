@@ -1,8 +1,11 @@
 # The las-asr gRPC speech service.
 #   docker build -t las-asr .                                   (CPU torch wheels, ~1 GB)
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t las-asr:gpu .
+#   docker build --build-arg BASE_IMAGE=registry.example/python:3.11-slim ...   (a mirror; any Debian-based
+#                                                                                image with python3.11 + pip)
 # Models are not baked in: mount a folder of checkpoints at /models (ASR_MODELS_DIR) and pick one with ASR_MODEL.
-FROM python:3.11-slim AS base
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE} AS base
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \

@@ -2,17 +2,21 @@
 
 Every waveform that enters the model is float32 mono in [-1, 1] at ``SAMPLE_RATE``.
 Decoding goes through libsndfile (``soundfile``), which reads WAV, FLAC, Ogg Vorbis/Opus and MP3;
-resampling uses torchaudio's band-limited sinc resampler.
+resampling uses torchaudio's band-limited sinc resampler where its polyphase kernel is small (every common rate:
+8, 11.025, 22.05, 24, 32, 44.1, 48 kHz...) and libsoxr (``soxr``) for rates sharing no big factor with 16 kHz,
+where that kernel would take gigabytes (8001 Hz: 16,000 x 8,015 taps).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 import torchaudio.functional as AF
 
@@ -20,6 +24,13 @@ SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".aiff", ".aif", ".au")
 
 AudioInput = str | os.PathLike | bytes | np.ndarray | torch.Tensor
+MAX_SINC_KERNEL = 1 << 20  # polyphase kernel entries (out phases x in samples) torchaudio may build
+
+
+def sinc_friendly(orig_sr: int, target_sr: int = SAMPLE_RATE) -> bool:
+    """Whether torchaudio's polyphase sinc resampler stays small for this pair of rates."""
+    g = math.gcd(orig_sr, target_sr)
+    return (orig_sr // g) * (target_sr // g) <= MAX_SINC_KERNEL
 
 
 class AudioError(ValueError):
@@ -32,8 +43,12 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> n
         raise AudioError(f"sample rate must be positive, got {orig_sr}")
     if orig_sr == target_sr:
         return audio.astype(np.float32, copy=False)
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), orig_sr, target_sr)
-    return out.numpy()
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    if audio.size == 0:
+        return audio
+    if sinc_friendly(orig_sr, target_sr):
+        return AF.resample(torch.from_numpy(audio), orig_sr, target_sr).numpy()
+    return soxr.resample(audio, orig_sr, target_sr, quality="HQ")
 
 
 def _to_mono(data: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Client-side audio: read any common format, resample if asked, cut into LINEAR16 chunks, pace in real time.
 
 Kept free of torch so the SDK stays light: decoding is libsndfile (``soundfile``: WAV, FLAC, Ogg/Opus, MP3),
-resampling is an FFT resampler in numpy (the server resamples anyway; the client only does it when asked).
+resampling is libsoxr (``soxr``; the server resamples anyway, the client only does it when asked).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -68,20 +69,12 @@ def audio_duration(source: str | os.PathLike | BinaryIO) -> float:
 
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
-    """Resample float32 mono ``(S,)`` with an FFT (band-limited; fine for whole files of speech)."""
+    """Resample float32 mono ``(S,)`` (libsoxr, high quality; any pair of rates, linear cost)."""
     if orig_rate <= 0 or target_rate <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_rate} -> {target_rate}")
     if orig_rate == target_rate or audio.size == 0:
         return audio.astype(np.float32, copy=False)
-    n_out = max(1, round(len(audio) * target_rate / orig_rate))
-    spectrum = np.fft.rfft(audio.astype(np.float64))
-    bins = n_out // 2 + 1
-    if bins <= len(spectrum):
-        spectrum = spectrum[:bins]
-    else:
-        spectrum = np.pad(spectrum, (0, bins - len(spectrum)))
-    out = np.fft.irfft(spectrum, n_out) * (n_out / len(audio))
-    return out.astype(np.float32)
+    return soxr.resample(np.ascontiguousarray(audio, dtype=np.float32), orig_rate, target_rate, quality="HQ")
 
 
 def split_at_quiet(

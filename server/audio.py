@@ -13,10 +13,11 @@ import math
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 import torchaudio.functional as AF
 
-from asr.audio import SAMPLE_RATE, AudioError, decode_audio, mulaw_to_float, pcm16_to_float
+from asr.audio import SAMPLE_RATE, AudioError, decode_audio, mulaw_to_float, pcm16_to_float, sinc_friendly
 from client.proto.asr.v1 import asr_pb2
 
 RAW = (asr_pb2.LINEAR16, asr_pb2.MULAW)
@@ -94,13 +95,19 @@ class ChunkDecoder:
 
 
 class StreamResampler:
-    """Band-limited resampling of a stream in whole blocks of ``rate / gcd`` samples, with context around.
+    """Resampling of a stream chunk by chunk, with the filter :func:`asr.audio.resample` uses for the rate, so
+    a stream gets (nearly) the samples a whole-file resample would give.
 
-    Output lags input by the lookahead (a few ms); :meth:`flush` returns the rest.
+    Common rates (:func:`asr.audio.sinc_friendly`) go through torchaudio's sinc resampler in whole blocks of
+    ``rate / gcd`` samples with context around: output lags input by the lookahead (a few ms). Other rates go
+    through libsoxr's streaming resampler, which lags by up to about 100 ms. :meth:`flush` returns the rest.
     """
 
     def __init__(self, rate: int, target: int = SAMPLE_RATE) -> None:
         self.rate, self.target = rate, target
+        self._soxr = (
+            None if sinc_friendly(rate, target) else soxr.ResampleStream(rate, target, 1, "float32", "HQ")
+        )
         g = math.gcd(rate, target)
         self.in_block, self.out_block = rate // g, target // g
         blocks = max(
@@ -112,6 +119,8 @@ class StreamResampler:
         )  # history (zeros before the start) + unconverted input
 
     def push(self, x: np.ndarray) -> np.ndarray:
+        if self._soxr is not None:
+            return self._soxr.resample_chunk(np.ascontiguousarray(x, dtype=np.float32))
         self._buf = np.concatenate([self._buf, x])
         ready = len(self._buf) - 2 * self.ctx  # input with history before and lookahead after it
         n = (ready // self.in_block) * self.in_block if ready > 0 else 0
@@ -125,6 +134,10 @@ class StreamResampler:
         return out
 
     def flush(self) -> np.ndarray:
+        if self._soxr is not None:
+            out = self._soxr.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            self._soxr.clear()
+            return out
         rest = len(self._buf) - self.ctx
         if rest <= 0:
             return np.zeros(0, dtype=np.float32)

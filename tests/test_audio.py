@@ -20,6 +20,7 @@ from asr.audio import (
     mulaw_to_float,
     pcm16_to_float,
     resample,
+    sinc_friendly,
 )
 
 
@@ -65,6 +66,35 @@ def test_resample_preserves_a_tone() -> None:
     assert resample(wave, 16000, 16000) is wave or np.shares_memory(resample(wave, 16000, 16000), wave)
     with pytest.raises(AudioError, match="positive"):
         resample(wave, 0)
+
+
+@pytest.mark.parametrize("rate", [8001, 12001, 47999])
+def test_resample_from_odd_rates(rate: int) -> None:
+    # rates sharing no big factor with 16 kHz: a polyphase sinc filter over rate/gcd phases took gigabytes here
+    wave = tone(440, seconds=2.0, sr=rate)
+    out = resample(wave, rate)
+    assert abs(len(out) - 2 * SAMPLE_RATE) <= 1
+    spectrum = np.abs(np.fft.rfft(out[: SAMPLE_RATE]))
+    assert abs(int(spectrum.argmax()) - 440) <= 1
+
+
+@pytest.mark.parametrize("rate", [8000, 44100, 8001, 47999])
+def test_stream_resampler_matches_whole_file(rate: int) -> None:
+    from server.audio import StreamResampler
+
+    wave = tone(300, seconds=1.0, sr=rate) * 0.5
+    whole = resample(wave, rate)
+    stream = StreamResampler(rate)
+    chunk = rate // 10  # 100 ms chunks
+    pieces = [stream.push(wave[i : i + chunk]) for i in range(0, len(wave), chunk)]
+    if sinc_friendly(rate):  # the block resampler lags by its lookahead only (20 ms at 44.1 kHz)
+        assert len(pieces[0]) > 0.075 * SAMPLE_RATE
+    else:  # soxr's stream lags by up to ~100 ms, never seconds (blocks of rate/gcd = 8001 samples would)
+        assert sum(map(len, pieces[:2])) > 0.09 * SAMPLE_RATE
+    got = np.concatenate([*pieces, stream.flush()])
+    assert abs(len(got) - len(whole)) <= 1
+    n = min(len(got), len(whole))
+    np.testing.assert_allclose(got[:n], whole[:n], atol=2e-3)
 
 
 def test_array_and_tensor_inputs() -> None:

@@ -84,6 +84,8 @@ def test_request_audio_decodes_or_raises_value_error(
             (asr_pb2.LINEAR16, 8000, 1),
             (asr_pb2.MULAW, 8000, 1),
             (asr_pb2.LINEAR16, 44100, 1),
+            (asr_pb2.LINEAR16, 8001, 1),  # rates sharing no big factor with 16 kHz
+            (asr_pb2.LINEAR16, 47999, 2),
         ]
     ),
 )
