@@ -74,18 +74,15 @@ def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 def load_audio(source: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Load audio from a path, encoded bytes, or an array already at ``sample_rate``.
 
-    Returns a float32 mono array ``(S,)``. Raises :class:`AudioError` on missing, corrupt or empty audio.
+    Arrays are float in [-1, 1] or integer PCM (int16, int32, int8, or uint8 centred on 128), which is scaled
+    to [-1, 1). Returns a float32 mono array ``(S,)``. Raises :class:`AudioError` on missing, corrupt or empty audio.
     """
     if isinstance(source, bytes):
         return decode_audio(source, sample_rate)
     if isinstance(source, torch.Tensor):
         source = source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
-        if source.ndim != 1:
-            raise AudioError(f"expected a mono waveform of shape (samples,), got shape {tuple(source.shape)}")
-        if source.size == 0:
-            raise AudioError("audio is empty (0 samples)")
-        return source.astype(np.float32, copy=False)
+        return array_to_float(source)
     path = Path(source)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
@@ -96,11 +93,36 @@ def load_audio(source: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray
     return _finish(_to_mono(audio), int(sr), sample_rate, what=str(path))
 
 
+def array_to_float(samples: np.ndarray) -> np.ndarray:
+    """A mono waveform array (float, or integer PCM scaled to [-1, 1)) -> float32 ``(S,)``; checks it."""
+    if samples.ndim != 1:
+        raise AudioError(f"expected a mono waveform of shape (samples,), got shape {tuple(samples.shape)}")
+    if samples.size == 0:
+        raise AudioError("audio is empty (0 samples)")
+    kind = samples.dtype.kind
+    if kind == "f":
+        audio = samples.astype(np.float32, copy=False)
+        check_finite(audio, "audio")
+        return audio
+    if kind == "i":
+        return (samples.astype(np.float64) / -np.iinfo(samples.dtype).min).astype(np.float32)
+    if samples.dtype == np.uint8:
+        return ((samples.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    raise AudioError(
+        f"unsupported sample type {samples.dtype}: pass float samples in [-1, 1] or int16/int32/int8/uint8 PCM"
+    )
+
+
+def check_finite(audio: np.ndarray, what: str) -> None:
+    """Raise :class:`AudioError` when ``audio`` holds NaN or infinite samples."""
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{what} contains NaN or infinite samples")
+
+
 def _finish(audio: np.ndarray, sr: int, target_sr: int, what: str) -> np.ndarray:
     if audio.size == 0:
         raise AudioError(f"{what} contains no samples")
-    if not np.isfinite(audio).all():
-        raise AudioError(f"{what} contains NaN or infinite samples")
+    check_finite(audio, what)
     return resample(audio, sr, target_sr)
 
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from asr.alignment import Word
-from asr.audio import SAMPLE_RATE
+from asr.audio import SAMPLE_RATE, check_finite
 from asr.decoding import DecodingOptions, LanguageModel
 from asr.transcribe import Alternative, decode_encoded, encode_waveforms, split_long_audio
 
@@ -445,11 +445,13 @@ class Recognizer:
 
     def accept_audio(self, stream: Stream, samples: np.ndarray) -> None:
         """Append float32 16 kHz mono samples ``(S,)``; ignored after :meth:`input_finished` or the end of a
-        single utterance."""
+        single utterance. NaN or infinite samples raise :class:`asr.audio.AudioError`."""
         if samples.ndim != 1:
             raise ValueError(f"expected mono samples of shape (S,), got shape {tuple(samples.shape)}")
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        check_finite(samples, "streamed audio")  # one NaN would poison the endpointer's noise floor for good
         with stream.lock:
-            stream._accept(np.ascontiguousarray(samples, dtype=np.float32))
+            stream._accept(samples)
 
     def input_finished(self, stream: Stream) -> None:
         """No more audio: the open utterance is closed and will get its final at the next decode."""

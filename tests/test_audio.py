@@ -103,6 +103,19 @@ def test_array_and_tensor_inputs() -> None:
     np.testing.assert_array_equal(load_audio(torch.from_numpy(wave)), wave)
     assert load_audio(wave.astype(np.float64)).dtype == np.float32
     assert duration(wave) == pytest.approx(0.5)
+    # integer PCM is scaled like a file's samples would be, not passed through at +-27,000
+    pcm16 = np.frombuffer(float_to_pcm16(wave), dtype="<i2")
+    np.testing.assert_allclose(load_audio(pcm16), wave, atol=2 / 32768)
+    np.testing.assert_allclose(load_audio((pcm16.astype(np.int32) << 16)), wave, atol=2 / 32768)
+    np.testing.assert_allclose(load_audio((pcm16 // 256 + 128).astype(np.uint8)), wave, atol=2 / 256)
+    with pytest.raises(AudioError, match="unsupported sample type"):
+        load_audio(np.ones(100, dtype=np.uint16))
+    bad = wave.copy()
+    bad[3] = np.nan  # as a file would, an array with NaN or infinities is refused
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        load_audio(bad)
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        load_audio(torch.from_numpy(np.where(bad != bad, np.inf, bad)))
 
 
 def test_pcm_helpers_round_trip() -> None:

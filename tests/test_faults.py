@@ -344,6 +344,27 @@ def test_random_bytes_as_audio(stub: asr_pb2_grpc.RecognizerStub, server: Server
     assert_serving(server)
 
 
+@pytest.mark.parametrize("rate", [SAMPLE_RATE, 8001])
+def test_nan_samples_in_a_float_wav(stub: asr_pb2_grpc.RecognizerStub, server: ServerThread, rate: int) -> None:
+    import io
+
+    import soundfile as sf
+
+    wave = (np.random.default_rng(2).standard_normal(rate) * 0.1).astype(np.float32)
+    wave[rate // 2] = np.nan
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, format="WAV", subtype="FLOAT")
+    blob = buf.getvalue()
+    chunks = [blob[i : i + 4000] for i in range(0, len(blob), 4000)]
+    call = stub.StreamingRecognize(requests(chunks, stream_config(asr_pb2.WAV, 0)), timeout=30)
+    assert status(lambda: list(call)) == grpc.StatusCode.INVALID_ARGUMENT
+    req = asr_pb2.RecognizeRequest(
+        config=asr_pb2.RecognitionConfig(encoding=asr_pb2.WAV), audio=asr_pb2.RecognitionAudio(content=blob)
+    )
+    assert status(lambda: stub.Recognize(req, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert_serving(server)
+
+
 def test_config_only_stream_ends_ok_without_results(stub: asr_pb2_grpc.RecognizerStub) -> None:
     assert list(stub.StreamingRecognize(requests([]), timeout=10)) == []
     assert list(stub.StreamingRecognize(requests([b""] * 3), timeout=10)) == []  # empty audio messages

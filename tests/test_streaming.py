@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asr import ASRModel
-from asr.audio import SAMPLE_RATE, load_audio
+from asr.audio import SAMPLE_RATE, AudioError, load_audio
 from asr.decoding import DecodingOptions
 from asr.streaming import EndpointConfig, Recognizer, RecognizerConfig, Stream, StreamOptions, StreamResult
 from asr.transcribe import decode_waveforms, transcribe
@@ -95,6 +95,20 @@ def test_silence_only_gives_nothing(model: ASRModel) -> None:
     assert (
         len(s.segment) <= (s.options.endpoint.pre_speech_ms + 20) * SAMPLE_RATE // 1000
     )  # no unbounded buffer
+
+
+def test_non_finite_samples_are_refused_and_leave_the_stream_working(
+    model: ASRModel, speech: list[np.ndarray]
+) -> None:
+    rec = Recognizer(model)
+    s = rec.create_stream()
+    bad = speech[0][:1600].copy()
+    bad[5] = np.nan  # one NaN used to make the noise floor NaN, and no frame was speech ever after
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        rec.accept_audio(s, bad)
+    assert s.noise_floor is None or np.isfinite(s.noise_floor)
+    finals = [r for r in feed(rec, s, np.concatenate([silence(0.3), speech[0], silence(1.0)])) if r.is_final]
+    assert finals  # speech is still detected: the endpointer never saw the NaN
 
 
 def test_input_finished_flushes_the_open_utterance(model: ASRModel, speech: list[np.ndarray]) -> None:
