@@ -2,9 +2,9 @@
 
 Every waveform that enters the model is float32 mono in [-1, 1] at ``SAMPLE_RATE``.
 Decoding goes through libsndfile (``soundfile``), which reads WAV, FLAC, Ogg Vorbis/Opus and MP3;
-resampling uses torchaudio's band-limited sinc resampler where its polyphase kernel is small (every common rate:
-8, 11.025, 22.05, 24, 32, 44.1, 48 kHz...) and libsoxr (``soxr``) for rates sharing no big factor with 16 kHz,
-where that kernel would take gigabytes (8001 Hz: 16,000 x 8,015 taps).
+resampling uses torchaudio's band-limited sinc resampler where its polyphase kernel is small (every common
+rate: 8, 11.025, 22.05, 24, 32, 44.1, 48 kHz...) and libsoxr (``soxr``) for rates sharing no big factor with
+16 kHz, where that kernel would take gigabytes (8001 Hz: 16,000 x 8,015 taps).
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def load_audio(source: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray
     """Load audio from a path, encoded bytes, or an array already at ``sample_rate``.
 
     Arrays are float in [-1, 1] or integer PCM (int16, int32, int8, or uint8 centred on 128), which is scaled
-    to [-1, 1). Returns a float32 mono array ``(S,)``. Raises :class:`AudioError` on missing, corrupt or empty audio.
+    to [-1, 1). Returns a float32 mono array ``(S,)``. Raises :class:`AudioError` on missing, corrupt or empty
+    audio.
     """
     if isinstance(source, bytes):
         return decode_audio(source, sample_rate)
@@ -109,7 +110,8 @@ def array_to_float(samples: np.ndarray) -> np.ndarray:
     if samples.dtype == np.uint8:
         return ((samples.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
     raise AudioError(
-        f"unsupported sample type {samples.dtype}: pass float samples in [-1, 1] or int16/int32/int8/uint8 PCM"
+        f"unsupported sample type {samples.dtype}: "
+        "pass float samples in [-1, 1] or int16/int32/int8/uint8 PCM"
     )
 
 

@@ -70,7 +70,7 @@ def test_resample_preserves_a_tone() -> None:
 
 @pytest.mark.parametrize("rate", [8001, 12001, 47999])
 def test_resample_from_odd_rates(rate: int) -> None:
-    # rates sharing no big factor with 16 kHz: a polyphase sinc filter over rate/gcd phases took gigabytes here
+    # rates sharing no big factor with 16 kHz: a polyphase sinc filter of rate/gcd phases took gigabytes
     wave = tone(440, seconds=2.0, sr=rate)
     out = resample(wave, rate)
     assert abs(len(out) - 2 * SAMPLE_RATE) <= 1
@@ -106,7 +106,7 @@ def test_array_and_tensor_inputs() -> None:
     # integer PCM is scaled like a file's samples would be, not passed through at +-27,000
     pcm16 = np.frombuffer(float_to_pcm16(wave), dtype="<i2")
     np.testing.assert_allclose(load_audio(pcm16), wave, atol=2 / 32768)
-    np.testing.assert_allclose(load_audio((pcm16.astype(np.int32) << 16)), wave, atol=2 / 32768)
+    np.testing.assert_allclose(load_audio(pcm16.astype(np.int32) << 16), wave, atol=2 / 32768)
     np.testing.assert_allclose(load_audio((pcm16 // 256 + 128).astype(np.uint8)), wave, atol=2 / 256)
     with pytest.raises(AudioError, match="unsupported sample type"):
         load_audio(np.ones(100, dtype=np.uint16))

@@ -345,7 +345,9 @@ def test_random_bytes_as_audio(stub: asr_pb2_grpc.RecognizerStub, server: Server
 
 
 @pytest.mark.parametrize("rate", [SAMPLE_RATE, 8001])
-def test_nan_samples_in_a_float_wav(stub: asr_pb2_grpc.RecognizerStub, server: ServerThread, rate: int) -> None:
+def test_nan_samples_in_a_float_wav(
+    stub: asr_pb2_grpc.RecognizerStub, server: ServerThread, rate: int
+) -> None:
     import io
 
     import soundfile as sf
