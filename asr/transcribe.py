@@ -34,7 +34,7 @@ MAX_SEGMENT_SECONDS = 30.0  # longer audio is cut at quiet points and decoded pi
 class Alternative:
     text: str
     score: float  # decoder score (log domain)
-    confidence: float  # per-token geometric-mean probability, in [0, 1]
+    confidence: float  # geometric-mean token probability in [0, 1] (greedy: of the frames that emit tokens)
 
 
 @dataclass(frozen=True)
@@ -81,17 +81,26 @@ def decode_encoded(
     offsets = offsets or [0.0] * b
     durations = durations or [0.0] * b
     ctc_lp = model.ctc_log_probs(enc)
+    confidences: list[list[float]] = []
     if options.method == "greedy":
-        hyps_per_utt = [
-            [Hypothesis(tuple(t), float(ctc_lp[i, : int(enc_lengths[i])].max(-1).values.sum()))]
-            for i, t in enumerate(ctc_greedy(ctc_lp, enc_lengths, tok.blank_id))
-        ]
+        best = ctc_lp.max(-1)
+        hyps_per_utt = []
+        for i, t in enumerate(ctc_greedy(ctc_lp, enc_lengths, tok.blank_id)):
+            n = int(enc_lengths[i])
+            lp, spoken = best.values[i, :n], best.indices[i, :n] != tok.blank_id
+            hyps_per_utt.append([Hypothesis(tuple(t), float(lp.sum()))])
+            # the geometric-mean probability of the frames that emit tokens (of every frame if none does)
+            frames = lp[spoken] if bool(spoken.any()) else lp
+            confidences.append([math.exp(float(frames.mean())) if n else 0.0])
     else:
         hyps_per_utt = beam_search(model, enc, enc_lengths, options, lm=lm)
+        confidences = [[_hyp_confidence(h) for h in hyps] for hyps in hyps_per_utt]
     shift = model.config.encoder_frame_shift
     out = []
     for i, hyps in enumerate(hyps_per_utt):
-        alts = tuple(Alternative(tok.decode(h.tokens), h.score, _hyp_confidence(h)) for h in hyps)
+        alts = tuple(
+            Alternative(tok.decode(h.tokens), h.score, c) for h, c in zip(hyps, confidences[i], strict=True)
+        )
         words: list[Word] = []
         if word_times and hyps and hyps[0].tokens:
             words = align_words(ctc_lp[i, : int(enc_lengths[i])], hyps[0].tokens, tok, shift, offsets[i])

@@ -138,6 +138,19 @@ def test_overfit_word_times(trained: tuple[ASRModel, list[Path], list[str]]) -> 
         assert 0.0 <= alt.confidence <= 1.0 and np.isfinite(alt.score)
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_alternative_confidence_tracks_certainty(
+    trained: tuple[ASRModel, list[Path], list[str]], method: str
+) -> None:
+    model, wavs, _ = trained
+    options = DecodingOptions(method=method, beam_size=4)  # type: ignore[arg-type]
+    sure = model.transcribe(wavs[0], options).alternatives[0].confidence
+    noise = (np.random.default_rng(0).standard_normal(16000) * 0.3).astype(np.float32)
+    unsure = model.transcribe(noise, options).alternatives[0].confidence
+    assert 0.0 < unsure < sure <= 1.0, (unsure, sure)  # greedy used to report 1.0 for anything
+    assert unsure < 0.99
+
+
 def test_overfit_bytes_input(trained: tuple[ASRModel, list[Path], list[str]]) -> None:
     model, wavs, texts = trained
     assert model.transcribe(wavs[1].read_bytes(), DecodingOptions(method="greedy")).text == texts[1]
