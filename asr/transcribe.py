@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -199,14 +200,26 @@ def transcribe_batch(
 
 
 def _join(parts: list[Transcript], duration: float) -> Transcript:
+    """Stitch the pieces of a long recording back together; its n-best list holds the best combinations of
+    the pieces' alternatives (scores add up, confidences average over the pieces)."""
     if len(parts) == 1:
         p = parts[0]
         return Transcript(p.text, p.alternatives, p.words, duration)
-    text = " ".join(p.text for p in parts if p.text)
     words = tuple(w for p in parts for w in p.words)
-    score = sum(p.alternatives[0].score for p in parts if p.alternatives)
-    conf = float(np.mean([p.alternatives[0].confidence for p in parts if p.alternatives] or [0.0]))
-    return Transcript(text, (Alternative(text, score, conf),), words, duration)
+    nbest = max(len(p.alternatives) for p in parts)
+    combos: list[tuple[float, tuple[Alternative, ...]]] = [(0.0, ())]
+    for p in parts:
+        if not p.alternatives:
+            continue
+        grown = [(score + a.score, (*chosen, a)) for score, chosen in combos for a in p.alternatives]
+        combos = heapq.nlargest(nbest, grown, key=lambda c: c[0])
+    alts: dict[str, Alternative] = {}
+    for score, chosen in combos:
+        text = " ".join(a.text for a in chosen if a.text)
+        conf = float(np.mean([a.confidence for a in chosen])) if chosen else 0.0
+        alts.setdefault(text, Alternative(text, score, conf))  # best first: a repeated text keeps its best
+    alternatives = tuple(alts.values())
+    return Transcript(alternatives[0].text, alternatives, words, duration)
 
 
 def transcribe(

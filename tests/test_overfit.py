@@ -151,6 +151,20 @@ def test_alternative_confidence_tracks_certainty(
     assert unsure < 0.99
 
 
+def test_long_audio_keeps_its_nbest(trained: tuple[ASRModel, list[Path], list[str]]) -> None:
+    model, wavs, texts = trained
+    gap = np.zeros(8000, dtype=np.float32)
+    audio = np.concatenate([x for w in wavs for x in (load_audio(w), gap)])
+    audio = np.tile(audio, int(np.ceil(32 * 16000 / len(audio))))  # over 30 s: decoded in pieces
+    result = model.transcribe(audio, DecodingOptions(beam_size=3, nbest=3, ctc_weight=0.5))
+    alts = result.alternatives
+    assert len(alts) == 3  # the pieces' n-best lists are combined, not dropped
+    assert alts[0].text == result.text and len({a.text for a in alts}) == 3
+    assert [a.score for a in alts] == sorted((a.score for a in alts), reverse=True)
+    assert all(0.0 <= a.confidence <= 1.0 for a in alts)
+    assert texts[0] in result.text
+
+
 def test_overfit_bytes_input(trained: tuple[ASRModel, list[Path], list[str]]) -> None:
     model, wavs, texts = trained
     assert model.transcribe(wavs[1].read_bytes(), DecodingOptions(method="greedy")).text == texts[1]
