@@ -158,6 +158,9 @@ async def create_server(
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # gRPC sets SO_REUSEPORT by default: a second server on a busy port would silently take half its
+        # connections. Off, so that binding a used port fails.
+        ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     asr_pb2_grpc.add_RecognizerServicer_to_server(service, server)
@@ -165,18 +168,23 @@ async def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{config.host}:{config.port}"
-    if config.tls_cert:
-        creds = grpc.ssl_server_credentials(
-            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
-            root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
-            require_client_auth=bool(config.tls_client_ca),
-        )
-        port = server.add_secure_port(address, creds)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if config.tls_cert:
+            creds = grpc.ssl_server_credentials(
+                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+                root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
+                require_client_auth=bool(config.tls_client_ca),
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        raise OSError(f"could not bind {address}: {exc}; is the port in use? Pick another --port") from None
     if port == 0:
-        raise OSError(f"could not bind {address}")
-    metrics_port = metrics.serve(config.metrics_port) if config.metrics_port >= 0 else None
+        raise OSError(f"could not bind {address}; is the port in use? Pick another --port")
+    # /metrics listens where gRPC does: all interfaces for the wildcard hosts, else the given address
+    metrics_host = "0.0.0.0" if config.host in ("[::]", "::", "0.0.0.0", "") else config.host.strip("[]")
+    metrics_port = metrics.serve(config.metrics_port, metrics_host) if config.metrics_port >= 0 else None
     await server.start()
     for svc in ("", SERVICE_NAME):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)

@@ -166,6 +166,7 @@ class ContainerChunkDecoder:
         self,
         encoding: int,
         *,
+        sample_rate: int = 0,
         min_bytes: int = 2048,
         growth: float = 0.125,
         probe_bytes: int = 65536,
@@ -179,6 +180,7 @@ class ContainerChunkDecoder:
         self._emitted = 0  # samples at the native rate already passed on
         self._header_ok = False
         self.resampler: StreamResampler | None = None
+        self.declared_rate = sample_rate  # sample_rate_hertz: 0, or the rate the header must have
         self.rate = 0
         self.input_seconds = 0.0
 
@@ -215,6 +217,11 @@ class ContainerChunkDecoder:
         self._header_ok = True
         if not self.rate:
             self.rate = int(sr)
+            if self.declared_rate and self.declared_rate != self.rate:
+                raise AudioError(
+                    f"sample_rate_hertz={self.declared_rate} disagrees with the {self.name} stream's header "
+                    f"({self.rate} Hz); send 0 to take the header's rate"
+                )
             if not MIN_RATE <= self.rate <= MAX_RATE:
                 raise AudioError(
                     f"{self.name} stream has a sample rate of {self.rate} Hz; "
@@ -241,7 +248,7 @@ def stream_decoder(encoding: int, sample_rate: int, channels: int) -> ChunkDecod
     if encoding in RAW:
         return ChunkDecoder(encoding, sample_rate, channels)
     if encoding in CONTAINERS and encoding != asr_pb2.ENCODING_UNSPECIFIED:
-        return ContainerChunkDecoder(encoding)
+        return ContainerChunkDecoder(encoding, sample_rate=sample_rate)
     raise ValueError(f"unknown encoding {encoding}; see asr.v1.AudioEncoding")
 
 

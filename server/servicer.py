@@ -18,6 +18,7 @@ import asyncio
 import bisect
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -33,6 +34,7 @@ from asr.audio import SAMPLE_RATE
 from asr.biasing import check_phrases
 from asr.decoding import DecodingOptions
 from asr.streaming import EndpointConfig, Recognizer, Stream, StreamOptions, StreamResult
+from asr.transcribe import MAX_SEGMENT_SECONDS
 from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from server.audio import ChunkDecoder, ContainerChunkDecoder, decode_request_audio, stream_decoder
 from server.batcher import Batcher
@@ -89,6 +91,8 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
 
     def _decoding(self, cfg: asr_pb2.RecognitionConfig, model: LoadedModel) -> DecodingOptions:
         d = cfg.decoding
+        if d.method not in asr_pb2.DecodingConfig.Method.values():
+            raise ValueError(f"unknown decoding method {d.method}; use GREEDY (1) or BEAM (2)")
         method = "greedy" if d.method == asr_pb2.DecodingConfig.GREEDY else "beam"
         beam = d.beam_size or self.config.beam_size
         if not 1 <= beam <= self.config.max_beam_size:
@@ -145,6 +149,11 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
         cfg = sc.config
         default = default_stream_options(self.config)
         ep, dep = sc.endpointing, default.endpoint
+        if not 0.0 <= ep.max_segment_seconds <= MAX_SEGMENT_SECONDS:  # what offline decoding cuts at, too
+            raise ValueError(
+                f"endpointing.max_segment_seconds must be in [1, {MAX_SEGMENT_SECONDS:g}] (0 = the server "
+                f"default), got {ep.max_segment_seconds:g}"
+            )
         endpoint = dataclasses.replace(
             dep,
             silence_ms=ep.silence_ms or dep.silence_ms,
@@ -254,7 +263,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
             await context.abort(code, exc.message)
             raise  # not reached: abort raises
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            code = _cancel_code(context)
             raise
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -292,7 +301,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
             log.info("stream failed", extra={"request_id": rid, "code": code.name, "error": exc.message})
             await context.abort(code, exc.message)
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            code = _cancel_code(context)
             log.info("stream cancelled", extra={"request_id": rid})
             raise
         except Exception as exc:
@@ -423,7 +432,11 @@ class _StreamCall:
             while True:
                 msg = await self._next()
                 if msg is None:
-                    tail = chunker.flush()
+                    tail = await self._decode(chunker, None)
+                    self._check_length(chunker)  # a FLAC stream's audio all comes at its end
+                    self.service.metrics.audio_seconds.labels("StreamingRecognize").inc(
+                        len(tail) / SAMPLE_RATE
+                    )
                     if tail.size:
                         rec.accept_audio(stream, tail)
                     rec.input_finished(stream)
@@ -438,12 +451,8 @@ class _StreamCall:
                     continue  # single utterance reached its end: later audio is ignored
                 if not msg.audio_content:
                     continue
-                samples = chunker.push(msg.audio_content)
-                if chunker.input_seconds > self.config.max_stream_seconds:
-                    raise CallError(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"stream audio exceeds the limit of {self.config.max_stream_seconds:g} s",
-                    )
+                samples = await self._decode(chunker, msg.audio_content)
+                self._check_length(chunker)
                 self.service.metrics.audio_seconds.labels("StreamingRecognize").inc(
                     len(samples) / SAMPLE_RATE
                 )
@@ -463,6 +472,22 @@ class _StreamCall:
             self.error = CallError(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self.wake.set()
+
+    @staticmethod
+    async def _decode(chunker: ChunkDecoder | ContainerChunkDecoder, data: bytes | None) -> Any:
+        """The chunk's samples (``None``: the rest at the end of input). Containers are decoded again from
+        their start as they grow, which takes a while on long streams: off the event loop."""
+        step = chunker.flush if data is None else functools.partial(chunker.push, data)
+        if isinstance(chunker, ContainerChunkDecoder):
+            return await asyncio.to_thread(step)
+        return step()
+
+    def _check_length(self, chunker: ChunkDecoder | ContainerChunkDecoder) -> None:
+        if chunker.input_seconds > self.config.max_stream_seconds:
+            raise CallError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"stream audio exceeds the limit of {self.config.max_stream_seconds:g} s",
+            )
 
     def _observe(self, r: StreamResult) -> None:
         samples, times = self.arrivals
@@ -495,6 +520,13 @@ class _StreamCall:
             self.reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.reader
+
+
+def _cancel_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """How a cancelled call ended for the metrics: its deadline passed, or the client cancelled it."""
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= 0
+    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:

@@ -394,3 +394,107 @@ def test_stream_past_duration_cap_after_results(
     assert status(consume) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert any(r.is_final for resp in got for r in resp.results)
     assert_serving(server)
+
+
+# -- the protocol's contract ---------------------------------------------------------------------------------
+
+
+def _encoded(audio: np.ndarray, rate: int, fmt: str) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format=fmt)
+    return buf.getvalue()
+
+
+def test_values_outside_the_documented_ranges(
+    stub: asr_pb2_grpc.RecognizerStub, server: ServerThread
+) -> None:
+    pcm = float_to_pcm16(speech(0.5))
+    cfg = asr_pb2.RecognitionConfig(encoding=asr_pb2.LINEAR16, sample_rate_hertz=SAMPLE_RATE)
+    cfg.decoding.method = cast(Any, 7)  # not a DecodingConfig.Method
+    req = asr_pb2.RecognizeRequest(config=cfg, audio=asr_pb2.RecognitionAudio(content=pcm))
+    assert status(lambda: stub.Recognize(req, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    for seconds, want in ((50.0, grpc.StatusCode.INVALID_ARGUMENT), (30.0, grpc.StatusCode.OK)):
+        sc = stream_config()
+        sc.endpointing.max_segment_seconds = seconds
+        got = status(lambda sc=sc: list(stub.StreamingRecognize(requests([pcm], sc), timeout=30)))
+        assert got == want, seconds
+    assert_serving(server)
+
+
+def test_stream_header_rate_must_match_a_declared_rate(
+    stub: asr_pb2_grpc.RecognizerStub, server: ServerThread
+) -> None:
+    wav = _encoded(np.zeros(22050, dtype=np.float32), 22050, "WAV")
+    chunks = [wav[i : i + 4096] for i in range(0, len(wav), 4096)]
+    for declared, want in (
+        (16000, grpc.StatusCode.INVALID_ARGUMENT),
+        (22050, grpc.StatusCode.OK),
+        (0, grpc.StatusCode.OK),
+    ):
+        sc = stream_config(asr_pb2.WAV, declared)
+        assert status(lambda sc=sc: list(stub.StreamingRecognize(requests(chunks, sc), timeout=30))) == want
+    assert_serving(server)
+
+
+def test_flac_stream_cannot_pass_the_duration_cap(
+    stub: asr_pb2_grpc.RecognizerStub, server: ServerThread
+) -> None:
+    # a FLAC stream decodes only at its end: its audio was never counted against max_stream_seconds (20 s)
+    flac = _encoded(np.tile(speech(1.0), 10), SAMPLE_RATE, "FLAC")  # 25 s
+    chunks = [flac[i : i + 16384] for i in range(0, len(flac), 16384)]
+    sc = stream_config(asr_pb2.FLAC, 0)
+    assert status(lambda: list(stub.StreamingRecognize(requests(chunks, sc), timeout=60))) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert_serving(server)
+
+
+def test_container_streams_decode_off_the_event_loop(
+    stub: asr_pb2_grpc.RecognizerStub, server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.audio as server_audio
+
+    threads: set[int] = set()
+    push = server_audio.ContainerChunkDecoder.push
+
+    def spy(self: server_audio.ContainerChunkDecoder, data: bytes) -> np.ndarray:
+        threads.add(threading.get_ident())
+        return push(self, data)
+
+    monkeypatch.setattr(server_audio.ContainerChunkDecoder, "push", spy)
+    ogg = _encoded(speech(1.0), SAMPLE_RATE, "OGG")
+    chunks = [ogg[i : i + 2048] for i in range(0, len(ogg), 2048)]
+    list(stub.StreamingRecognize(requests(chunks, stream_config(asr_pb2.OGG_OPUS, 0)), timeout=30))
+    assert threads and server._thread.ident not in threads  # never on the loop that serves every call
+
+
+def test_a_passed_deadline_is_counted_as_such(
+    stub: asr_pb2_grpc.RecognizerStub, server: ServerThread
+) -> None:
+    errors = server._server.service.metrics.errors
+    before = errors.labels("StreamingRecognize", "DEADLINE_EXCEEDED")._value.get()
+    slow = requests(pcm_chunks(speech(1.0)), delay=0.2)
+    code = status(lambda: list(stub.StreamingRecognize(slow, timeout=0.5)))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 5
+    while errors.labels("StreamingRecognize", "DEADLINE_EXCEEDED")._value.get() == before:
+        assert time.monotonic() < deadline, "the server did not count the deadline"
+        time.sleep(0.05)
+
+
+def test_a_used_port_is_refused(model: asr.ASRModel, server: ServerThread) -> None:
+    # gRPC's default SO_REUSEPORT let a second server share the port and take half the connections
+    with pytest.raises(OSError, match="could not bind"), ServerThread(model, port=server.port):
+        pass
+
+
+def test_metrics_listen_where_grpc_does(model: asr.ASRModel) -> None:
+    with ServerThread(model, host="127.0.0.1", metrics_port=0) as srv:
+        port = srv._server.metrics_port
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        with pytest.raises(OSError):  # another loopback address: /metrics is not on every interface
+            socket.create_connection(("127.0.0.2", port), timeout=5).close()
