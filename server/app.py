@@ -178,10 +178,13 @@ async def create_server(
             port = server.add_secure_port(address, creds)
         else:
             port = server.add_insecure_port(address)
-    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
-        raise OSError(f"could not bind {address}: {exc}; is the port in use? Pick another --port") from None
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind {address}; is the port in use? Pick another --port")
+        raise OSError(
+            f"could not bind {address}: the port is in use or the address is not this machine's; "
+            "pick another --port / ASR_PORT or --host"
+        )
     # /metrics listens where gRPC does: all interfaces for the wildcard hosts, else the given address
     metrics_host = "0.0.0.0" if config.host in ("[::]", "::", "0.0.0.0", "") else config.host.strip("[]")
     metrics_port = metrics.serve(config.metrics_port, metrics_host) if config.metrics_port >= 0 else None
