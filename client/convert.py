@@ -106,11 +106,18 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return p.read_bytes()
 
 
+def check_rate(sample_rate: int | None) -> None:
+    """Reject a sample rate that is not a positive number of Hz (``None`` means "not given")."""
+    if sample_rate is not None and sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive (samples per second, e.g. 16000), got {sample_rate}")
+
+
 def linear_audio(audio: AudioSource, sample_rate: int | None) -> tuple[np.ndarray, int]:
     """A float32 mono waveform and its rate from a path, encoded bytes, or an array at ``sample_rate``."""
     if isinstance(audio, np.ndarray):
         if sample_rate is None:
             raise ValueError("an array of samples needs its sample_rate (e.g. sample_rate=16000)")
+        check_rate(sample_rate)
         if audio.ndim != 1:
             raise ValueError(f"expected a mono waveform of shape (samples,), got shape {audio.shape}")
         if audio.dtype == np.int16:
@@ -168,9 +175,11 @@ def shifted(result: StreamingResult, offset: float) -> StreamingResult:
     return replace(result, start=result.start + offset, end=result.end + offset, alternatives=alts)
 
 
-def transcript_from_finals(finals: list[StreamingResult], duration: float) -> Transcript:
+def transcript_from_finals(
+    finals: list[StreamingResult], duration: float, model: str = "", request_id: str = ""
+) -> Transcript:
     segments = tuple(Segment(r.start, r.end, r.alternatives) for r in finals)
-    return Transcript.from_segments(segments, duration)
+    return Transcript.from_segments(segments, duration, model, request_id)
 
 
 def models(resp: pb.ListModelsResponse) -> list[ModelInfo]:

@@ -126,7 +126,73 @@ def _check_chunk(chunk: Chunk) -> bytes:
         return to_linear16(chunk)
     if isinstance(chunk, (bytes, bytearray, memoryview)):
         return bytes(chunk)
-    raise TypeError(f"stream chunks must be LINEAR16 bytes or numpy arrays, got {type(chunk).__name__}")
+    raise TypeError(
+        "stream chunks must be LINEAR16 bytes (bytes, bytearray or memoryview) or numpy arrays "
+        f"(float32 in [-1, 1] or int16), got {type(chunk).__name__}"
+    )
+
+
+def _chunk_rate(sample_rate: int | None) -> int:
+    """The rate of a stream of chunks: ``sample_rate``, 16000 when not given."""
+    convert.check_rate(sample_rate)
+    return 16000 if sample_rate is None else sample_rate
+
+
+def _default_model(models: list[ModelInfo]) -> str:
+    return next((m.name for m in models if m.is_default), "")
+
+
+class _SourceGuard:
+    """Feeds a stream's audio source to gRPC, keeping the source's own exception for the caller.
+
+    Left alone, gRPC turns an exception of the request iterator into a failed call: UNKNOWN "Exception
+    iterating requests!" (blocking API) or a bare ``asyncio.CancelledError`` (``grpc.aio``). Here the
+    exception is stored, the call cancelled and the audio ended; the stream then raises it unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+        self._cancel: Callable[[], object] | None = None
+        self._lock = threading.Lock()
+
+    def attach(self, cancel: Callable[[], object]) -> None:
+        """Cancel with ``cancel`` (the current attempt's call) when the source fails, or now if it has."""
+        with self._lock:
+            self._cancel = cancel
+            failed = self.error is not None
+        if failed:
+            cancel()
+
+    def _fail(self, exc: Exception) -> None:
+        with self._lock:
+            self.error = exc
+            cancel = self._cancel
+        if cancel is not None:
+            cancel()
+
+    def reraise(self) -> None:
+        """Raise the source's exception, if it raised one."""
+        if self.error is not None:
+            raise self.error from None
+
+    def wrap(self, source: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            yield from source
+        except Exception as exc:  # kept for reraise(): the caller gets it, not gRPC
+            self._fail(exc)
+
+    async def awrap(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in source:
+                yield chunk
+        except Exception as exc:  # kept for reraise(): the caller gets it, not gRPC
+            self._fail(exc)
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether the running task itself is being cancelled (Python 3.11+; False where that is unknown)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return bool(cancelling and cancelling())
 
 
 def _whole(audio: object) -> bool:
@@ -254,7 +320,8 @@ class Client:
     ``target`` is ``HOST:PORT``. TLS: ``tls=True`` uses the system roots; ``root_certificates`` (PEM bytes or
     path) trusts a private CA; ``client_certificate`` + ``client_key`` add mutual TLS; or pass ready-made gRPC
     ``credentials``. ``token`` is sent as ``authorization: Bearer TOKEN``. ``timeout`` is the deadline of
-    ``recognize`` and ``list_models`` calls in seconds (streams have none unless given). ``retries`` is how
+    ``recognize`` and ``list_models`` calls in seconds (streams have none unless given; a recording that
+    ``recognize`` sends as several streams has it for each of them). ``retries`` is how
     many times an UNAVAILABLE call is tried again, waiting ``backoff``, 2 x ``backoff``, ... (at most
     ``max_backoff``).
     """
@@ -318,22 +385,37 @@ class Client:
         """Recognise a whole recording: a path, encoded bytes (WAV, FLAC, Ogg/Opus, MP3), or a mono array.
 
         ``sample_rate`` is the rate of an array (float32 in [-1, 1] or int16); ``resample_to`` resamples on
-        the client first. Audio too large for one message is sent as a stream instead (no pacing).
+        the client first. Audio too large for one message or over ``LONG_AUDIO_SECONDS`` is sent as a stream
+        instead (no pacing), or as several cut at quiet points; ``timeout`` (else the client's) is then the
+        deadline of each stream, and ``request_id`` lists their ids, comma-separated.
         """
         config = config or RecognitionConfig()
         request = convert.recognize_request(audio, config, sample_rate, resample_to)
-        if _too_big(audio, request, self._opts.max_message_bytes):
-            pieces, rate, duration = _long_pieces(audio, sample_rate, resample_to)
-            stream_config = StreamingConfig(config, interim_results=False)
-            finals = [
-                convert.shifted(result, offset)
-                for offset, chunks in pieces
-                for result in self._stream(chunks, rate, stream_config, timeout)
-            ]
-            return convert.transcript_from_finals(finals, duration)
         metadata, deadline = self._opts.metadata, timeout or self._opts.timeout
+        if _too_big(audio, request, self._opts.max_message_bytes):
+            return self._recognize_long(audio, config, sample_rate, resample_to, deadline)
         response = self._unary(lambda: self._stub.Recognize(request, timeout=deadline, metadata=metadata))
         return convert.transcript(response)
+
+    def _recognize_long(
+        self,
+        audio: AudioSource,
+        config: RecognitionConfig,
+        sample_rate: int | None,
+        resample_to: int | None,
+        timeout: float | None,
+    ) -> Transcript:
+        """A recording too long or too large for Recognize, as streams of ``timeout`` seconds each at most."""
+        pieces, rate, duration = _long_pieces(audio, sample_rate, resample_to)
+        stream_config = StreamingConfig(config, interim_results=False)
+        request_ids: list[str] = []
+        finals = [
+            convert.shifted(result, offset)
+            for offset, chunks in pieces
+            for result in self._stream(chunks, rate, stream_config, timeout, request_ids)
+        ]
+        model = config.model or _default_model(self.list_models(timeout=timeout))
+        return convert.transcript_from_finals(finals, duration, model, ",".join(request_ids))
 
     def stream(
         self,
@@ -359,33 +441,46 @@ class Client:
         else:
             if resample_to:
                 raise ValueError("resample_to works on whole recordings; send chunks at their sample_rate")
-            rate = sample_rate or 16000
+            rate = _chunk_rate(sample_rate)
             source = (_check_chunk(c) for c in audio)  # type: ignore[union-attr,arg-type]
         if realtime:
             source = pace(source, rate * 2)
         return self._stream(source, rate, config, timeout)
 
     def _stream(
-        self, source: Iterable[bytes], rate: int, config: StreamingConfig, timeout: float | None
+        self,
+        source: Iterable[bytes],
+        rate: int,
+        config: StreamingConfig,
+        timeout: float | None,
+        request_ids: list[str] | None = None,
     ) -> Iterator[StreamingResult]:
+        """Results of one stream, retried while UNAVAILABLE before its first response. The server's id of
+        the stream is appended to ``request_ids`` when that is given."""
         first = convert.streaming_config(config, rate)
-        replay = _Replay(iter(source))
+        guard = _SourceGuard()
+        replay = _Replay(guard.wrap(iter(source)))
         got_response = False
         for attempt in itertools.count():
             requests = itertools.chain(
                 [first], (pb.StreamingRecognizeRequest(audio_content=c) for c in replay.attempt())
             )
             call = self._stub.StreamingRecognize(requests, timeout=timeout, metadata=self._opts.metadata)
+            guard.attach(call.cancel)
             request_id = ""
             try:
                 for response in call:
                     if not got_response:
                         got_response = True
                         replay.stop_keeping()
+                        if request_ids is not None:
+                            request_ids.append(response.request_id)
                     request_id = response.request_id
                     yield from convert.streaming_results(response)
+                guard.reraise()
                 return
             except grpc.RpcError as exc:
+                guard.reraise()
                 if not got_response and errors.is_retryable(exc) and attempt < self._opts.retries:
                     time.sleep(self._opts.delay(attempt))
                     continue
@@ -489,20 +584,33 @@ class AsyncClient:
         """See :meth:`Client.recognize`."""
         config = config or RecognitionConfig()
         request = await asyncio.to_thread(convert.recognize_request, audio, config, sample_rate, resample_to)
-        if await asyncio.to_thread(_too_big, audio, request, self._opts.max_message_bytes):
-            pieces, rate, duration = await asyncio.to_thread(_long_pieces, audio, sample_rate, resample_to)
-            stream_config = StreamingConfig(config, interim_results=False)
-            finals = [
-                convert.shifted(result, offset)
-                for offset, chunks in pieces
-                async for result in self._stream(_list_chunks(chunks), rate, stream_config, timeout)
-            ]
-            return convert.transcript_from_finals(finals, duration)
         metadata, deadline = self._opts.metadata, timeout or self._opts.timeout
+        if await asyncio.to_thread(_too_big, audio, request, self._opts.max_message_bytes):
+            return await self._recognize_long(audio, config, sample_rate, resample_to, deadline)
         response: Any = await self._unary(
             lambda: self._stub.Recognize(request, timeout=deadline, metadata=metadata)
         )
         return convert.transcript(response)
+
+    async def _recognize_long(
+        self,
+        audio: AudioSource,
+        config: RecognitionConfig,
+        sample_rate: int | None,
+        resample_to: int | None,
+        timeout: float | None,
+    ) -> Transcript:
+        """See :meth:`Client._recognize_long`."""
+        pieces, rate, duration = await asyncio.to_thread(_long_pieces, audio, sample_rate, resample_to)
+        stream_config = StreamingConfig(config, interim_results=False)
+        request_ids: list[str] = []
+        finals = [
+            convert.shifted(result, offset)
+            for offset, chunks in pieces
+            async for result in self._stream(_list_chunks(chunks), rate, stream_config, timeout, request_ids)
+        ]
+        model = config.model or _default_model(await self.list_models(timeout=timeout))
+        return convert.transcript_from_finals(finals, duration, model, ",".join(request_ids))
 
     async def stream(
         self,
@@ -525,7 +633,7 @@ class AsyncClient:
         else:
             if resample_to:
                 raise ValueError("resample_to works on whole recordings; send chunks at their sample_rate")
-            rate = sample_rate or 16000
+            rate = _chunk_rate(sample_rate)
             source = _async_chunks(audio)  # type: ignore[arg-type]
         if realtime:
             source = apace(source, rate * 2)
@@ -533,26 +641,44 @@ class AsyncClient:
             yield result
 
     async def _stream(
-        self, source: AsyncIterator[bytes], rate: int, config: StreamingConfig, timeout: float | None
+        self,
+        source: AsyncIterator[bytes],
+        rate: int,
+        config: StreamingConfig,
+        timeout: float | None,
+        request_ids: list[str] | None = None,
     ) -> AsyncIterator[StreamingResult]:
+        """See :meth:`Client._stream`."""
         first = convert.streaming_config(config, rate)
-        replay = _AsyncReplay(source)
+        guard = _SourceGuard()
+        replay = _AsyncReplay(guard.awrap(source))
         got_response = False
         for attempt in itertools.count():
             call = self._stub.StreamingRecognize(
                 replay.attempt(first), timeout=timeout, metadata=self._opts.metadata
             )
+            guard.attach(call.cancel)
             request_id = ""
             try:
                 async for response in call:
                     if not got_response:
                         got_response = True
                         replay.stop_keeping()
+                        if request_ids is not None:
+                            request_ids.append(response.request_id)
                     request_id = response.request_id
                     for result in convert.streaming_results(response):
                         yield result
+                guard.reraise()
                 return
+            except asyncio.CancelledError:
+                # grpc.aio ends a call cancelled on this side with CancelledError: the guard's doing when the
+                # source failed, otherwise (or when this task is being cancelled) a real cancellation.
+                if not _cancelled_from_outside():
+                    guard.reraise()
+                raise
             except grpc.RpcError as exc:
+                guard.reraise()
                 if not got_response and _masked_by_core(exc):
                     exc = await self._probe(first, timeout) or exc
                 if not got_response and errors.is_retryable(exc) and attempt < self._opts.retries:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from client.audio import DEFAULT_CHUNK_MS, read_raw
+from client.cli import CLIError
 from client.formats import word_record
 from client.transcribe_cli import add_connection_args, add_phrase_args, make_client, phrases_from_args
 from client.types import RecognitionConfig, StreamingConfig, StreamingResult
@@ -53,7 +54,10 @@ def register(subparsers: Any) -> None:
         "-s", "--server", default=os.environ.get("ASR_SERVER", "localhost:50051"),
         help="HOST:PORT of the server (default: $ASR_SERVER or localhost:50051)",
     )
-    add_connection_args(p)
+    add_connection_args(
+        p, timeout=None,
+        timeout_help="deadline of the whole stream in seconds, real-time pacing included (default: none)",
+    )
     src = p.add_argument_group("audio")
     src.add_argument("--raw", action="store_true", help="stdin is raw little-endian 16-bit PCM (mono)")
     src.add_argument("--rate", type=int, default=16000, help="sample rate of --raw input (default: 16000)")
@@ -144,16 +148,28 @@ def results(args: argparse.Namespace, config: StreamingConfig) -> Iterator[Strea
                 chunk_bytes = max(2, args.rate * args.chunk_ms // 1000 * 2)
                 source: Any = read_raw(sys.stdin.buffer, chunk_bytes)
                 yield from client.stream(
-                    source, config, sample_rate=args.rate, realtime=args.realtime, chunk_ms=args.chunk_ms
+                    source, config, sample_rate=args.rate, realtime=args.realtime, chunk_ms=args.chunk_ms,
+                    timeout=args.timeout,
                 )
                 return
             source = sys.stdin.buffer.read()  # an encoded file needs its whole header before decoding
         else:
             source = args.path
-        yield from client.stream(source, config, realtime=args.realtime, chunk_ms=args.chunk_ms)
+        yield from client.stream(
+            source, config, realtime=args.realtime, chunk_ms=args.chunk_ms, timeout=args.timeout
+        )
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject option values that make no sense, before reading any audio."""
+    if args.rate <= 0:
+        raise CLIError(f"--rate must be a positive sample rate in Hz (e.g. 16000), got {args.rate}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise CLIError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
     tty = sys.stdout.isatty()
     config = StreamingConfig(
         recognition=RecognitionConfig(

@@ -138,8 +138,13 @@ def phrases_from_args(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(phrases)
 
 
-def add_connection_args(group: Any) -> None:
-    """Options shared by every command that talks to a server."""
+def add_connection_args(
+    group: Any,
+    *,
+    timeout: float | None = 300.0,
+    timeout_help: str = "seconds per request (default: 300)",
+) -> None:
+    """Options shared by every command that talks to a server; ``timeout`` is ``--timeout``'s default."""
     group.add_argument(
         "--token", default=os.environ.get("ASR_TOKEN"), help="bearer token (default: $ASR_TOKEN)"
     )
@@ -147,7 +152,7 @@ def add_connection_args(group: Any) -> None:
     group.add_argument("--ca", metavar="PEM", help="CA certificate to trust (implies --tls)")
     group.add_argument("--cert", metavar="PEM", help="client certificate for mutual TLS (with --key)")
     group.add_argument("--key", metavar="PEM", help="client private key for mutual TLS")
-    group.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default: 300)")
+    group.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
     group.add_argument("--retries", type=int, default=3, help="retries when the server is unavailable")
 
 
