@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torchaudio.functional as AF
 from torch import Tensor
@@ -72,6 +74,48 @@ def align_words(
         current.append(i)
     flush()
     return words
+
+
+def voiced_span(
+    audio: np.ndarray, sample_rate: int = 16000, frame_ms: int = 20
+) -> tuple[float, float] | None:
+    """Seconds where the voiced part of ``audio`` starts and ends, by frame energy; ``None`` when the audio
+    has no clearly quieter part (loudest frames less than 20 dB above the quietest), so nothing is known.
+
+    Frames count as voiced above ``max(floor + 10 dB, loud - 35 dB)``, where ``floor`` and ``loud`` are the
+    10th and 95th percentiles of the frames' energies.
+    """
+    hop = sample_rate * frame_ms // 1000
+    n = len(audio) // hop
+    if n < 2:
+        return None
+    frames = audio[: n * hop].astype(np.float64).reshape(n, hop)
+    energy = 10.0 * np.log10((frames**2).mean(axis=1) + 1e-10)
+    floor, loud = np.percentile(energy, [10, 95])
+    if loud - floor < 20.0:
+        return None
+    voiced = np.flatnonzero(energy > max(floor + 10.0, loud - 35.0))
+    if voiced.size == 0:
+        return None
+    return float(voiced[0]) * frame_ms / 1000, float(voiced[-1] + 1) * frame_ms / 1000
+
+
+def clamp_to_voiced(
+    words: Sequence[Word], span: tuple[float, float] | None, offset: float = 0.0, margin: float = 0.1
+) -> list[Word]:
+    """Keep word times within the voiced span (seconds from the segment's start, moved by ``offset``) and
+    ``margin`` around it. CTC puts a token's spike anywhere its frames allow, and a model trained on closely
+    cut recordings fires its first token on the first frame whatever silence comes before it: without this,
+    the first word of a recording with a second of leading silence would "start" at 0."""
+    if span is None:
+        return list(words)
+    lo, hi = offset + span[0] - margin, offset + span[1] + margin
+    out = []
+    for w in words:
+        start = min(max(w.start, lo), hi)
+        end = max(min(w.end, hi), start)
+        out.append(dataclasses.replace(w, start=start, end=end))
+    return out
 
 
 def _even_words(

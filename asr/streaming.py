@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from asr.alignment import Word
+from asr.alignment import Word, voiced_span
 from asr.audio import SAMPLE_RATE, check_finite
 from asr.decoding import DecodingOptions, LanguageModel
 from asr.transcribe import Alternative, decode_encoded, encode_waveforms, split_long_audio
@@ -552,6 +552,7 @@ class Recognizer:
             starts = [jobs[i].start / SAMPLE_RATE for i in idx]
             durations = [len(jobs[i].audio) / SAMPLE_RATE for i in idx]
             word_times = any(jobs[i].stream.options.word_times for i in idx)
+            voiced = [voiced_span(jobs[i].audio) for i in idx] if word_times else None
             transcripts = decode_encoded(
                 self.model,
                 sub,
@@ -560,6 +561,7 @@ class Recognizer:
                 offsets=starts,
                 durations=durations,
                 word_times=word_times,
+                voiced=voiced,
                 lm=self.lm,
             )
             for i, t in zip(idx, transcripts, strict=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asr.alignment import Word, align_words
+from asr.alignment import Word, align_words, clamp_to_voiced, voiced_span
 from asr.audio import SAMPLE_RATE, AudioInput, load_audio
 from asr.decoding import DecodingOptions, Hypothesis, LanguageModel, beam_search, ctc_greedy
 
@@ -75,8 +76,10 @@ def decode_encoded(
     durations: list[float] | None = None,
     lm: LanguageModel | None = None,
     word_times: bool = True,
+    voiced: Sequence[tuple[float, float] | None] | None = None,
 ) -> list[Transcript]:
-    """Decode a batch of encoder outputs ``(B, T', D)`` into transcripts."""
+    """Decode a batch of encoder outputs ``(B, T', D)`` into transcripts. ``voiced``: each segment's
+    :func:`asr.alignment.voiced_span`, which its word times are kept within."""
     tok = model.tokenizer
     b = enc.size(0)
     offsets = offsets or [0.0] * b
@@ -105,6 +108,8 @@ def decode_encoded(
         words: list[Word] = []
         if word_times and hyps and hyps[0].tokens:
             words = align_words(ctc_lp[i, : int(enc_lengths[i])], hyps[0].tokens, tok, shift, offsets[i])
+            if voiced is not None:
+                words = clamp_to_voiced(words, voiced[i], offsets[i])
         out.append(Transcript(alts[0].text if alts else "", alts, tuple(words), durations[i]))
     return out
 
@@ -146,8 +151,17 @@ def decode_waveforms(
         return []
     enc, enc_lengths, short = encode_waveforms(model, waves)
     durations = [len(w) / SAMPLE_RATE for w in waves]
+    voiced = [voiced_span(w) for w in waves] if word_times else None
     results = decode_encoded(
-        model, enc, enc_lengths, options, offsets=offsets, durations=durations, lm=lm, word_times=word_times
+        model,
+        enc,
+        enc_lengths,
+        options,
+        offsets=offsets,
+        durations=durations,
+        lm=lm,
+        word_times=word_times,
+        voiced=voiced,
     )
     return [Transcript("", (), (), durations[i]) if short[i] else r for i, r in enumerate(results)]
 

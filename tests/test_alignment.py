@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from asr.alignment import align_words
+from asr.alignment import Word, align_words, clamp_to_voiced, voiced_span
 from asr.tokenizer import CharTokenizer
 
 TOK = CharTokenizer.default()
@@ -67,3 +70,46 @@ def test_empty_and_blank_only_token_lists() -> None:
     lp = torch.randn(5, TOK.vocab_size).log_softmax(-1)
     assert align_words(lp, [], TOK, 0.04) == []
     assert align_words(lp, [0, 0], TOK, 0.04) == []
+
+
+def test_voiced_span_finds_the_speech_in_silence() -> None:
+    sr = 16000
+    rng = np.random.default_rng(0)
+    tone = 0.3 * np.sin(2 * np.pi * 200 * np.arange(sr) / sr)
+    audio = np.concatenate([np.zeros(int(1.5 * sr)), tone, np.zeros(sr // 2)]).astype(np.float32)
+    audio += (rng.standard_normal(len(audio)) * 1e-4).astype(np.float32)
+    start, end = voiced_span(audio, sr)  # type: ignore[misc]
+    assert start == pytest.approx(1.5, abs=0.03) and end == pytest.approx(2.5, abs=0.03)
+    # no clearly quieter part: nothing is known, nothing gets clamped
+    assert voiced_span(tone.astype(np.float32), sr) is None
+    assert voiced_span(np.zeros(100, dtype=np.float32), sr) is None
+
+
+def test_clamp_to_voiced_moves_spikes_out_of_silence() -> None:
+    words = [Word("WE", 0.0, 1.64, 0.9), Word("CALL", 1.72, 1.92, 0.2), Word("LATE", 2.9, 3.3, 0.5)]
+    shifted = [Word(w.word, w.start + 10, w.end + 10, w.confidence) for w in words]
+    out = clamp_to_voiced(shifted, (1.5, 2.6), offset=10.0)  # a segment 10 s into a stream
+    assert [(w.start, w.end) for w in out] == [
+        pytest.approx((11.4, 11.64)),  # the first token's spike sat on frame 0 of the segment
+        pytest.approx((11.72, 11.92)),
+        pytest.approx((12.7, 12.7)),  # wholly after the speech: pinned to its end
+    ]
+    assert clamp_to_voiced(shifted, None, offset=10.0) == shifted
+
+
+def test_bundled_model_word_times_after_leading_silence(speech_dir: Path) -> None:
+    """The bundled model fires its first token on frame 0 whatever precedes the speech; the word times
+    must still put the first word where the speech is."""
+    import asr
+    from asr.audio import SAMPLE_RATE, load_audio
+
+    model = asr.load_model()
+    speech = load_audio(speech_dir / "utt0.wav")
+    pad = 1.5
+    audio = np.concatenate([np.zeros(int(pad * SAMPLE_RATE), dtype=np.float32), speech])
+    onset = voiced_span(speech)
+    assert onset is not None
+    words = model.transcribe(audio).words
+    assert words, "no words"
+    assert words[0].start >= pad + onset[0] - 0.15, words[0]
+    assert all(w.start <= w.end for w in words)
