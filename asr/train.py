@@ -133,7 +133,12 @@ class TrainConfig:
             raise ValueError(f"best_by must be 'loss' or 'cer', got {self.best_by!r}")
         if not self.data.train:
             raise ValueError("data.train must list at least one training manifest")
-        ModelConfig.from_dict(self.model)  # fail early on a bad model section
+        model = ModelConfig.from_dict(self.model)  # fail early on a bad model section
+        if self.best_by == "cer" and model.ctc_weight == 0.0 and not self.init_from:
+            raise ValueError(
+                "best_by: cer needs the CTC head (validation CER is greedy CTC), but model.ctc_weight is 0; "
+                "use best_by: loss or a ctc_weight above 0"
+            )
 
     @property
     def model_config(self) -> ModelConfig:
@@ -170,13 +175,40 @@ def _build(cls: Any, d: Any, where: str) -> Any:
     for name, value in d.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            value = _build(hint, value, f"{where}{name}.")
-        elif typing.get_origin(hint) is tuple:
-            value = tuple(value) if isinstance(value, list | tuple) else (value,)
-        elif hint is float and isinstance(value, int | str):
-            value = float(value)
-        kwargs[name] = value
+            kwargs[name] = _build(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _typed(hint, value, where + name)
     return cls(**kwargs)
+
+
+def _typed(hint: Any, value: Any, key: str) -> Any:
+    """``value`` as the field's type (ints and numeric strings may stand for floats: YAML reads ``1e-3`` as
+    a string); anything else is a ``ValueError`` naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        items = list(value) if isinstance(value, list | tuple) else [value] if variadic else None
+        if items is None or (not variadic and len(items) != len(args)):
+            want = "a list" if variadic else f"a list of {len(args)} values"
+            raise ValueError(f"config key {key!r} must be {want}, got {value!r}")
+        types = [args[0]] * len(items) if variadic else list(args)
+        return tuple(_typed(t, v, key) for t, v in zip(types, items, strict=True))
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+    if hint is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"config key {key!r} must be a string, got {value!r}")
+    return value
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -259,7 +291,13 @@ def compute_cmvn(
     rng = random.Random(seed)
     sample = rng.sample(list(utts), min(num_utts, len(utts)))
     ds = SpeechDataset(sample, model.tokenizer)
-    loader = DataLoader(ds, batch_size=16, num_workers=num_workers, collate_fn=collate)
+    loader = DataLoader(
+        ds,
+        batch_size=16,
+        num_workers=num_workers,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),  # not the global RNG: resumed runs must match
+    )
     n_mels = model.config.features.n_mels
     total = torch.zeros(n_mels, dtype=torch.float64)
     total_sq = torch.zeros(n_mels, dtype=torch.float64)
@@ -402,6 +440,17 @@ class MetricsLog:
             except ImportError:
                 pass
 
+    def drop_after(self, step: int) -> None:
+        """Forget the records after ``step`` (a resumed run logs those steps again)."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -492,6 +541,13 @@ def _train(
         ckpt = load_checkpoint(last_path)
         model = model_from_checkpoint(ckpt).to(device)
         state = ckpt["extra"]["train"]
+        trained_on = int(state.get("world_size", dinfo.world_size))
+        if trained_on != dinfo.world_size:
+            raise ValueError(
+                f"{last_path} was trained by {trained_on} process(es) and this run has {dinfo.world_size}: "
+                "the batch order and LR schedule depend on it. Resume with the same number (torchrun "
+                f"--nproc-per-node {trained_on}), or start a new run with init_from: {last_path}"
+            )
         log.info("resuming %s at epoch %d, step %d", last_path, state["epoch"], state["step"])
     elif config.init_from:
         model = model_from_checkpoint(load_checkpoint(config.init_from)).to(device)
@@ -554,6 +610,9 @@ def _train(
             collate_fn=collate,
             num_workers=min(workers, 2),
             persistent_workers=workers > 0,
+            # its own seed: drawn from the global RNG, the first validation would shift dropout masks, and
+            # only a resumed run would draw it again (from the restored state)
+            generator=torch.Generator().manual_seed(config.seed + 1),
         )
 
     steps_per_epoch = len(sampler.all_batches(0)) // dinfo.world_size
@@ -591,6 +650,8 @@ def _train(
     history: list[dict[str, Any]] = list(state.get("history", []))
     best_score = min((h["score"] for h in history), default=math.inf)
     metrics = MetricsLog(out, dinfo.is_main)
+    if state:
+        metrics.drop_after(step)  # what was logged after last.pt was written is done again
     valid_texts = [u.text for u in valid_utts]
     texts_note = f"{len(train_utts)} train / {len(valid_utts)} valid utterances"
     if dinfo.is_main:
@@ -610,6 +671,7 @@ def _train(
             "epoch": next_epoch,
             "batch_in_epoch": next_batch,
             "step": step,
+            "world_size": dinfo.world_size,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(device),
@@ -760,6 +822,8 @@ def _train(
             extra.update(epoch_record)
             ep_path = out / f"epoch-{epoch + 1}.pt"
             save_checkpoint(model, ep_path, extra=extra)
+            # an epoch cut short by max_steps was validated already; resumed and finished, it is replaced
+            history = [h for h in history if h["epoch"] != epoch + 1]
             history.append({"epoch": epoch + 1, "score": score, "path": ep_path.name})
             if score <= best_score or not math.isfinite(best_score):
                 best_score = score

@@ -4,6 +4,7 @@ resuming continues the step count (and, mid-epoch, gives the same weights as an 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -71,7 +72,7 @@ def tiny_config(manifest: Path, out: Path, **changes: Any) -> dict[str, Any]:
             "cmvn_utts": 4,
             "specaugment": {"enabled": False},
         },
-        "model": TINY_MODEL,
+        "model": copy.deepcopy(TINY_MODEL),
         "optim": {"lr": 5e-3, "warmup_steps": 3, "schedule": "constant"},
         "epochs": 40,
         "amp": False,
@@ -144,6 +145,55 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(manifest: Path, tmp_path:
     b = load_checkpoint(part / "last.pt")["state_dict"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_resume_with_workers_validation_and_a_max_steps_stop(manifest: Path, tmp_path: Path) -> None:
+    """Data workers and a validation set: the validation loader used to draw its seed from the global RNG
+    (the resumed run drew it again, so dropout masks differed), and an epoch cut by max_steps was validated
+    and recorded twice once resumed."""
+    common = {"data__max_batch_seconds": 4.5, "data__num_workers": 1, "epochs": 3, "average": 0}
+    train(TrainConfig.from_dict(tiny_config(manifest, tmp_path / "full", **common)))
+    part = tmp_path / "part"
+    train(TrainConfig.from_dict(tiny_config(manifest, part, max_steps=3, **common)))  # stops inside epoch 2
+    second = train(TrainConfig.from_dict(tiny_config(manifest, part, **common)), resume=True)
+    assert second["steps"] == 6 and second["steps_run"] == 3
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["state_dict"]
+    last = load_checkpoint(part / "last.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], last["state_dict"][k], msg=k)
+    assert [h["epoch"] for h in last["extra"]["train"]["history"]] == [1, 2, 3]
+    assert [r["step"] for r in records(part, "train")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_another_world_size(manifest: Path, tmp_path: Path) -> None:
+    from asr.checkpoint import atomic_save
+
+    common = {"data__max_batch_seconds": 4.5, "data__valid": [], "epochs": 2, "average": 0}
+    out = tmp_path / "run"
+    train(TrainConfig.from_dict(tiny_config(manifest, out, max_steps=1, save_every_steps=1, **common)))
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["extra"]["train"]["world_size"] == 1
+    ckpt["extra"]["train"]["world_size"] = 2  # as if torchrun had run it on two processes
+    atomic_save(ckpt, out / "last.pt")
+    with pytest.raises(ValueError, match="nproc-per-node 2"):
+        train(TrainConfig.from_dict(tiny_config(manifest, out, **common)), resume=True)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"epochs": "1"}, "'epochs' must be an integer"),
+        ({"amp": "yes"}, "'amp' must be true or false"),
+        ({"data__snr_db": 20}, "'data.snr_db' must be a list of 2 values"),
+        ({"optim__lr": "fast"}, "'optim.lr' must be a number"),
+        ({"best_by": "cer", "model__ctc_weight": 0.0}, "needs the CTC head"),
+    ],
+)
+def test_config_values_are_checked(
+    manifest: Path, tmp_path: Path, changes: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict(tiny_config(manifest, tmp_path, **changes))
 
 
 def test_config_files_and_cli(manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
