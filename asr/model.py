@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from asr.transcribe import AudioInput, Transcript
 
 Tokenizer = CharTokenizer | SentencePieceTokenizer
+_Section = TypeVar("_Section", FeatureConfig, EncoderConfig, DecoderConfig)
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}; expected some of {sorted(known)}")
         return cls(
-            features=FeatureConfig(**d.get("features", {})),
-            encoder=EncoderConfig(**d.get("encoder", {})),
-            decoder=DecoderConfig(**d.get("decoder", {})),
+            features=_section(FeatureConfig, d, "features"),
+            encoder=_section(EncoderConfig, d, "encoder"),
+            decoder=_section(DecoderConfig, d, "decoder"),
             ctc_weight=float(d.get("ctc_weight", 0.3)),
         )
 
@@ -62,6 +63,21 @@ class ModelConfig:
     def encoder_frame_shift(self) -> float:
         """Seconds per encoder output frame."""
         return self.features.frame_shift * self.encoder.subsampling
+
+
+def _section(cls: type[_Section], d: dict[str, Any], name: str) -> _Section:
+    """``d[name]`` (a mapping, or absent for the defaults) -> ``cls``; unknown keys name the choices."""
+    value = d.get(name, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"model config section 'model.{name}' must be a mapping of keys, got {value!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(value) - known
+    if unknown:
+        raise ValueError(
+            f"unknown model config keys {sorted(f'{name}.{k}' for k in unknown)} in section 'model.{name}'; "
+            f"expected some of {sorted(known)}"
+        )
+    return cls(**value)
 
 
 class ASRModel(nn.Module):

@@ -19,16 +19,31 @@ UNK_ID = 1  # both kinds
 
 _KEEP = re.compile(r"[^A-Z' ]+")
 _SPACES = re.compile(r"\s+")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+# Typographic apostrophes (right/left single quote, modifier letter apostrophe, acute accent, backtick) are
+# the same apostrophe as ``'``; mapped before NFKD, which would split the acute accent into space + mark.
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc\u00b4`", "'"))
+# Upper-case Latin letters that NFKD does not decompose, spelled out so that the word stays one word
+# (``str.upper`` already turns ``ß`` into ``SS`` and ``ı`` into ``I``).
+_LATIN = str.maketrans({"Æ": "AE", "Œ": "OE", "Ø": "O", "Ł": "L", "Đ": "D", "Ð": "D", "Þ": "TH"})
+
+
+def _fold_ascii(text: str) -> str:
+    """Accents dropped (``é`` -> ``e``); other non-ASCII characters become spaces, so words never merge."""
+    text = unicodedata.normalize("NFKD", text.upper().translate(_APOSTROPHES).translate(_LATIN))
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return _NON_ASCII.sub(" ", text)
 
 
 def normalize_text(text: str) -> str:
     """Upper case, ASCII letters, apostrophe and single spaces; used for training and for scoring.
 
     >>> normalize_text("Author of the danger-trail, Philip Steels, etc.")
-    "AUTHOR OF THE DANGER TRAIL PHILIP STEELS ETC"
+    'AUTHOR OF THE DANGER TRAIL PHILIP STEELS ETC'
+    >>> normalize_text("Don\u2019t stop: twenty\u2014two na\u00efve caf\u00e9s")
+    "DON'T STOP TWENTY TWO NAIVE CAFES"
     """
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    text = text.upper().replace("`", "'").replace("-", " ")
+    text = _fold_ascii(text).upper().replace("-", " ")
     text = _KEEP.sub(" ", text)
     text = re.sub(r"(^|\s)'+|'+(\s|$)", r"\1 \2", text)  # quotes, not apostrophes
     return _SPACES.sub(" ", text).strip()

@@ -80,6 +80,79 @@ def _resolve(rel: str, bases: list[Path]) -> Path:
     raise FileNotFoundError(f"audio {rel!r} not found (tried {tried}); pass --root to say where paths start")
 
 
+# recording id, start, end in seconds; end None: to the end of the recording (Kaldi writes -1)
+Segment = tuple[str, float, float | None]
+
+
+def _parse_segment(line: str, where: str) -> tuple[str, Segment, int] | None:
+    """One ``segments`` line -> ``(utterance, (recording, start, end), channel)``; None for an empty or
+    inverted segment, which Kaldi also warns about and skips. Malformed lines raise ``ValueError``."""
+    fields = line.split()
+    if len(fields) not in (4, 5):
+        raise ValueError(
+            f"{where}: expected 'utterance recording start end [channel]' (4 or 5 fields), got {line!r}"
+        )
+    try:
+        start, end = float(fields[2]), float(fields[3])
+        channel = int(fields[4]) if len(fields) == 5 else 0
+    except ValueError:
+        raise ValueError(
+            f"{where}: start and end must be seconds and the channel a whole number, got {line!r}"
+        ) from None
+    if channel < 0:
+        raise ValueError(f"{where}: the channel must be 0 or more, got {line!r}")
+    if end == -1:
+        return fields[0], (fields[1], start, None), channel
+    if start < 0 or end <= start:
+        log.warning("%s: skipping empty or inverted segment %r (end must be after start, or -1)", where, line)
+        return None
+    return fields[0], (fields[1], start, end), channel
+
+
+def _read_segments(path: Path) -> dict[str, Segment]:
+    """A Kaldi ``segments`` file. The optional 5th field (channel) is checked but not used: audio is always
+    mixed down to mono when loaded."""
+    out: dict[str, Segment] = {}
+    other_channel = 0
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parsed = _parse_segment(line, f"{path}:{n}") if line.strip() else None
+        if parsed is not None:
+            key, segment, channel = parsed
+            out[key] = segment
+            other_channel += channel > 0
+    if other_channel:
+        log.warning(
+            "%s: %d segments name a channel other than 0; channels are ignored (audio is mixed to mono)",
+            path,
+            other_channel,
+        )
+    return out
+
+
+def _segment_utterances(
+    src: Path, texts: dict[str, str], segments: dict[str, Segment], paths: dict[str, str], spk: dict[str, str]
+) -> list[Utterance]:
+    """Utterances of a data dir with ``segments``; those whose recording is not in wav.scp are skipped."""
+    utts, no_recording = [], []
+    for key, text in texts.items():
+        if key not in segments:
+            continue
+        reco, start, end = segments[key]
+        if reco not in paths:
+            no_recording.append(f"{key} -> {reco}")
+            continue
+        duration = None if end is None else end - start  # None: filled in from the audio header
+        utts.append(Utterance(key, paths[reco], text, spk.get(key, reco), start, duration))
+    if no_recording:
+        log.warning(
+            "%s: skipped %d segments whose recording is not in wav.scp (e.g. %s)",
+            src,
+            len(no_recording),
+            ", ".join(no_recording[:3]),
+        )
+    return utts
+
+
 def import_kaldi(src: Path, root: Path | None = None) -> list[Utterance]:
     """A Kaldi data dir. Relative wav.scp paths are resolved against ``root``, else the first of the data dir,
     its parent and its grandparent where the file exists (speechocean762's paths start at the corpus root)."""
@@ -97,21 +170,15 @@ def import_kaldi(src: Path, root: Path | None = None) -> list[Utterance]:
                 f"{src}/wav.scp: piped commands are not supported ({key} {value!r}); convert to files"
             )
         paths[key] = str(_resolve(value.strip(), bases))
-    segments: dict[str, tuple[str, float, float]] = {}
-    if (src / "segments").is_file():
-        for key, rest in _read_table(src / "segments").items():
-            rec, t0, t1 = rest.split()
-            segments[key] = (rec, float(t0), float(t1))
-    utts = []
-    for key, text in texts.items():
-        if segments:
-            if key not in segments:
-                continue
-            reco, start, end = segments[key]
-            utts.append(Utterance(key, paths[reco], text, spk.get(key, reco), start, end - start))
-        elif key in paths:
-            utts.append(Utterance(key, paths[key], text, spk.get(key, key)))
-    missing = len(texts) - len(utts)
+    segments = _read_segments(src / "segments") if (src / "segments").is_file() else {}
+    if segments:
+        utts = _segment_utterances(src, texts, segments, paths, spk)
+        missing = sum(key not in segments for key in texts)
+    else:
+        utts = [
+            Utterance(key, paths[key], text, spk.get(key, key)) for key, text in texts.items() if key in paths
+        ]
+        missing = len(texts) - len(utts)
     if missing:
         log.warning("%s: %d transcripts have no audio", src, missing)
     return with_durations(_keep_nonempty(utts, "kaldi"))
