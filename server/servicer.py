@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf import duration_pb2
 
 from asr.audio import SAMPLE_RATE
@@ -149,7 +150,8 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
         cfg = sc.config
         default = default_stream_options(self.config)
         ep, dep = sc.endpointing, default.endpoint
-        if not 0.0 <= ep.max_segment_seconds <= MAX_SEGMENT_SECONDS:  # what offline decoding cuts at, too
+        seconds = ep.max_segment_seconds
+        if seconds != 0.0 and not 1.0 <= seconds <= MAX_SEGMENT_SECONDS:  # where offline decoding cuts, too
             raise ValueError(
                 f"endpointing.max_segment_seconds must be in [1, {MAX_SEGMENT_SECONDS:g}] (0 = the server "
                 f"default), got {ep.max_segment_seconds:g}"
@@ -474,7 +476,7 @@ class _StreamCall:
             self.wake.set()
 
     @staticmethod
-    async def _decode(chunker: ChunkDecoder | ContainerChunkDecoder, data: bytes | None) -> Any:
+    async def _decode(chunker: ChunkDecoder | ContainerChunkDecoder, data: bytes | None) -> np.ndarray:
         """The chunk's samples (``None``: the rest at the end of input). Containers are decoded again from
         their start as they grow, which takes a while on long streams: off the event loop."""
         step = chunker.flush if data is None else functools.partial(chunker.push, data)

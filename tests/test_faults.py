@@ -417,7 +417,8 @@ def test_values_outside_the_documented_ranges(
     cfg.decoding.method = cast(Any, 7)  # not a DecodingConfig.Method
     req = asr_pb2.RecognizeRequest(config=cfg, audio=asr_pb2.RecognitionAudio(content=pcm))
     assert status(lambda: stub.Recognize(req, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
-    for seconds, want in ((50.0, grpc.StatusCode.INVALID_ARGUMENT), (30.0, grpc.StatusCode.OK)):
+    bad, ok = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OK
+    for seconds, want in ((50.0, bad), (0.5, bad), (-1.0, bad), (30.0, ok)):
         sc = stream_config()
         sc.endpointing.max_segment_seconds = seconds
         got = status(lambda sc=sc: list(stub.StreamingRecognize(requests([pcm], sc), timeout=30)))
