@@ -18,6 +18,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RATES = (8000, 11025, 22050, 44100, 48000, 8001, 12001, 47999)
@@ -44,7 +45,7 @@ print(json.dumps(out))
 """
 
 
-def run_case(rate: int, seconds: float, mode: str) -> dict[str, float]:
+def run_case(rate: int, seconds: float, mode: str) -> dict[str, Any]:
     code = CASE.format(root=str(ROOT), rate=rate, seconds=seconds, mode=mode)
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""}
@@ -52,7 +53,7 @@ def run_case(rate: int, seconds: float, mode: str) -> dict[str, float]:
     if done.returncode:
         lines = done.stderr.strip().splitlines()
         return {"error": lines[-1] if lines else f"exit code {done.returncode}"}
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
