@@ -92,9 +92,10 @@ def _word_cues(words: tuple[WordInfo, ...], max_chars: int, max_duration: float,
     group: list[WordInfo] = []
     for w in words:
         if group:
-            text_len = sum(len(g.word) + 1 for g in group) + len(w.word)
+            texts = [g.word for g in group] + [w.word]
+            too_long = len(" ".join(texts)) > max_chars or not _two_lines(texts, min(MAX_LINE, max_chars))
             pause, span = w.start - group[-1].end, w.end - group[0].start
-            if pause > max_gap or text_len > max_chars or span > max_duration:
+            if pause > max_gap or too_long or span > max_duration:
                 out.append(Cue(group[0].start, group[-1].end, " ".join(g.word for g in group)))
                 group = []
         group.append(w)
@@ -103,13 +104,25 @@ def _word_cues(words: tuple[WordInfo, ...], max_chars: int, max_duration: float,
     return out
 
 
+def _two_lines(words: list[str], width: int) -> bool:
+    """Whether the words fit on two lines of ``width`` characters (a single longer word may have one)."""
+    return len(words) == 1 or _best_cut(" ".join(words), width) is not None
+
+
+def _best_cut(text: str, width: int) -> int | None:
+    """The space that splits ``text`` into the most even two lines of at most ``width`` characters."""
+    fits = [i for i, ch in enumerate(text) if ch == " " and i <= width and len(text) - i - 1 <= width]
+    return min(fits, key=lambda i: max(i, len(text) - i - 1)) if fits else None
+
+
 def _wrap(text: str, width: int = MAX_LINE) -> str:
-    """Split a long cue into two lines at the space nearest the middle."""
+    """Split a long cue into two even lines of at most ``width`` characters where it can be done."""
     if len(text) <= width or " " not in text:
         return text
-    mid = len(text) // 2
-    spaces = [i for i, ch in enumerate(text) if ch == " "]
-    cut = min(spaces, key=lambda i: abs(i - mid))
+    cut = _best_cut(text, width)
+    if cut is None:  # a cue that cannot fit (one very long word): nearest the middle
+        mid = len(text) // 2
+        cut = min((i for i, ch in enumerate(text) if ch == " "), key=lambda i: abs(i - mid))
     return text[:cut] + "\n" + text[cut + 1 :]
 
 

@@ -172,7 +172,11 @@ def make_client(args: argparse.Namespace) -> Any:
 
 
 def collect(paths: list[str], extensions: tuple[str, ...]) -> tuple[list[Item], list[str]]:
-    """Files named on the command line (any extension) and audio files found under folders, sorted."""
+    """Files named on the command line (any extension) and audio files found under folders, sorted.
+
+    Hidden files and everything under hidden folders (``.git``, ``.cache``...) are left out. A file reached
+    again through another argument is transcribed once; inside one folder every name is kept (a symlink and
+    the file it points to each get their output)."""
     items: list[Item] = []
     missing: list[str] = []
     seen: set[Path] = set()
@@ -181,7 +185,9 @@ def collect(paths: list[str], extensions: tuple[str, ...]) -> tuple[list[Item], 
         if root.is_dir():
             found = sorted(
                 p for p in root.rglob("*")
-                if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
+                if p.is_file()
+                and p.suffix.lower() in extensions
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)
             )
             pairs = [(p, p.relative_to(root).as_posix()) for p in found]
         elif root.is_file():
@@ -189,11 +195,9 @@ def collect(paths: list[str], extensions: tuple[str, ...]) -> tuple[list[Item], 
         else:
             missing.append(arg)
             continue
-        for p, rel in pairs:
-            key = p.resolve()
-            if key not in seen:
-                seen.add(key)
-                items.append(Item(p, rel))
+        keys = {p.resolve() for p, _ in pairs}
+        items.extend(Item(p, rel) for p, rel in pairs if p.resolve() not in seen)
+        seen |= keys
     return items, missing
 
 
@@ -360,20 +364,24 @@ def run_remote(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in done:
                         yield f.result()
-            for f in list(pending):
-                yield f.result()
-                pending.discard(f)
+            while pending:  # the rest as they finish, not in submission order
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
         finally:
-            for f in pending:
-                f.cancel()
+            if pending:  # stopped early (Ctrl-C, or the consumer closed): do not wait for requests in flight
+                for f in pending:
+                    f.cancel()
+                client.close()  # the running calls end now, CANCELLED
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
-def from_local(t: LocalTranscript) -> Transcript:
+def from_local(t: LocalTranscript, model: str = "local") -> Transcript:
     words = tuple(WordInfo(w.word, w.start, w.end, w.confidence) for w in t.words)
     alts = tuple(
         Alternative(a.text, a.confidence, words if i == 0 else ()) for i, a in enumerate(t.alternatives)
     ) or (Alternative(t.text, 0.0, words),)
-    return Transcript(t.text, (Segment(0.0, t.duration, alts),), t.duration, model="local")
+    return Transcript(t.text, (Segment(0.0, t.duration, alts),), t.duration, model=model)
 
 
 def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
@@ -387,6 +395,7 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
     from asr.lm_cli import lm_from_args
 
     model = asr.load_model(args.model, device=args.device)
+    name = Path(args.model).stem if args.model else "default"  # as `asr models` and a server name it
     lm, lm_weight = lm_from_args(args, model)
     phrases = phrases_from_args(args)
     check_phrases(model.tokenizer, phrases)  # a hint the model cannot spell stops the batch before it starts
@@ -417,12 +426,12 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
             for item, wave in loaded:
                 try:
                     t = transcribe_batch(model, [wave], options, lm=lm)[0]
-                    yield Outcome(item, from_local(t), None, len(wave) / SAMPLE_RATE)
+                    yield Outcome(item, from_local(t, name), None, len(wave) / SAMPLE_RATE)
                 except Exception as exc:
                     yield Outcome(item, None, exc, len(wave) / SAMPLE_RATE)
             continue
         for (item, wave), t in zip(loaded, results, strict=True):
-            yield Outcome(item, from_local(t), None, len(wave) / SAMPLE_RATE)
+            yield Outcome(item, from_local(t, name), None, len(wave) / SAMPLE_RATE)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -444,12 +453,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"asr transcribe: {arg}: error: no such file or folder", file=sys.stderr)
     if not items and not missing:
         raise CLIError(f"no audio files ({', '.join(extensions)}) under {' '.join(args.paths)}", code=1)
-    ids: dict[str, Path] = {}
-    for it in items:
-        if it.id in ids:
-            raise CLIError(f"{it.path} and {ids[it.id]} would both write output {it.id!r}; run them apart")
-        ids[it.id] = it.path
     sink = Sink(args, len(items))
+    outputs: dict[str, Path] = {}
+    for it in items:  # one output per input: a.wav and a.mp3 would both write a.txt
+        name = str(output_path(sink.out_dir, it, args.format)) if sink.out_dir else it.id
+        if name in outputs:
+            raise CLIError(
+                f"{it.path} and {outputs[name]} would both write {name}; transcribe them apart "
+                "(or into one JSONL file: -f jsonl)"
+            )
+        outputs[name] = it.path
     todo = [it for it in items if not sink.is_done(it)]
     skipped = len(items) - len(todo)
     if skipped:

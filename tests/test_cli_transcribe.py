@@ -266,3 +266,62 @@ def test_remote_auth_and_server_down_stop_the_batch(
     assert main(["transcribe", str(audio_dir), "--server", f"127.0.0.1:{port}", "--retries", "1"]) == 1
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_folder_walk_names_and_collisions(
+    speech_dir: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "tree"
+    (d / ".cache").mkdir(parents=True)
+    (d / "real").mkdir()
+    shutil.copy(speech_dir / "utt0.wav", d / ".cache" / "junk.wav")  # under a hidden folder: left out
+    shutil.copy(speech_dir / "utt1.wav", d / "real" / "y.wav")
+    (d / "alias.wav").symlink_to(d / "real" / "y.wav")  # a link and its target each get their output
+    out = tmp_path / "out"
+    base = ["--model", str(checkpoint), "--method", "greedy", "-o", str(out)]
+    assert main(["transcribe", str(d), *base]) == 0
+    assert outputs(out, "txt") == ["alias", "real/y"]
+    # a.wav and a.mp3 would both write a.txt: refused before anything is transcribed
+    shutil.copy(speech_dir / "utt2.wav", d / "real" / "y.flac")
+    capsys.readouterr()
+    assert main(["transcribe", str(d), *base, "-o", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert "would both write" in err and "y.txt" in err, err
+    assert not (tmp_path / "out2").exists()
+
+
+def test_remote_batch_stops_at_once_when_interrupted(
+    monkeypatch: pytest.MonkeyPatch, audio_dir: Path
+) -> None:
+    """Closing the results early (what Ctrl-C does) cancels the requests in flight instead of waiting."""
+    import threading
+    import time
+
+    from client import transcribe_cli
+    from client.cli import build_parser
+
+    released = threading.Event()  # set when the channel closes: the calls in flight end
+
+    class SlowClient:
+        def __enter__(self) -> SlowClient:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.close()
+
+        def close(self) -> None:
+            released.set()
+
+        def recognize(self, path: Path, config: object) -> object:
+            if path.name != "a.wav":  # the first file is quick, the others hang until the channel closes
+                released.wait(20)
+            raise OSError("cancelled")
+
+    monkeypatch.setattr(transcribe_cli, "make_client", lambda args: SlowClient())
+    args = build_parser().parse_args(["transcribe", str(audio_dir), "--server", "h:1", "--jobs", "2"])
+    items, _ = transcribe_cli.collect([str(audio_dir)], (".wav",))
+    results = transcribe_cli.run_remote(args, items)
+    assert next(results).item.path.name == "a.wav"
+    t0 = time.monotonic()
+    results.close()  # the consumer stops while two requests are in flight
+    assert released.is_set() and time.monotonic() - t0 < 5

@@ -63,6 +63,20 @@ def test_long_cue_wraps_to_two_lines() -> None:
     assert parse_cues(out, "srt")[0][2] == text
 
 
+@pytest.mark.parametrize("kind", ["srt", "vtt"])
+def test_subtitle_lines_stay_within_42_characters(kind: str) -> None:
+    # the review's case: a 44-character line from a split at the space nearest the middle
+    rng = np.random.default_rng(0)
+    vocab = ["LAUGHED", "THE", "CHANGE", "SHE", "TURNED", "FOR", "SHOWER", "A", "EXTRAORDINARILY", "IT"]
+    for _ in range(50):
+        ws = [str(rng.choice(vocab)) for _ in range(40)]
+        t = _transcript([(w, 0.1 * i, 0.1 * i + 0.08) for i, w in enumerate(ws)])
+        out = render(kind, t)
+        text_lines = [ln for ln in out.splitlines() if ln and "-->" not in ln and not ln.isdigit()]
+        assert all(len(ln) <= 42 for ln in text_lines if ln != "WEBVTT"), text_lines
+        assert " ".join(c[2] for c in parse_cues(out, kind)) == t.text
+
+
 def test_timestamps_past_an_hour() -> None:
     t = _transcript([("late", 3725.5, 3726.25)], seg_end=4000.0)
     assert "01:02:05,500 --> 01:02:06,250" in render("srt", t)
