@@ -391,6 +391,10 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.method == "greedy" and args.alternatives > 1:  # as a server answers it
+        raise CLIError(
+            f"--alternatives must be 1 with --method greedy (one best path), got {args.alternatives}"
+        )
     from asr.biasing import check_phrases
     from asr.lm_cli import lm_from_args
 

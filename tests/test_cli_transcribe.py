@@ -213,6 +213,9 @@ def test_usage_errors_are_one_line(
     assert main(["transcribe", str(audio_dir), "--model", "x", "--ctc-weight", "3", "--server", "h:1"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 4, err
+    greedy_nbest = ["--method", "greedy", "--alternatives", "3", "--model", str(tmp_path / "missing.pt")]
+    assert main(["transcribe", str(audio_dir), *greedy_nbest]) == 2  # refused before the model loads
+    assert "--alternatives must be 1" in capsys.readouterr().err
 
 
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
