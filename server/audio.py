@@ -110,13 +110,9 @@ class StreamResampler:
         )
         g = math.gcd(rate, target)
         self.in_block, self.out_block = rate // g, target // g
-        blocks = max(
-            1, math.ceil(64 / self.in_block)
-        )  # >= 64 input samples of context: the sinc filter's reach
-        self.ctx = blocks * self.in_block
-        self._buf = np.zeros(
-            self.ctx, dtype=np.float32
-        )  # history (zeros before the start) + unconverted input
+        # >= 64 input samples of context (the sinc filter's reach); soxr keeps its own history
+        self.ctx = 0 if self._soxr is not None else max(1, math.ceil(64 / self.in_block)) * self.in_block
+        self._buf = np.zeros(self.ctx, dtype=np.float32)  # history (zeros at the start) + unconverted input
 
     def push(self, x: np.ndarray) -> np.ndarray:
         if self._soxr is not None:

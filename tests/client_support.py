@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,12 @@ class ServerThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+
+@contextlib.contextmanager
+def tiny_server(directory: Path, **config: Any) -> Iterator[ServerThread]:
+    """A :class:`ServerThread` on a fresh random-weight tiny model saved in ``directory``."""
+    from asr.checkpoint import load_model
+
+    with ServerThread(load_model(tiny_checkpoint(directory / "tiny.pt"), device="cpu"), **config) as srv:
+        yield srv

@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from client_support import ServerThread, tiny_checkpoint
+from client_support import ServerThread, tiny_server
 
-import asr
 from client import Client, StreamingConfig
 from client.audio import read_audio, to_linear16
 from client.cli import main
@@ -22,8 +21,7 @@ from client.types import StreamingResult
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    model = asr.load_model(tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt"), device="cpu")
-    with ServerThread(model) as srv:
+    with tiny_server(tmp_path_factory.mktemp("model")) as srv:
         yield srv
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_support import ServerThread, tiny_checkpoint
+from client_support import ServerThread, tiny_server
 
-import asr
 from client import AsyncClient, Client, DeadlineExceeded
 from client.audio import read_audio
 from client.cli import main
@@ -21,8 +20,7 @@ SILENCE = b"\0" * 3200  # 100 ms of LINEAR16 at 16 kHz
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    model = asr.load_model(tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt"), device="cpu")
-    with ServerThread(model) as srv:
+    with tiny_server(tmp_path_factory.mktemp("model")) as srv:
         yield srv
 
 
