@@ -99,7 +99,11 @@ def is_retryable(exc: BaseException) -> bool:
 
 def from_grpc(exc: grpc.RpcError, target: str = "", request_id: str = "") -> ASRError:
     """The SDK exception for a failed gRPC call; raise it ``from exc``."""
-    code, details = _status(exc)
+    return from_status(*_status(exc), target, request_id)
+
+
+def from_status(code: grpc.StatusCode, details: str, target: str = "", request_id: str = "") -> ASRError:
+    """The SDK exception for a call that ended with ``code``."""
     cls = _BY_CODE.get(code, ServerError)
     message = details or code.name.lower().replace("_", " ")
     if cls is Unavailable and target:

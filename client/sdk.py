@@ -237,6 +237,14 @@ def _too_big(audio: AudioSource, request: pb.RecognizeRequest, max_bytes: int) -
     return audio_duration(io.BytesIO(audio) if isinstance(audio, bytes) else audio) > LONG_AUDIO_SECONDS
 
 
+_DEADLINE = "Deadline Exceeded"  # gRPC's own wording
+
+
+def _past(started: float, timeout: float | None) -> bool:
+    """Whether a call started at ``started`` (``time.monotonic()``) has run past its ``timeout``."""
+    return timeout is not None and time.monotonic() - started >= timeout
+
+
 def _masked_by_core(exc: grpc.RpcError) -> bool:
     code = exc.code() if callable(getattr(exc, "code", None)) else None  # type: ignore[attr-defined]
     details = exc.details() if callable(getattr(exc, "details", None)) else ""  # type: ignore[attr-defined]
@@ -654,6 +662,7 @@ class AsyncClient:
         replay = _AsyncReplay(guard.awrap(source))
         got_response = False
         for attempt in itertools.count():
+            started = time.monotonic()
             call = self._stub.StreamingRecognize(
                 replay.attempt(first), timeout=timeout, metadata=self._opts.metadata
             )
@@ -673,12 +682,22 @@ class AsyncClient:
                 return
             except asyncio.CancelledError:
                 # grpc.aio ends a call cancelled on this side with CancelledError: the guard's doing when the
-                # source failed, otherwise (or when this task is being cancelled) a real cancellation.
-                if not _cancelled_from_outside():
-                    guard.reraise()
+                # source failed; a call that ended by itself (its deadline passed while the audio was being
+                # sent) can surface the same way; otherwise this task is being cancelled.
+                if _cancelled_from_outside():
+                    raise
+                guard.reraise()
+                code, details = (await call.code(), await call.details()) if call.done() else (None, "")
+                if _past(started, timeout):  # grpc.aio may end a call whose deadline passed mid-send so
+                    code, details = grpc.StatusCode.DEADLINE_EXCEEDED, _DEADLINE
+                if code not in (None, grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+                    raise errors.from_status(code, details or "", self._opts.target, request_id) from None
                 raise
             except grpc.RpcError as exc:
                 guard.reraise()
+                if _masked_by_core(exc) and _past(started, timeout):  # (or as "Internal error from Core")
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                    raise errors.from_status(code, _DEADLINE, self._opts.target, request_id) from exc
                 if not got_response and _masked_by_core(exc):
                     exc = await self._probe(first, timeout) or exc
                 if not got_response and errors.is_retryable(exc) and attempt < self._opts.retries:
