@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (0: in the loop)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=6, help="timed steps (after one warm-up step)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not args.data.exists():

@@ -17,10 +17,11 @@ import pytest
 import torch
 import yaml
 
+import asr.train as train_module
 from asr.checkpoint import load_checkpoint, load_model
 from asr.data.importers import import_corpus
 from asr.data.manifest import write_manifest
-from asr.train import TrainConfig, average_checkpoints, load_config, train
+from asr.train import TrainConfig, average_checkpoints, cpu_has_native_bf16, load_config, train
 from client.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -291,3 +292,29 @@ def test_init_from_fine_tunes_a_trained_checkpoint(manifest: Path, tmp_path: Pat
     first = records(tuned_out, "valid")[0]["valid_loss"]
     assert first < fresh and abs(first - trained) < 0.5 * (fresh - trained)
     assert load_model(tuned_out / "final.pt", device="cpu").config == load_model(base / "final.pt").config
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_cpu_amp_trains_in_bf16(manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[torch.dtype] = []
+    real = train_module._autocast
+
+    def spy(device: torch.device, enabled: bool) -> Any:
+        seen.append(torch.get_autocast_dtype("cpu") if enabled else torch.float32)
+        return real(device, enabled)
+
+    monkeypatch.setattr(train_module, "_autocast", spy)
+    out = tmp_path / "bf16"
+    train(TrainConfig.from_dict(tiny_config(manifest, out, epochs=20, average=0, cpu_amp=True)))
+    assert seen and set(seen) == {torch.bfloat16}  # every training and validation step
+    valid = records(out, "valid")
+    assert valid[-1]["valid_loss"] < 0.7 * valid[0]["valid_loss"]
+    assert load_checkpoint(out / "last.pt")["state_dict"]["ctc.weight"].dtype == torch.float32  # fp32 master
+
+
+def test_cpu_amp_is_refused_without_native_bf16(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match=r"cpu_amp: this CPU has no native bf16.*set cpu_amp: false"):
+        train(TrainConfig.from_dict(tiny_config(manifest, tmp_path / "x", epochs=1, cpu_amp=True)))
