@@ -77,6 +77,10 @@ class DataConfig:
     noise_prob: float = 0.0
     noise_manifest: str = ""
     snr_db: tuple[float, float] = (10.0, 30.0)
+    # background padding before and after the speech (asr.data.augment.pad_silence); batches are planned
+    # on the unpadded durations, so they can run up to 2 x pad_seconds per utterance over max_batch_seconds
+    pad_prob: float = 0.0
+    pad_seconds: float = 1.0
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     cmvn_utts: int = 500  # utterances sampled for the global mean/variance
     max_valid_utts: int = 0  # 0: all
@@ -598,7 +602,9 @@ def _train(
             )
     tokenizer = model.tokenizer
 
-    wave_aug = WaveAugmentConfig(dc.speed_perturb, dc.noise_prob, dc.snr_db, dc.noise_manifest)
+    wave_aug = WaveAugmentConfig(
+        dc.speed_perturb, dc.noise_prob, dc.snr_db, dc.noise_manifest, dc.pad_prob, dc.pad_seconds
+    )
     train_ds = SpeechDataset(train_utts, tokenizer, wave_aug)
     sampler = BucketBatchSampler(
         train_ds.durations,

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.data.augment import SpecAugmentConfig, add_noise, spec_augment, speed_perturb
+from asr.data.augment import SpecAugmentConfig, add_noise, pad_silence, spec_augment, speed_perturb
 from asr.data.dataset import SpeechDataset, WaveAugmentConfig, collate, load_utterance
 from asr.data.manifest import Utterance
 from asr.data.sampler import BucketBatchSampler
@@ -135,3 +135,29 @@ def test_spec_augment_masks_inside_valid_frames() -> None:
     same = spec_augment(feats, lengths, cfg, torch.Generator().manual_seed(0))
     assert torch.equal(out, same)
     assert spec_augment(feats, lengths, SpecAugmentConfig(enabled=False)) is feats
+
+
+def test_pad_silence_adds_background_at_the_recordings_floor() -> None:
+    rng = np.random.default_rng(0)
+    floor = 0.01 * rng.standard_normal(8000).astype(np.float32)  # half a second of room noise
+    speech = np.sin(np.arange(16000) / 10).astype(np.float32)
+    x = np.concatenate([floor, speech])
+    y = pad_silence(x, 0.5, 0.25, np.random.default_rng(1))
+    assert len(y) == len(x) + 8000 + 4000
+    np.testing.assert_array_equal(y[8000:-4000], x)
+    lead_rms = float(np.sqrt(np.mean(y[:8000] ** 2)))
+    quietest = min(float(np.sqrt(np.mean(f**2))) for f in floor.reshape(-1, 160))
+    assert lead_rms == pytest.approx(quietest, rel=0.05)  # the quietest 10 ms frame of the recording
+    assert 0 < float(np.sqrt(np.mean(y[-4000:] ** 2))) < 0.02
+    assert pad_silence(x, 0.0, 0.0, rng) is x
+    digital = np.zeros(100, np.float32)
+    assert float(np.abs(pad_silence(digital, 0.1, 0.0, rng)[:1600]).max()) > 0  # never digital silence
+
+
+def test_dataset_pads_seeded_examples_only(wavs: list[Utterance]) -> None:
+    aug = WaveAugmentConfig(pad_prob=1.0, pad_seconds=0.5)
+    ds = SpeechDataset(wavs, CharTokenizer.default(), aug)
+    a, b = ds[(1, 7)], ds[(1, 7)]
+    assert torch.equal(a.audio, b.audio)
+    assert 16000 < len(a.audio) <= 16000 + 16000  # up to 0.5 s before and 0.5 s after
+    assert len(ds[1].audio) == 16000

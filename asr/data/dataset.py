@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from asr.audio import SAMPLE_RATE, AudioError, load_audio, resample
-from asr.data.augment import add_noise, speed_perturb
+from asr.data.augment import add_noise, pad_silence, speed_perturb
 from asr.data.manifest import Utterance
 from asr.tokenizer import Tokenizer
 
@@ -44,6 +44,8 @@ class WaveAugmentConfig:
     noise_prob: float = 0.0  # chance of mixing in noise
     snr_db: tuple[float, float] = (10.0, 30.0)
     noise_manifest: str = ""  # JSONL of noise recordings (field ``audio``); empty: white noise
+    pad_prob: float = 0.0  # chance of padding with background (augment.pad_silence)
+    pad_seconds: float = 1.0  # at most this much before the speech, and as much after it (uniform)
 
 
 class Example(NamedTuple):
@@ -98,7 +100,7 @@ class SpeechDataset(Dataset[Example]):
         utt = self.utts[index]
         audio = load_utterance(utt)
         aug = self.augment
-        if seed is not None and (aug.speed_factors or aug.noise_prob > 0):
+        if seed is not None and (aug.speed_factors or aug.noise_prob > 0 or aug.pad_prob > 0):
             rng = np.random.default_rng(seed)
             if aug.speed_factors:
                 audio = speed_perturb(audio, float(rng.choice(aug.speed_factors)))
@@ -109,6 +111,9 @@ class SpeechDataset(Dataset[Example]):
                 else:
                     noise = rng.standard_normal(len(audio)).astype(np.float32)
                 audio = add_noise(audio, noise, snr, rng)
+            if aug.pad_prob > 0 and rng.random() < aug.pad_prob:
+                lead, trail = rng.uniform(0.0, aug.pad_seconds, size=2)
+                audio = pad_silence(audio, float(lead), float(trail), rng)
         tokens = torch.tensor(self.tokenizer.encode(utt.text), dtype=torch.long)
         return Example(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), tokens, index)
 
