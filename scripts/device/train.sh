@@ -5,8 +5,8 @@
 #   .devdata/  a copy of the training audio: speechocean762/train/ + the WAVE files it lists [+ cathy/]
 #   .whl/      x86-64 cp312 wheels of what the GPU image lacks (soundfile, jiwer, soxr, ...)
 # Then run `CONFIG=... bash scripts/device/train.sh [asr train options]` there with .devdata and .whl carried;
-# CONFIG defaults to configs/default.yaml (from scratch, needs cathy); a fine-tuning config that starts from
-# models/default.pt, such as configs/finetune-so762-stage5.yaml, needs speechocean762 alone.
+# CONFIG defaults to configs/default.yaml (from scratch, needs cathy); a fine-tuning config such as
+# configs/finetune-so762-stage5.yaml with `--set init_from=models/default.pt` needs speechocean762 alone.
 # Each call trains for MINUTES (default 8.5) and pauses cleanly; run it again on the same warm machine to
 # continue (`asr train --resume`). The newest weights come back in $OUT as fp16, split under 16 MB a file:
 #   cat model.pt.part-* > models/default.pt
