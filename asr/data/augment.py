@@ -43,8 +43,9 @@ def pad_silence(
 
     The background is Gaussian noise at the recording's own floor (the RMS of its quietest 10 ms frame), so
     the padding sounds like the room the speech was recorded in rather than digital silence, which the model
-    would learn to spot. Teaches the model to emit blanks over silence before the first word (the bundled
-    model's training recordings all start within 0.7 s of their speech).
+    would learn to spot. Shows the model speech that starts later than in its corpus (the speechocean762
+    recordings all start within 0.7 s of their speech). It did not stop the bundled model's CTC head firing
+    on the first frame (models/README.md, Limits): that is not a matter of the data alone.
     """
     n_lead, n_trail = round(lead * sample_rate), round(trail * sample_rate)
     if n_lead <= 0 and n_trail <= 0:
