@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr.ctc import penalized_ctc_loss
 from asr.decoder import AttentionDecoder, DecoderConfig
 from asr.encoder import EncoderConfig, PyramidalBLSTMEncoder
 from asr.features import FeatureConfig, GlobalCMVN, LogMel
@@ -111,23 +112,25 @@ class ASRModel(nn.Module):
         return F.log_softmax(self.ctc(enc).float(), dim=-1)
 
     def forward(
-        self, feats: Tensor, feat_lengths: Tensor, targets: Tensor, target_lengths: Tensor
+        self,
+        feats: Tensor,
+        feat_lengths: Tensor,
+        targets: Tensor,
+        target_lengths: Tensor,
+        token_penalty: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """Joint loss for a batch. ``targets (B, U)`` are padded with -1; returns ``(loss, stats)``."""
+        """Joint loss for a batch. ``targets (B, U)`` are padded with -1; returns ``(loss, stats)``.
+
+        ``token_penalty (B, T')``, in nats per encoder frame, weights the CTC paths that emit tokens there
+        (:mod:`asr.ctc`; e.g. :func:`asr.ctc.silence_penalty`); it leaves the attention loss alone."""
         enc, enc_lengths = self.encode(feats, feat_lengths)
         lam = self.config.ctc_weight
         stats: dict[str, float] = {}
         loss = enc.new_zeros(())
         if lam > 0:
             lp = self.ctc_log_probs(enc).transpose(0, 1)  # (T', B, V)
-            ctc = F.ctc_loss(
-                lp,
-                targets.clamp_min(0),
-                enc_lengths,
-                target_lengths,
-                blank=self.tokenizer.blank_id,
-                reduction="sum",
-                zero_infinity=True,
+            ctc = penalized_ctc_loss(
+                lp, targets.clamp_min(0), enc_lengths, target_lengths, token_penalty, self.tokenizer.blank_id
             ) / targets.size(0)
             loss = loss + lam * ctc
             stats["ctc"] = float(ctc.detach())

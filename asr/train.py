@@ -50,6 +50,7 @@ from asr.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from asr.ctc import silence_penalty
 from asr.data.augment import SpecAugmentConfig, spec_augment
 from asr.data.dataset import SpeechDataset, WaveAugmentConfig, collate
 from asr.data.manifest import Utterance, read_manifests
@@ -134,12 +135,19 @@ class TrainConfig:
     average: int = 5  # average the best N epoch models at the end (<= 1: off)
     export_half: bool = True  # final.pt in fp16
     init_from: str = ""  # fine-tune: start from this checkpoint's weights, config, tokenizer and CMVN
+    # nats per encoder frame against CTC paths that emit tokens in the silence before and after each
+    # utterance's voiced part (asr.ctc.silence_penalty): ties the first and last words to their sound
+    ctc_silence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if self.best_by not in ("loss", "cer"):
             raise ValueError(f"best_by must be 'loss' or 'cer', got {self.best_by!r}")
         if not self.data.train:
             raise ValueError("data.train must list at least one training manifest")
+        if self.ctc_silence_penalty < 0:
+            raise ValueError(
+                f"ctc_silence_penalty must be >= 0 (nats per frame), got {self.ctc_silence_penalty}"
+            )
         model = ModelConfig.from_dict(self.model)  # fail early on a bad model section
         if self.best_by == "cer" and model.ctc_weight == 0.0 and not self.init_from:
             raise ValueError(
@@ -749,8 +757,19 @@ def _train(
             if dc.specaugment.enabled:
                 gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
                 feats = spec_augment(feats, feat_lengths, dc.specaugment, gen)
+            penalty = None
+            if config.ctc_silence_penalty > 0:
+                frames = int(model.config.encoder.output_lengths(torch.tensor([feats.size(1)])))
+                penalty = silence_penalty(
+                    batch.audio,
+                    batch.audio_lengths,
+                    frames,
+                    model.config.encoder_frame_shift,
+                    config.ctc_silence_penalty,
+                    model.config.features.sample_rate,
+                )
             with _autocast(device, bf16):
-                loss, stats = ddp_model(feats, feat_lengths, batch.targets, batch.target_lengths)
+                loss, stats = ddp_model(feats, feat_lengths, batch.targets, batch.target_lengths, penalty)
             loss.backward()
             grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
             if math.isfinite(grad_norm):

@@ -188,6 +188,7 @@ def test_resume_refuses_another_world_size(manifest: Path, tmp_path: Path) -> No
         ({"data__snr_db": 20}, "'data.snr_db' must be a list of 2 values"),
         ({"optim__lr": "fast"}, "'optim.lr' must be a number"),
         ({"best_by": "cer", "model__ctc_weight": 0.0}, "needs the CTC head"),
+        ({"ctc_silence_penalty": -1.0}, "ctc_silence_penalty must be >= 0"),
     ],
 )
 def test_config_values_are_checked(
@@ -318,3 +319,27 @@ def test_cpu_amp_is_refused_without_native_bf16(
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(ValueError, match=r"cpu_amp: this CPU has no native bf16.*set cpu_amp: false"):
         train(TrainConfig.from_dict(tiny_config(manifest, tmp_path / "x", epochs=1, cpu_amp=True)))
+
+
+def test_ctc_silence_penalty_weights_the_training_loss(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The penalty reaches the CTC loss at the encoder's frame rate, on the silence around the speech, and
+    the model still learns."""
+    seen: list[torch.Tensor] = []
+    real = train_module.silence_penalty
+
+    def spy(audio: torch.Tensor, lengths: torch.Tensor, frames: int, *args: Any) -> torch.Tensor:
+        pen = real(audio, lengths, frames, *args)
+        seen.append(pen)
+        return pen
+
+    monkeypatch.setattr(train_module, "silence_penalty", spy)
+    out = tmp_path / "silence"
+    cfg = tiny_config(manifest, out, epochs=20, average=0, ctc_silence_penalty=8.0)
+    train(TrainConfig.from_dict(cfg))
+    assert len(seen) == 20  # one batch per step
+    assert all(set(p.unique().tolist()) <= {0.0, 8.0} for p in seen)
+    assert any(bool((p == 8.0).any()) for p in seen)  # espeak-ng leaves some silence before and after
+    valid = records(out, "valid")
+    assert valid[-1]["valid_loss"] < 0.7 * valid[0]["valid_loss"]
