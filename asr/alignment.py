@@ -105,8 +105,9 @@ def clamp_to_voiced(
 ) -> list[Word]:
     """Keep word times within the voiced span (seconds from the segment's start, moved by ``offset``) and
     ``margin`` around it. CTC puts a token's spike anywhere its frames allow, and a model trained on closely
-    cut recordings fires its first token on the first frame whatever silence comes before it: without this,
-    the first word of a recording with a second of leading silence would "start" at 0."""
+    cut recordings without ``ctc_silence_penalty`` (:mod:`asr.ctc`) fires its first token on the first
+    frame whatever silence comes before it: without this, the first word of a recording with a second of
+    leading silence would "start" at 0."""
     if span is None:
         return list(words)
     lo, hi = offset + span[0] - margin, offset + span[1] + margin

@@ -44,8 +44,8 @@ def pad_silence(
     The background is Gaussian noise at the recording's own floor (the RMS of its quietest 10 ms frame), so
     the padding sounds like the room the speech was recorded in rather than digital silence, which the model
     would learn to spot. Shows the model speech that starts later than in its corpus (the speechocean762
-    recordings all start within 0.7 s of their speech). It did not stop the bundled model's CTC head firing
-    on the first frame (models/README.md, Limits): that is not a matter of the data alone.
+    recordings all start within 0.7 s of their speech). On its own it did not stop the CTC head firing on
+    the first frame (stage 6, models/README.md); with ``ctc_silence_penalty`` (:mod:`asr.ctc`) it did.
     """
     n_lead, n_trail = round(lead * sample_rate), round(trail * sample_rate)
     if n_lead <= 0 and n_trail <= 0:
