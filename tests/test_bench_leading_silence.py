@@ -22,8 +22,10 @@ def test_leading_silence_rows(
     assert [r["model"] for r in rows] == ["default", tiny] and all(r["utts"] == 3 for r in rows)
     assert "first token in padding" in out and "ideal shift 1.50 s" in out
     default = rows[0]
-    assert 0.0 <= default["first_token_in_padding"] <= 1.0
-    assert 0.0 <= default["median_shift_s"] <= 1.5 + 0.2
+    # the bundled model was trained with the CTC silence penalty: it waits for the speech (the model before
+    # it put the first token inside the padding of every utterance, shift 0.00 s)
+    assert default["first_token_in_padding"] == 0.0, default
+    assert 1.5 - 0.2 <= default["median_shift_s"] <= 1.5 + 0.2, default
     assert all(0.0 <= r[k] <= 2.0 for r in rows for k in ("cer_plain", "cer_padded"))
 
 
