@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -115,7 +114,7 @@ def silence_penalty(
     ends = starts + frame_shift
     wave = audio.detach().float().cpu().numpy()
     for b, n in enumerate(audio_lengths.tolist()):
-        span = voiced_span(np.asarray(wave[b, :n]), sample_rate)
+        span = voiced_span(wave[b, :n], sample_rate)
         if span is None:
             continue
         frames = min(num_frames, math.ceil(n / sample_rate / frame_shift))

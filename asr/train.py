@@ -752,6 +752,7 @@ def _train(
                 epoch_done = True  # batch counts vary a little between epochs (duration jitter)
                 break
             t_got = time.perf_counter()
+            host = batch  # the silence penalty reads the waveforms here, not back from the GPU
             batch = batch.to(device)
             feats, feat_lengths = model.features(batch.audio, batch.audio_lengths)
             if dc.specaugment.enabled:
@@ -761,8 +762,8 @@ def _train(
             if config.ctc_silence_penalty > 0:
                 frames = int(model.config.encoder.output_lengths(torch.tensor([feats.size(1)])))
                 penalty = silence_penalty(
-                    batch.audio,
-                    batch.audio_lengths,
+                    host.audio,
+                    host.audio_lengths,
                     frames,
                     model.config.encoder_frame_shift,
                     config.ctc_silence_penalty,
