@@ -167,6 +167,42 @@ class TrainConfig:
         return _build(cls, d, "")
 
 
+# Fields of the model config that only shape training (regularisation and the loss), not the weights: a
+# fine-tuning run (``init_from``) may change these in its ``model:`` section, and nothing else.
+FINETUNE_FIELDS: dict[str, frozenset[str]] = {
+    "encoder": frozenset({"dropout"}),
+    "decoder": frozenset({"dropout", "label_smoothing", "sampling_prob"}),
+    "": frozenset({"ctc_weight"}),
+}
+
+
+def finetune_model_config(base: dict[str, Any], overrides: dict[str, Any]) -> ModelConfig:
+    """The checkpoint's model config ``base`` with a fine-tuning run's ``model:`` section laid over it.
+
+    Only :data:`FINETUNE_FIELDS` may differ from the checkpoint; a changed architecture field is a
+    ``ValueError`` (its weights would not fit), and keys that repeat the checkpoint's value are accepted."""
+    merged = ModelConfig.from_dict(base).to_dict()
+    ModelConfig.from_dict(overrides)  # unknown keys and bad values fail here, naming the choices
+    refused = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if merged[key][sub] != v and sub not in FINETUNE_FIELDS.get(key, frozenset()):
+                    refused.append(f"model.{key}.{sub}")
+                merged[key][sub] = v
+        else:
+            if merged[key] != value and key not in FINETUNE_FIELDS[""]:
+                refused.append(f"model.{key}")
+            merged[key] = value
+    if refused:
+        allowed = sorted(f"model.{s + '.' if s else ''}{f}" for s, fs in FINETUNE_FIELDS.items() for f in fs)
+        raise ValueError(
+            f"init_from fine-tuning keeps the checkpoint's architecture, but the config changes {refused}; "
+            f"a fine-tuning run may only change {allowed} (train a new model to change the rest)"
+        )
+    return ModelConfig.from_dict(merged)
+
+
 def _plain(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
@@ -586,9 +622,10 @@ def _train(
             )
         log.info("resuming %s at epoch %d, step %d", last_path, state["epoch"], state["step"])
     elif config.init_from:
-        model = model_from_checkpoint(load_checkpoint(config.init_from)).to(device)
-        if config.model and ModelConfig.from_dict(config.model) != model.config:
-            log.warning("init_from %s: its model config replaces the config file's", config.init_from)
+        ckpt = load_checkpoint(config.init_from)
+        if config.model:
+            ckpt = {**ckpt, "config": finetune_model_config(ckpt["config"], config.model).to_dict()}
+        model = model_from_checkpoint(ckpt).to(device)
         log.info("fine-tuning %s (its config, tokenizer and CMVN)", config.init_from)
     else:
         tok_dict = [

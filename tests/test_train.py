@@ -5,6 +5,7 @@ resuming continues the step count (and, mid-epoch, gives the same weights as an 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,7 +22,15 @@ import asr.train as train_module
 from asr.checkpoint import load_checkpoint, load_model
 from asr.data.importers import import_corpus
 from asr.data.manifest import write_manifest
-from asr.train import TrainConfig, average_checkpoints, cpu_has_native_bf16, load_config, train
+from asr.model import ModelConfig
+from asr.train import (
+    TrainConfig,
+    average_checkpoints,
+    cpu_has_native_bf16,
+    finetune_model_config,
+    load_config,
+    train,
+)
 from client.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,11 +297,29 @@ def test_init_from_fine_tunes_a_trained_checkpoint(manifest: Path, tmp_path: Pat
     trained = records(base, "valid")[-1]["valid_loss"]
     tuned_out = tmp_path / "tuned"
     cfg = tiny_config(manifest, tuned_out, epochs=1, average=0, init_from=str(base / "final.pt"))
-    cfg["model"] = {}  # the checkpoint brings its own architecture, tokenizer and CMVN
+    # the checkpoint brings its own architecture, tokenizer and CMVN; a fine-tuning run may raise dropout
+    cfg["model"] = {"encoder": {"dropout": 0.3}, "decoder": {"hidden_size": 48}}
     train(TrainConfig.from_dict(cfg))
     first = records(tuned_out, "valid")[0]["valid_loss"]
     assert first < fresh and abs(first - trained) < 0.5 * (fresh - trained)
-    assert load_model(tuned_out / "final.pt", device="cpu").config == load_model(base / "final.pt").config
+    tuned = load_model(tuned_out / "final.pt", device="cpu").config
+    original = load_model(base / "final.pt", device="cpu").config
+    assert tuned.encoder.dropout == 0.3 and original.encoder.dropout == 0.1
+    assert dataclasses.replace(tuned, encoder=original.encoder) == original
+
+
+def test_fine_tuning_may_change_regularisation_but_not_the_architecture() -> None:
+    base = ModelConfig.from_dict(TINY_MODEL).to_dict()
+    tuned = finetune_model_config(
+        base, {"encoder": {"dropout": 0.3}, "decoder": {"sampling_prob": 0.2}, "ctc_weight": 0.5}
+    )
+    assert (tuned.encoder.dropout, tuned.decoder.sampling_prob, tuned.ctc_weight) == (0.3, 0.2, 0.5)
+    assert tuned.encoder.hidden_size == 48 and tuned.decoder.dropout == 0.1  # the rest is the checkpoint's
+    assert finetune_model_config(base, {"encoder": {"hidden_size": 48}}) == ModelConfig.from_dict(base)
+    with pytest.raises(ValueError, match=r"changes \['model.encoder.hidden_size'\].*model.encoder.dropout"):
+        finetune_model_config(base, {"encoder": {"hidden_size": 64, "dropout": 0.2}})
+    with pytest.raises(ValueError, match=r"unknown model config keys \['encoder.dropuot'\]"):
+        finetune_model_config(base, {"encoder": {"dropuot": 0.2}})
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
