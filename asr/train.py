@@ -369,6 +369,15 @@ def average_checkpoints(paths: Sequence[str | os.PathLike]) -> ASRModel:
     if not paths:
         raise ValueError("no checkpoints to average")
     ckpts = [load_checkpoint(p) for p in paths]
+    for p, c in zip(paths, ckpts, strict=True):
+        for key in ("tokenizer", "state_dict"):
+            if key not in c:
+                raise ValueError(f"{p} lacks its {key}; it is not a model checkpoint")
+        if c["tokenizer"] != ckpts[-1]["tokenizer"] or _shapes(c) != _shapes(ckpts[-1]):
+            raise ValueError(
+                f"cannot average {p} with {paths[-1]}: their tokenizers or architectures differ; "
+                "average only checkpoints of one model (one run, or fine-tuning runs of it)"
+            )
     avg: dict[str, torch.Tensor] = {}
     for k, v in ckpts[-1]["state_dict"].items():
         if v.is_floating_point():
@@ -379,6 +388,10 @@ def average_checkpoints(paths: Sequence[str | os.PathLike]) -> ASRModel:
         else:
             avg[k] = v
     return model_from_checkpoint({**ckpts[-1], "state_dict": avg})
+
+
+def _shapes(ckpt: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
 
 
 def select_checkpoints(out_dir: Path, n: int, by: str = "best") -> list[Path]:
@@ -1011,7 +1024,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n  asr train configs/default.yaml --out exp/default\n"
         "  torchrun --nproc-per-node 2 -m client.cli train configs/default.yaml\n"
-        "  asr train --average 5 --out exp/default     # average the best 5 epoch models",
+        "  asr train --average 5 --out exp/default     # average the best 5 epoch models\n"
+        "  asr train --average-files a.pt b.pt --out exp/ab --half   # average given checkpoints",
     )
     p.add_argument("config", nargs="?", type=Path, help="YAML or TOML training config")
     p.add_argument("--out", type=Path, help="output folder (default: out_dir from the config)")
@@ -1041,22 +1055,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="best",
         help="which epoch checkpoints to average (default: best by validation)",
     )
+    p.add_argument(
+        "--average-files",
+        nargs="+",
+        type=Path,
+        metavar="CKPT",
+        help="without CONFIG: average these checkpoints of one model (e.g. two fine-tuning stages) "
+        "into OUT/averaged.pt",
+    )
     p.add_argument("--half", action="store_true", help="with --average: store the average in fp16")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.config is None:
-        if not args.average or args.out is None:
-            raise ValueError("give a CONFIG to train, or --average N --out DIR to average checkpoints")
-        paths = select_checkpoints(args.out, args.average, args.average_by)
+        if not (args.average or args.average_files) or args.out is None:
+            raise ValueError(
+                "give a CONFIG to train, or --average N --out DIR (or --average-files CKPT... --out DIR) "
+                "to average checkpoints"
+            )
+        if args.average and args.average_files:
+            raise ValueError("give --average N or --average-files CKPT..., not both")
+        if args.average_files:
+            paths = list(args.average_files)
+            names = [str(p) for p in paths]
+            last = load_checkpoint(paths[-1]).get("extra", {})
+            extra = {k: last[k] for k in ("epoch", "step") if k in last}  # the newest run's position
+        else:
+            paths = select_checkpoints(args.out, args.average, args.average_by)
+            names = [p.name for p in paths]
+            extra = {}
+        args.out.mkdir(parents=True, exist_ok=True)
         save_checkpoint(
             average_checkpoints(paths),
             args.out / "averaged.pt",
-            extra={"averaged": [p.name for p in paths]},
+            extra={"averaged": names, **extra},
             half=args.half,
         )
-        print(f"{args.out / 'averaged.pt'}: average of {', '.join(p.name for p in paths)}")
+        print(f"{args.out / 'averaged.pt'}: average of {', '.join(names)}")
         return 0
     overrides = list(args.set)
     if args.max_steps is not None:

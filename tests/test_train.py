@@ -22,7 +22,7 @@ import asr.train as train_module
 from asr.checkpoint import load_checkpoint, load_model
 from asr.data.importers import import_corpus
 from asr.data.manifest import write_manifest
-from asr.model import ModelConfig
+from asr.model import ASRModel, ModelConfig
 from asr.train import (
     TrainConfig,
     average_checkpoints,
@@ -370,3 +370,36 @@ def test_ctc_silence_penalty_weights_the_training_loss(
     assert any(bool((p == 8.0).any()) for p in seen)  # espeak-ng leaves some silence before and after
     valid = records(out, "valid")
     assert valid[-1]["valid_loss"] < 0.7 * valid[0]["valid_loss"]
+
+
+def test_average_files_averages_given_checkpoints_and_refuses_other_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import tiny_model
+
+    from asr.checkpoint import save_checkpoint
+
+    a, b = tiny_model(seed=1), tiny_model(seed=2)
+    save_checkpoint(a, tmp_path / "a.pt")
+    save_checkpoint(b, tmp_path / "b.pt", extra={"epoch": 7, "step": 70})
+    out = tmp_path / "ab"
+    files = [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    assert main(["train", "--average-files", *files, "--out", str(out), "--half"]) == 0
+    ckpt = load_checkpoint(out / "averaged.pt")
+    assert ckpt["extra"]["averaged"] == files
+    assert (ckpt["extra"]["epoch"], ckpt["extra"]["step"]) == (7, 70)  # the newest run's position
+    w = ckpt["state_dict"]["ctc.weight"]
+    assert w.dtype == torch.float16
+    expected = (a.state_dict()["ctc.weight"] + b.state_dict()["ctc.weight"]) / 2
+    torch.testing.assert_close(w.float(), expected, atol=1e-3, rtol=1e-3)
+
+    other = ASRModel(
+        dataclasses.replace(a.config, encoder=dataclasses.replace(a.config.encoder, hidden_size=16)),
+        a.tokenizer,
+    )
+    save_checkpoint(other, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="architectures differ"):
+        average_checkpoints([tmp_path / "a.pt", tmp_path / "other.pt"])
+    capsys.readouterr()
+    assert main(["train", "--average", "2", "--average-files", *files, "--out", str(out)]) == 1
+    assert "not both" in capsys.readouterr().err
