@@ -1063,7 +1063,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="without CONFIG: average these checkpoints of one model (e.g. two fine-tuning stages) "
         "into OUT/averaged.pt",
     )
-    p.add_argument("--half", action="store_true", help="with --average: store the average in fp16")
+    p.add_argument(
+        "--half", action="store_true", help="with --average or --average-files: store the average in fp16"
+    )
     p.set_defaults(func=run)
 
 
