@@ -7,6 +7,7 @@
 # Then run `CONFIG=... bash scripts/device/train.sh [asr train options]` there with .devdata and .whl carried;
 # CONFIG defaults to configs/default.yaml (from scratch, needs cathy); a fine-tuning config such as
 # configs/finetune-so762-stage5.yaml with `--set init_from=models/default.pt` needs speechocean762 alone.
+# With a lent task's 15 device minutes, run configs/finetune-so762-gpu.yaml (from models/default.pt, one call).
 # Each call trains for MINUTES (default 8.5) and pauses cleanly; run it again on the same warm machine to
 # continue (`asr train --resume`). The newest weights come back in $OUT as fp16, split under 16 MB a file:
 #   cat model.pt.part-* > models/default.pt
