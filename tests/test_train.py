@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import tiny_model
 
 import asr.train as train_module
-from asr.checkpoint import load_checkpoint, load_model
+from asr.checkpoint import load_checkpoint, load_model, save_checkpoint
 from asr.data.importers import import_corpus
 from asr.data.manifest import write_manifest
 from asr.model import ASRModel, ModelConfig
@@ -375,10 +376,6 @@ def test_ctc_silence_penalty_weights_the_training_loss(
 def test_average_files_averages_given_checkpoints_and_refuses_other_models(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conftest import tiny_model
-
-    from asr.checkpoint import save_checkpoint
-
     a, b = tiny_model(seed=1), tiny_model(seed=2)
     save_checkpoint(a, tmp_path / "a.pt")
     save_checkpoint(b, tmp_path / "b.pt", extra={"epoch": 7, "step": 70})
