@@ -36,6 +36,14 @@ class FeatureConfig:
         return torch.clamp((num_samples - self.n_fft) // self.hop_length + 1, min=0)
 
 
+def mel_centers(config: FeatureConfig) -> Tensor:
+    """Centre frequencies in Hz, ``(n_mels,)``, of :class:`LogMel`'s filters (HTK mel scale, 0 Hz to
+    Nyquist, torchaudio's defaults)."""
+    top = 2595.0 * torch.log10(torch.tensor(1.0 + config.sample_rate / 2 / 700.0))
+    mels = torch.linspace(0.0, float(top), config.n_mels + 2)[1:-1]
+    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+
+
 class LogMel(nn.Module):
     """``(B, S)`` waveforms with lengths -> ``(B, T, n_mels)`` log-mel features with lengths."""
 

@@ -51,7 +51,7 @@ from asr.checkpoint import (
     save_checkpoint,
 )
 from asr.ctc import silence_penalty
-from asr.data.augment import SpecAugmentConfig, spec_augment
+from asr.data.augment import SpecAugmentConfig, VtlpConfig, spec_augment, vtlp
 from asr.data.dataset import SpeechDataset, WaveAugmentConfig, collate
 from asr.data.manifest import Utterance, read_manifests
 from asr.data.sampler import BucketBatchSampler
@@ -83,6 +83,7 @@ class DataConfig:
     pad_prob: float = 0.0
     pad_seconds: float = 1.0
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    vtlp: VtlpConfig = field(default_factory=VtlpConfig)  # frequency warping, before SpecAugment
     cmvn_utts: int = 500  # utterances sampled for the global mean/variance
     max_valid_utts: int = 0  # 0: all
 
@@ -805,9 +806,9 @@ def _train(
             host = batch  # the silence penalty reads the waveforms here, not back from the GPU
             batch = batch.to(device)
             feats, feat_lengths = model.features(batch.audio, batch.audio_lengths)
-            if dc.specaugment.enabled:
-                gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-                feats = spec_augment(feats, feat_lengths, dc.specaugment, gen)
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            feats = vtlp(feats, model.config.features, dc.vtlp, gen)
+            feats = spec_augment(feats, feat_lengths, dc.specaugment, gen)
             penalty = None
             if config.ctc_silence_penalty > 0:
                 frames = int(model.config.encoder.output_lengths(torch.tensor([feats.size(1)])))

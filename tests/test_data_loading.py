@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -10,10 +11,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.data.augment import SpecAugmentConfig, add_noise, pad_silence, spec_augment, speed_perturb
+from asr.data.augment import (
+    SpecAugmentConfig,
+    VtlpConfig,
+    add_noise,
+    pad_silence,
+    spec_augment,
+    speed_perturb,
+    vtlp,
+    vtlp_source_bins,
+)
 from asr.data.dataset import SpeechDataset, WaveAugmentConfig, collate, load_utterance
 from asr.data.manifest import Utterance
 from asr.data.sampler import BucketBatchSampler
+from asr.features import FeatureConfig, mel_centers
 from asr.tokenizer import CharTokenizer
 
 DURS = [random.Random(0).uniform(0.5, 12.0) for _ in range(300)]
@@ -161,3 +172,37 @@ def test_dataset_pads_seeded_examples_only(wavs: list[Utterance]) -> None:
     assert torch.equal(a.audio, b.audio)
     assert 16000 < len(a.audio) <= 16000 + 16000  # up to 0.5 s before and 0.5 s after
     assert len(ds[1].audio) == 16000
+
+
+def test_vtlp_source_bins_invert_the_piecewise_warp() -> None:
+    fc = FeatureConfig()
+    centers = mel_centers(fc)
+    ident = vtlp_source_bins(torch.tensor([1.0]), fc, 4800.0)[0]
+    assert torch.allclose(ident, torch.arange(fc.n_mels, dtype=torch.float32), atol=1e-3)
+    up, down = vtlp_source_bins(torch.tensor([1.1, 0.9]), fc, 4800.0)
+    low = centers < 4000  # below the bend, an output bin at f reads the input at f / alpha...
+    low[0] = False  # ...except where f / alpha falls below the lowest filter (clamped to it)
+    step = 2595.0 * math.log10(1 + 8000 / 700) / (fc.n_mels + 1)  # HTK mels between filter centres
+    src_hz = lambda pos: 700.0 * (10.0 ** ((pos + 1) * step / 2595.0) - 1)  # noqa: E731
+    assert torch.allclose(src_hz(up)[low], centers[low] / 1.1, rtol=1e-3)
+    assert torch.allclose(src_hz(down)[low], centers[low] / 0.9, rtol=1e-3)
+    for pos in (up, down):  # monotonic, inside the filterbank, the top bin pinned to Nyquist
+        assert (pos.diff() > 0).all() and pos.min() >= 0 and pos[-1] <= fc.n_mels - 1
+
+
+def test_vtlp_moves_a_formant_by_the_warp_and_is_seeded() -> None:
+    fc = FeatureConfig()
+    centers = mel_centers(fc)
+    peak = int((centers - 1000).abs().argmin())  # one log-mel "formant" at 1 kHz in every frame
+    feats = torch.zeros(64, 5, fc.n_mels)
+    feats[:, :, peak] = 10.0
+    cfg = VtlpConfig(max_warp=0.15)
+    out = vtlp(feats, fc, cfg, torch.Generator().manual_seed(3))
+    assert out.shape == feats.shape and torch.equal(out[:, 0], out[:, 4])  # one factor per utterance
+    moved_hz = centers[out[:, 0].argmax(dim=1)]
+    assert moved_hz.min() < 950 and moved_hz.max() > 1050  # both ways: shorter and longer tracts
+    assert ((moved_hz - 1000).abs() < 1000 * 0.15 + 60).all()  # never further than the warp (+ a bin)
+    assert torch.equal(out, vtlp(feats, fc, cfg, torch.Generator().manual_seed(3)))
+    assert vtlp(feats, fc, VtlpConfig()) is feats
+    with pytest.raises(ValueError, match="max_warp"):
+        VtlpConfig(max_warp=0.6)

@@ -137,7 +137,15 @@ def _first_audio(manifest: Path) -> str:
 
 def test_resume_mid_epoch_matches_an_uninterrupted_run(manifest: Path, tmp_path: Path) -> None:
     # ~2 s per utterance and 4.5 padded seconds per batch: two batches an epoch, so step 3 is mid-epoch 2
-    common = {"data__max_batch_seconds": 4.5, "data__valid": [], "epochs": 3, "average": 0}
+    # with the random feature augmentations on: they are seeded by the step, so a resumed run redraws them
+    common = {
+        "data__max_batch_seconds": 4.5,
+        "data__valid": [],
+        "data__specaugment": {"time_masks": 1, "freq_masks": 1},
+        "data__vtlp": {"max_warp": 0.1},
+        "epochs": 3,
+        "average": 0,
+    }
     full = train(TrainConfig.from_dict(tiny_config(manifest, tmp_path / "full", **common)))
     assert full["steps"] == 6, full
 
@@ -199,6 +207,8 @@ def test_resume_refuses_another_world_size(manifest: Path, tmp_path: Path) -> No
         ({"optim__lr": "fast"}, "'optim.lr' must be a number"),
         ({"best_by": "cer", "model__ctc_weight": 0.0}, "needs the CTC head"),
         ({"ctc_silence_penalty": -1.0}, "ctc_silence_penalty must be >= 0"),
+        ({"data__vtlp": {"max_warp": 0.7}}, r"vtlp.max_warp must be in \[0, 0.5\)"),
+        ({"data__vtlp": {"warp": 0.1}}, "warp"),
     ],
 )
 def test_config_values_are_checked(

@@ -1,8 +1,9 @@
-"""Augmentation: speed perturbation and additive noise on waveforms (data workers), SpecAugment on features
-(the training device, batched)."""
+"""Augmentation: speed perturbation and additive noise on waveforms (data workers), SpecAugment and
+vocal-tract-length perturbation on features (the training device, batched)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,7 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 from asr.audio import SAMPLE_RATE
-from asr.features import lengths_to_mask
+from asr.features import FeatureConfig, lengths_to_mask, mel_centers
 
 
 def speed_perturb(audio: np.ndarray, factor: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -101,3 +102,64 @@ def spec_augment(
         start = (rand(b) * (lengths - width + 1).clamp_min(1).float()).long()
         mask |= ((frames[None] >= start[:, None]) & (frames[None] < (start + width)[:, None]))[:, :, None]
     return torch.where(mask, mean[:, None, None].to(feats.dtype), feats)
+
+
+@dataclass(frozen=True)
+class VtlpConfig:
+    """Vocal-tract-length perturbation (Jaitly & Hinton 2013): each utterance's spectrum is stretched or
+    squeezed along the frequency axis by a factor drawn from ``[1 - max_warp, 1 + max_warp]``, as if a
+    shorter or longer vocal tract had spoken it (children's formants sit up to 20 % above adults'). Unlike
+    speed perturbation it leaves the tempo alone, and it draws a new factor for every utterance of every
+    epoch. 0 turns it off."""
+
+    max_warp: float = 0.0
+    boundary_hz: float = 4800.0  # the warp is linear up to here, then bends to keep the Nyquist frequency
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_warp < 0.5:
+            raise ValueError(f"vtlp.max_warp must be in [0, 0.5), got {self.max_warp}")
+        if self.boundary_hz <= 0:
+            raise ValueError(f"vtlp.boundary_hz must be positive, got {self.boundary_hz}")
+
+
+def vtlp_source_bins(alpha: Tensor, features: FeatureConfig, boundary_hz: float) -> Tensor:
+    """Fractional mel-bin index, ``(B, n_mels)``, that each output bin reads for warp factors ``(B,)``.
+
+    The forward warp maps a frequency ``f`` to ``alpha * f`` up to ``b = boundary_hz * min(alpha, 1)``
+    and from there linearly onto the Nyquist frequency; this inverts it at the bins' centre frequencies.
+    """
+    nyquist = features.sample_rate / 2
+    centers = mel_centers(features).to(alpha.device)[None, :]  # (1, F) in Hz
+    a = alpha[:, None].float()
+    b = min(boundary_hz, nyquist * 0.99) * a.clamp(max=1.0)
+    low = centers / a
+    high = nyquist - (nyquist - centers) * (nyquist - b / a) / (nyquist - b)
+    source = torch.where(centers <= b, low, high)
+    # Hz -> fractional bin index on the same (HTK) mel scale the filterbank uses
+    mel = 2595.0 * torch.log10(1.0 + source / 700.0)
+    mel_max = 2595.0 * math.log10(1.0 + nyquist / 700.0)
+    step = mel_max / (features.n_mels + 1)
+    return (mel / step - 1.0).clamp(0.0, features.n_mels - 1.0)
+
+
+def vtlp(
+    feats: Tensor,
+    features: FeatureConfig,
+    config: VtlpConfig,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Warp ``(B, T, n_mels)`` log-mel features along frequency, one random factor per utterance
+    (linear interpolation between neighbouring bins). Returns a new tensor; the input when turned off."""
+    if config.max_warp <= 0:
+        return feats
+    b, t, f = feats.shape
+    alpha = 1.0 + (torch.rand(b, generator=generator) * 2 - 1) * config.max_warp
+    pos = vtlp_source_bins(alpha.to(feats.device), features, config.boundary_hz)  # (B, F)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp_max(f - 1)
+    w = (pos - lo.float()).to(feats.dtype)[:, None, :]
+
+    def take(idx: Tensor) -> Tensor:
+        return feats.gather(2, idx[:, None, :].expand(b, t, f))
+
+    return take(lo) * (1 - w) + take(hi) * w
