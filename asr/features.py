@@ -36,12 +36,20 @@ class FeatureConfig:
         return torch.clamp((num_samples - self.n_fft) // self.hop_length + 1, min=0)
 
 
+def hz_to_mel(hz: Tensor) -> Tensor:
+    """The HTK mel scale, which :class:`LogMel`'s filterbank uses (torchaudio's default)."""
+    return 2595.0 * torch.log10(1.0 + hz / 700.0)
+
+
+def mel_to_hz(mel: Tensor) -> Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
 def mel_centers(config: FeatureConfig) -> Tensor:
-    """Centre frequencies in Hz, ``(n_mels,)``, of :class:`LogMel`'s filters (HTK mel scale, 0 Hz to
-    Nyquist, torchaudio's defaults)."""
-    top = 2595.0 * torch.log10(torch.tensor(1.0 + config.sample_rate / 2 / 700.0))
-    mels = torch.linspace(0.0, float(top), config.n_mels + 2)[1:-1]
-    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+    """Centre frequencies in Hz, ``(n_mels,)``, of :class:`LogMel`'s filters: evenly spaced mels from
+    0 Hz to Nyquist, torchaudio's defaults."""
+    top = hz_to_mel(torch.tensor(config.sample_rate / 2))
+    return mel_to_hz(torch.linspace(0.0, float(top), config.n_mels + 2)[1:-1])
 
 
 class LogMel(nn.Module):

@@ -3,7 +3,6 @@ vocal-tract-length perturbation on features (the training device, batched)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +11,7 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 from asr.audio import SAMPLE_RATE
-from asr.features import FeatureConfig, lengths_to_mask, mel_centers
+from asr.features import FeatureConfig, hz_to_mel, lengths_to_mask, mel_centers
 
 
 def speed_perturb(audio: np.ndarray, factor: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -135,11 +134,9 @@ def vtlp_source_bins(alpha: Tensor, features: FeatureConfig, boundary_hz: float)
     low = centers / a
     high = nyquist - (nyquist - centers) * (nyquist - b / a) / (nyquist - b)
     source = torch.where(centers <= b, low, high)
-    # Hz -> fractional bin index on the same (HTK) mel scale the filterbank uses
-    mel = 2595.0 * torch.log10(1.0 + source / 700.0)
-    mel_max = 2595.0 * math.log10(1.0 + nyquist / 700.0)
-    step = mel_max / (features.n_mels + 1)
-    return (mel / step - 1.0).clamp(0.0, features.n_mels - 1.0)
+    # Hz -> fractional bin index: the filter centres sit every ``step`` mels, the first one ``step`` above 0
+    step = hz_to_mel(torch.tensor(nyquist)) / (features.n_mels + 1)
+    return (hz_to_mel(source) / step - 1.0).clamp(0.0, features.n_mels - 1.0)
 
 
 def vtlp(
