@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 NEG_INF = float("-inf")
+MIN_TTA_SPEED, MAX_TTA_SPEED = 0.5, 2.0
+MAX_TTA_SPEEDS = 4  # extra views per utterance: each costs about one more decoding
 _PAD_LOGP = -1e4  # log-prob of non-blank tokens on padded frames (blank gets log 1 = 0 there)
 
 
@@ -42,12 +44,27 @@ class DecodingOptions:
     pre_beam_ratio: float = 1.5  # candidates per hypothesis = ratio * beam, chosen by the attention scores
     phrases: tuple[str, ...] = ()  # phrase hints: words and phrases to favour (asr.biasing)
     phrase_boost: float = 1.0  # score per token of a completed phrase hint (bench/biasing.py)
+    tta_speeds: tuple[float, ...] = ()  # test-time augmentation: also decode at these speeds (asr.tta)
 
     def __post_init__(self) -> None:
         if not isinstance(self.phrases, tuple):  # a list would make the options unhashable
             if isinstance(self.phrases, str):
                 raise ValueError("phrases must be a sequence of strings, not one string")
             object.__setattr__(self, "phrases", tuple(self.phrases))
+        if isinstance(self.tta_speeds, str):
+            raise ValueError("tta_speeds must be a sequence of numbers, e.g. (0.9, 1.1), not a string")
+        if not isinstance(self.tta_speeds, tuple):
+            object.__setattr__(self, "tta_speeds", tuple(float(x) for x in self.tta_speeds))
+        for speed in self.tta_speeds:
+            if not MIN_TTA_SPEED <= speed <= MAX_TTA_SPEED or speed == 1.0:
+                raise ValueError(
+                    f"tta_speeds must lie in [{MIN_TTA_SPEED}, {MAX_TTA_SPEED}] and leave out 1.0 (the "
+                    f"original is always decoded), got {speed}; e.g. (0.9, 1.1)"
+                )
+        if len(self.tta_speeds) > MAX_TTA_SPEEDS:
+            raise ValueError(f"tta_speeds has {len(self.tta_speeds)} speeds; at most {MAX_TTA_SPEEDS}")
+        if len(set(self.tta_speeds)) != len(self.tta_speeds):
+            raise ValueError(f"tta_speeds has a speed twice: {self.tta_speeds}")
         if self.phrase_boost < 0:
             raise ValueError(f"phrase_boost must be >= 0, got {self.phrase_boost}")
         if self.method not in ("greedy", "beam"):
@@ -58,6 +75,8 @@ class DecodingOptions:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.lm_weight < 0:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        if self.tta_speeds and self.method != "beam":
+            raise ValueError("tta_speeds needs the beam search (method 'beam'); greedy CTC decodes one view")
         if self.nbest < 1 or (self.nbest > self.beam_size and self.method == "beam"):
             raise ValueError(f"nbest must be in [1, beam_size={self.beam_size}], got {self.nbest}")
         if self.max_length_ratio <= 0:

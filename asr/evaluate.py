@@ -31,6 +31,7 @@ from asr.lm_cli import add_lm_arguments, lm_from_args
 from asr.model import ASRModel
 from asr.tokenizer import normalize_text
 from asr.transcribe import transcribe_batch
+from asr.tta import add_tta_argument
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("greedy", "beam"), help="decoding method (default: beam)")
     p.add_argument("--beam", type=int, help="beam size")
     p.add_argument("--ctc-weight", type=float, help="CTC weight in joint decoding")
+    add_tta_argument(p)
     add_lm_arguments(p)
     p.add_argument("--batch-size", type=int, default=16, help="utterances decoded together (default: 16)")
     p.add_argument("--limit", type=int, help="only the first N utterances of the manifest")
@@ -186,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         changes["beam_size"] = args.beam
     if args.ctc_weight is not None:
         changes["ctc_weight"] = args.ctc_weight
+    if args.tta_speeds is not None:
+        changes["tta_speeds"] = args.tta_speeds
     model = load_model(args.model, device=args.device)
     lm, changes["lm_weight"] = lm_from_args(args, model)
     options = dataclasses.replace(options, **changes)
@@ -207,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"RTF         {result.rtf:.4f}  ({result.decode_seconds:.1f} s decoding on {model.device}, "
         f"{'greedy' if options.method == 'greedy' else f'beam {options.beam_size}'}"
+        f"{f', speeds 1.0 + {options.tta_speeds}' if options.tta_speeds else ''}"
         f"{f', LM weight {options.lm_weight}' if lm is not None else ''})"
     )
     return 0

@@ -51,7 +51,7 @@ import torch
 from asr.alignment import Word, voiced_span
 from asr.audio import SAMPLE_RATE, check_finite
 from asr.decoding import DecodingOptions, LanguageModel
-from asr.transcribe import Alternative, decode_encoded, encode_waveforms, split_long_audio
+from asr.transcribe import Alternative, decode_encoded, encode_views, encode_waveforms, split_long_audio
 
 if TYPE_CHECKING:
     from asr.model import ASRModel
@@ -553,6 +553,11 @@ class Recognizer:
             durations = [len(jobs[i].audio) / SAMPLE_RATE for i in idx]
             word_times = any(jobs[i].stream.options.word_times for i in idx)
             voiced = [voiced_span(jobs[i].audio) for i in idx] if word_times else None
+            views = (
+                encode_views(self.model, [jobs[i].audio for i in idx], opts.tta_speeds)
+                if opts.tta_speeds
+                else ()
+            )
             transcripts = decode_encoded(
                 self.model,
                 sub,
@@ -563,6 +568,7 @@ class Recognizer:
                 word_times=word_times,
                 voiced=voiced,
                 lm=self.lm,
+                views=views,
             )
             for i, t in zip(idx, transcripts, strict=True):
                 j = jobs[i]

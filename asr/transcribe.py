@@ -15,6 +15,8 @@ from torch import Tensor
 from asr.alignment import Word, align_words, clamp_to_voiced, voiced_span
 from asr.audio import SAMPLE_RATE, AudioInput, load_audio
 from asr.decoding import DecodingOptions, Hypothesis, LanguageModel, beam_search, ctc_greedy
+from asr.tta import search_views
+from asr.tta import views as tta_views
 
 if TYPE_CHECKING:
     from asr.model import ASRModel
@@ -77,9 +79,11 @@ def decode_encoded(
     lm: LanguageModel | None = None,
     word_times: bool = True,
     voiced: Sequence[tuple[float, float] | None] | None = None,
+    views: Sequence[tuple[Tensor, Tensor]] = (),
 ) -> list[Transcript]:
     """Decode a batch of encoder outputs ``(B, T', D)`` into transcripts. ``voiced``: each segment's
-    :func:`asr.alignment.voiced_span`, which its word times are kept within."""
+    :func:`asr.alignment.voiced_span`, which its word times are kept within. ``views``: with
+    ``options.tta_speeds``, the encoder outputs of the same batch at those speeds (:func:`encode_views`)."""
     tok = model.tokenizer
     b = enc.size(0)
     offsets = offsets or [0.0] * b
@@ -96,6 +100,14 @@ def decode_encoded(
             # the geometric-mean probability of the frames that emit tokens (of every frame if none does)
             frames = lp[spoken] if bool(spoken.any()) else lp
             confidences.append([math.exp(float(frames.mean())) if n else 0.0])
+    elif options.tta_speeds:
+        if len(views) != len(options.tta_speeds):
+            raise ValueError(
+                f"options.tta_speeds has {len(options.tta_speeds)} speeds but {len(views)} encoded views "
+                "were given: encode them with asr.transcribe.encode_views"
+            )
+        hyps_per_utt = search_views(model, [(enc, enc_lengths), *views], options, lm=lm)
+        confidences = [[_hyp_confidence(h) for h in hyps] for hyps in hyps_per_utt]
     else:
         hyps_per_utt = beam_search(model, enc, enc_lengths, options, lm=lm)
         confidences = [[_hyp_confidence(h) for h in hyps] for hyps in hyps_per_utt]
@@ -137,6 +149,18 @@ def encode_waveforms(model: ASRModel, waves: list[np.ndarray]) -> tuple[Tensor, 
 
 
 @torch.inference_mode()
+def encode_views(
+    model: ASRModel, waves: list[np.ndarray], speeds: Sequence[float]
+) -> list[tuple[Tensor, Tensor]]:
+    """Encoder outputs ``(enc, enc_lengths)`` of the batch played at each of ``speeds`` (:mod:`asr.tta`)."""
+    out = []
+    for copies in tta_views(waves, speeds):
+        enc, enc_lengths, _ = encode_waveforms(model, copies)
+        out.append((enc, enc_lengths))
+    return out
+
+
+@torch.inference_mode()
 def decode_waveforms(
     model: ASRModel,
     waves: list[np.ndarray],
@@ -152,6 +176,7 @@ def decode_waveforms(
     enc, enc_lengths, short = encode_waveforms(model, waves)
     durations = [len(w) / SAMPLE_RATE for w in waves]
     voiced = [voiced_span(w) for w in waves] if word_times else None
+    views = encode_views(model, waves, options.tta_speeds) if options.tta_speeds else ()
     results = decode_encoded(
         model,
         enc,
@@ -162,6 +187,7 @@ def decode_waveforms(
         lm=lm,
         word_times=word_times,
         voiced=voiced,
+        views=views,
     )
     return [Transcript("", (), (), durations[i]) if short[i] else r for i, r in enumerate(results)]
 

@@ -36,7 +36,9 @@ def seconds(d: Duration) -> float:
 def recognition_config(
     config: RecognitionConfig, encoding: int, sample_rate: int = 0
 ) -> pb.RecognitionConfig:
-    decoding = pb.DecodingConfig(method=_METHODS[config.method], beam_size=config.beam_size or 0)
+    decoding = pb.DecodingConfig(
+        method=_METHODS[config.method], beam_size=config.beam_size or 0, tta_speeds=config.tta_speeds
+    )
     if config.ctc_weight is not None:
         decoding.ctc_weight = config.ctc_weight
     if config.lm_weight is not None:

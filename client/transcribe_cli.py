@@ -107,6 +107,11 @@ def register(subparsers: Any) -> None:
     dec.add_argument("--beam", type=int, help="beam size")
     dec.add_argument("--ctc-weight", type=float, help="CTC weight in joint decoding, in [0, 1]")
     dec.add_argument("--alternatives", type=int, default=1, help="n-best per segment (json, jsonl)")
+    dec.add_argument(
+        "--tta-speeds", type=speed_list, default=(), metavar="S1,S2",
+        help="test-time augmentation: also decode the audio played at these speeds and let the views vote "
+        "(e.g. 0.9,1.1: about 3x the decoding time; beam only)",
+    )
     dec.add_argument("--lm", metavar="PATH", help="local mode: language model from 'asr lm train'")
     dec.add_argument(
         "--lm-weight", type=float,
@@ -114,6 +119,14 @@ def register(subparsers: Any) -> None:
     )
     add_phrase_args(dec)
     p.set_defaults(func=run)
+
+
+def speed_list(text: str) -> tuple[float, ...]:
+    """``"0.9,1.1"`` -> ``(0.9, 1.1)`` for ``--tta-speeds``; the range is checked where it decodes."""
+    try:
+        return tuple(float(x) for x in text.split(",")) if text.strip() else ()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of speeds such as 0.9,1.1") from None
 
 
 def add_phrase_args(group: Any) -> None:
@@ -334,6 +347,7 @@ def recognition_config(args: argparse.Namespace) -> RecognitionConfig:
         lm_weight=args.lm_weight,
         phrases=phrases_from_args(args),
         phrase_boost=args.phrase_boost,
+        tta_speeds=args.tta_speeds,
     )
 
 
@@ -411,6 +425,7 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
         lm_weight=lm_weight,
         phrases=phrases,
         phrase_boost=asr.DecodingOptions.phrase_boost if args.phrase_boost is None else args.phrase_boost,
+        tta_speeds=args.tta_speeds,
     )
     for k in range(0, len(items), args.batch_size):
         batch = items[k : k + args.batch_size]

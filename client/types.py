@@ -42,11 +42,15 @@ class RecognitionConfig:
     language_code: str = ""  # informational; the model decides the language
     phrases: tuple[str, ...] = ()  # phrase hints: names and terms the audio is likely to contain
     phrase_boost: float | None = None  # score per token of a completed hint, in [0, 10]
+    tta_speeds: tuple[float, ...] = ()  # test-time augmentation of beam finals, e.g. (0.9, 1.1)
 
     def __post_init__(self) -> None:
         if isinstance(self.phrases, str):
             raise ValueError("phrases must be a sequence of strings, not one string")
         object.__setattr__(self, "phrases", tuple(self.phrases))
+        if isinstance(self.tta_speeds, str):
+            raise ValueError("tta_speeds must be a sequence of numbers, e.g. (0.9, 1.1), not a string")
+        object.__setattr__(self, "tta_speeds", tuple(float(x) for x in self.tta_speeds))
         if self.phrase_boost is not None and not 0.0 <= self.phrase_boost <= 10.0:
             raise ValueError(f"phrase_boost must be in [0, 10], got {self.phrase_boost}")
         if self.method is not None and self.method not in METHODS:

@@ -48,6 +48,7 @@ class ServerConfig:
     beam_size: int = 8  # default beam when a request does not set one
     ctc_weight: float = 0.3  # default CTC weight of finals
     phrase_boost: float = DecodingOptions.phrase_boost  # default score per token of a completed phrase hint
+    tta_speeds: str = ""  # default test-time augmentation of beam finals, e.g. "0.9,1.1" (asr.tta); "" = none
     # streams: silence an utterance keeps after its speech; its final is decoded once that much is in and
     # sent at the endpoint (early finals). At or above a stream's silence_ms, finals wait for the endpoint
     final_tail_ms: int = 300
@@ -86,12 +87,25 @@ class ServerConfig:
             raise ValueError(f"phrase_boost must be in [0, {MAX_PHRASE_BOOST:g}], got {self.phrase_boost}")
         if not 0.0 <= self.lm_weight < float("inf"):
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        self.tta_speed_values  # noqa: B018 (validates)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("mutual TLS (tls_client_ca) needs tls_cert and tls_key")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be 'json' or 'text', got {self.log_format!r}")
+
+    @property
+    def tta_speed_values(self) -> tuple[float, ...]:
+        """``tta_speeds`` as numbers: ``"0.9,1.1"`` -> ``(0.9, 1.1)``."""
+        if not self.tta_speeds.strip():
+            return ()
+        try:
+            speeds = tuple(float(x) for x in self.tta_speeds.split(","))
+            DecodingOptions(tta_speeds=speeds)
+        except ValueError as exc:
+            raise ValueError(f"tta_speeds {self.tta_speeds!r}: {exc}") from None
+        return speeds
 
     @property
     def tokens(self) -> tuple[str, ...]:

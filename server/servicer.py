@@ -110,6 +110,8 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
         lm_weight = self._lm_weight(d, model)
         phrases, boost = self._phrase_hints(cfg, model)
         greedy = method == "greedy"  # CTC best path has no search to fuse an LM or hints into
+        # float32 on the wire: 0.9 arrives as 0.89999998
+        speeds = tuple(round(x, 4) for x in d.tta_speeds) or self.config.tta_speed_values
         return DecodingOptions(
             method=method,
             beam_size=beam,
@@ -118,6 +120,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
             lm_weight=0.0 if greedy else lm_weight,
             phrases=() if greedy else phrases,
             phrase_boost=boost,
+            tta_speeds=() if greedy else speeds,
         )
 
     @staticmethod
@@ -544,7 +547,10 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 def default_stream_options(config: ServerConfig, lm_weight: float = 0.0) -> StreamOptions:
     return StreamOptions(
         decoding=DecodingOptions(
-            beam_size=config.beam_size, ctc_weight=config.ctc_weight, lm_weight=lm_weight
+            beam_size=config.beam_size,
+            ctc_weight=config.ctc_weight,
+            lm_weight=lm_weight,
+            tta_speeds=config.tta_speed_values,
         ),
         endpoint=EndpointConfig(final_tail_ms=config.final_tail_ms),
     )

@@ -328,3 +328,22 @@ def test_remote_batch_stops_at_once_when_interrupted(
     t0 = time.monotonic()
     results.close()  # the consumer stops while two requests are in flight
     assert released.is_set() and time.monotonic() - t0 < 5
+
+
+def test_tta_speeds_local_and_remote(
+    server: ServerThread, audio_dir: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = str(audio_dir / "a.wav")
+    local = ["transcribe", wav, "--model", str(checkpoint), "--beam", "2"]
+    assert main([*local, "--tta-speeds", "0.9,1.1"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main([*local, "--tta-speeds", "1.0"]) == 1
+    assert "leave out 1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*local, "--tta-speeds", "fast"])
+    assert exit_info.value.code == 2 and "'fast'" in capsys.readouterr().err
+    remote = ["transcribe", wav, "--server", server.target, "--beam", "2"]
+    assert main([*remote, "--tta-speeds", "0.9,1.1"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main([*remote, "--tta-speeds", "3"]) == 1  # INVALID_ARGUMENT from the server, for this file
+    assert "tta_speeds" in capsys.readouterr().err

@@ -57,6 +57,11 @@ def test_eval_json_last_line(
     assert rows[0]["word_errors"] >= rows[-1]["word_errors"]  # worst first
     assert main([*argv, "--beam", "2", "--limit", "2"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["utts"] == 2
+    assert main([*argv, "--beam", "2", "--limit", "1", "--tta-speeds", "0.9,1.1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["utts"] == 1
+    with pytest.raises(SystemExit):  # argparse: exit code 2 and the reason on stderr
+        main([*argv, "--tta-speeds", "1.0"])
+    assert "leave out 1.0" in capsys.readouterr().err
     assert main(["eval", str(manifest), "--model", str(ckpt), "--device", "cpu", "--method", "greedy"]) == 0
     assert "WER" in capsys.readouterr().out
 

@@ -140,6 +140,10 @@ def _configs(wild: bool) -> st.SearchStrategy[asr_pb2.StreamingRecognitionConfig
         beam_size=pick(st.integers(0, 8), int32),
         ctc_weight=pick(st.one_of(st.none(), st.floats(0, 1, width=32)), st.floats(width=32)),
         lm_weight=pick(st.sampled_from([None, 0.0]), st.floats(width=32)),  # this server has no LM
+        tta_speeds=pick(
+            st.lists(st.sampled_from([0.9, 1.1]), max_size=2, unique=True),
+            st.lists(st.floats(width=32), max_size=6),
+        ),
     )
     words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz' ", min_size=1, max_size=30).filter(str.strip)
     config = st.builds(

@@ -219,14 +219,15 @@ def run_stream(
 
 
 def check_finals_match_offline(
-    model: ASRModel, audio: np.ndarray, responses: list
+    model: ASRModel, audio: np.ndarray, responses: list, options: DecodingOptions | None = None
 ) -> list[asr_pb2.StreamingRecognitionResult]:
     finals = [r for resp in responses for r in resp.results if r.is_final]
     heard = pcm_roundtrip(audio)
     for f in finals:
         start, end = seconds(f.result_start_offset), seconds(f.result_end_offset)
         seg = heard[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)]
-        want = decode_waveforms(model, [seg], DecodingOptions(beam_size=4), offsets=[start])[0]
+        opts = options or DecodingOptions(beam_size=4)
+        want = decode_waveforms(model, [seg], opts, offsets=[start])[0]
         assert f.alternatives[0].transcript == want.text
         assert [(w.word, round(seconds(w.start_offset), 4)) for w in f.alternatives[0].words] == [
             (w.word, round(w.start, 4)) for w in want.words
@@ -253,6 +254,40 @@ def test_streaming_finals_match_offline_and_interims_come_first(
         billed == sorted(billed)
         and seconds(finals[-1].result_end_offset) <= billed[-1] <= len(audio) / SAMPLE_RATE
     )
+
+
+def test_test_time_augmentation_per_request_and_by_default(
+    server: ServerThread, model: ASRModel, speech: list[np.ndarray]
+) -> None:
+    """DecodingConfig.tta_speeds decodes what the library decodes with those views, in Recognize and in
+    streaming finals; a server started with tta_speeds uses its own when a request names none."""
+    opts = DecodingOptions(beam_size=4, tta_speeds=(0.9, 1.1))
+    audio = pcm_roundtrip(speech[1])
+    want = transcribe(model, audio, opts)
+    assert want.text != transcribe(model, audio, DecodingOptions(beam_size=4)).text  # the views matter here
+    cfg = asr_pb2.RecognitionConfig(
+        encoding=asr_pb2.LINEAR16,
+        sample_rate_hertz=SAMPLE_RATE,
+        decoding=asr_pb2.DecodingConfig(tta_speeds=[0.9, 1.1]),
+    )
+    req = asr_pb2.RecognizeRequest(config=cfg, audio=asr_pb2.RecognitionAudio(content=float_to_pcm16(audio)))
+    assert server.stub().Recognize(req, timeout=60).results[0].alternatives[0].transcript == want.text
+    sc = stream_config(interim=False)
+    sc.config.decoding.tta_speeds.extend([0.9, 1.1])
+    conv = conversation(speech)
+    finals = check_finals_match_offline(model, conv, run_stream(server, conv, sc), opts)
+    assert len(finals) == 2
+    with pytest.raises(AssertionError):  # and without the views they would have come out otherwise
+        check_finals_match_offline(model, conv, [asr_pb2.StreamingRecognizeResponse(results=finals)])
+    by_default = ServerThread(config(tta_speeds="0.9,1.1"), model)
+    try:
+        plain = asr_pb2.RecognitionConfig(encoding=asr_pb2.LINEAR16, sample_rate_hertz=SAMPLE_RATE)
+        req = asr_pb2.RecognizeRequest(config=plain, audio=req.audio)
+        assert by_default.stub().Recognize(req, timeout=60).results[0].alternatives[0].transcript == want.text
+    finally:
+        by_default.stop()
+    with pytest.raises(ValueError, match=r"tta_speeds '0\.9,1'"):
+        config(tta_speeds="0.9,1")
 
 
 @pytest.mark.parametrize("fmt, subtype, encoding", [("OGG", "OPUS", "OGG_OPUS"), ("FLAC", "PCM_16", "FLAC")])
@@ -400,6 +435,22 @@ def test_invalid_arguments(server: ServerThread, speech: list[np.ndarray]) -> No
                 encoding=asr_pb2.LINEAR16,
                 sample_rate_hertz=16000,
                 decoding=asr_pb2.DecodingConfig(ctc_weight=2.0),
+            ),
+            audio=asr_pb2.RecognitionAudio(content=pcm),
+        ),
+        "tta speed 1.0": asr_pb2.RecognizeRequest(
+            config=asr_pb2.RecognitionConfig(
+                encoding=asr_pb2.LINEAR16,
+                sample_rate_hertz=16000,
+                decoding=asr_pb2.DecodingConfig(tta_speeds=[1.0]),
+            ),
+            audio=asr_pb2.RecognitionAudio(content=pcm),
+        ),
+        "too many tta speeds": asr_pb2.RecognizeRequest(
+            config=asr_pb2.RecognitionConfig(
+                encoding=asr_pb2.LINEAR16,
+                sample_rate_hertz=16000,
+                decoding=asr_pb2.DecodingConfig(tta_speeds=[0.6, 0.7, 0.8, 0.9, 1.1]),
             ),
             audio=asr_pb2.RecognitionAudio(content=pcm),
         ),

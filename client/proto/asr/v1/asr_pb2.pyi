@@ -28,7 +28,7 @@ MP3: AudioEncoding
 WAV: AudioEncoding
 
 class DecodingConfig(_message.Message):
-    __slots__ = ("method", "beam_size", "ctc_weight", "lm_weight")
+    __slots__ = ("method", "beam_size", "ctc_weight", "lm_weight", "tta_speeds")
     class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         METHOD_UNSPECIFIED: _ClassVar[DecodingConfig.Method]
@@ -41,11 +41,13 @@ class DecodingConfig(_message.Message):
     BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
     CTC_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     LM_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TTA_SPEEDS_FIELD_NUMBER: _ClassVar[int]
     method: DecodingConfig.Method
     beam_size: int
     ctc_weight: float
     lm_weight: float
-    def __init__(self, method: _Optional[_Union[DecodingConfig.Method, str]] = ..., beam_size: _Optional[int] = ..., ctc_weight: _Optional[float] = ..., lm_weight: _Optional[float] = ...) -> None: ...
+    tta_speeds: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, method: _Optional[_Union[DecodingConfig.Method, str]] = ..., beam_size: _Optional[int] = ..., ctc_weight: _Optional[float] = ..., lm_weight: _Optional[float] = ..., tta_speeds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RecognitionConfig(_message.Message):
     __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "model", "max_alternatives", "enable_word_time_offsets", "enable_word_confidence", "decoding", "language_code", "phrases", "phrase_boost")
