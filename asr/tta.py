@@ -59,7 +59,7 @@ def add_tta_argument(group: argparse._ActionsContainer) -> None:
         type=parse_speeds,
         metavar="S1,S2",
         help="test-time augmentation: also decode the audio played at these speeds and let the views vote "
-        f"(e.g. {','.join(map(str, RECOMMENDED))}; about {len(RECOMMENDED) + 1}x the decoding time)",
+        f"(e.g. {','.join(map(str, RECOMMENDED))}: about 5x the decoding time, bench/tta.py)",
     )
 
 

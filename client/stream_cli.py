@@ -18,7 +18,13 @@ from typing import Any, TextIO
 from client.audio import DEFAULT_CHUNK_MS, read_raw
 from client.cli import CLIError
 from client.formats import word_record
-from client.transcribe_cli import add_connection_args, add_phrase_args, make_client, phrases_from_args
+from client.transcribe_cli import (
+    add_connection_args,
+    add_phrase_args,
+    make_client,
+    phrases_from_args,
+    speed_list,
+)
 from client.types import RecognitionConfig, StreamingConfig, StreamingResult
 
 DESCRIPTION = """\
@@ -74,6 +80,10 @@ def register(subparsers: Any) -> None:
     dec.add_argument("--beam", type=int, help="beam size")
     dec.add_argument("--ctc-weight", type=float, help="CTC weight in joint decoding, in [0, 1]")
     dec.add_argument("--lm-weight", type=float, help="weight of the server's language model; 0 turns it off")
+    dec.add_argument(
+        "--tta-speeds", type=speed_list, default=(), metavar="S1,S2",
+        help="finals also decoded at these speeds, the views voting (e.g. 0.9,1.1: ~5x their decoding time)",
+    )
     dec.add_argument("--silence-ms", type=int, help="silence that ends an utterance (server default: 800)")
     dec.add_argument("--single-utterance", action="store_true", help="stop after the first utterance")
     add_phrase_args(dec)
@@ -175,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         recognition=RecognitionConfig(
             model=args.model, method=args.method, beam_size=args.beam, ctc_weight=args.ctc_weight,
             lm_weight=args.lm_weight, phrases=phrases_from_args(args), phrase_boost=args.phrase_boost,
-            word_time_offsets=args.json, word_confidence=args.json,
+            word_time_offsets=args.json, word_confidence=args.json, tta_speeds=args.tta_speeds,
         ),
         interim_results=tty or args.interim,
         single_utterance=args.single_utterance,

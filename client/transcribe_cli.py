@@ -110,7 +110,7 @@ def register(subparsers: Any) -> None:
     dec.add_argument(
         "--tta-speeds", type=speed_list, default=(), metavar="S1,S2",
         help="test-time augmentation: also decode the audio played at these speeds and let the views vote "
-        "(e.g. 0.9,1.1: about 3x the decoding time; beam only)",
+        "(e.g. 0.9,1.1: about 5x the decoding time; beam only)",
     )
     dec.add_argument("--lm", metavar="PATH", help="local mode: language model from 'asr lm train'")
     dec.add_argument(

@@ -288,7 +288,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "phrase_boost": "default score per token of a completed phrase hint "
         f"(default {ServerConfig.phrase_boost:g})",
         "tta_speeds": "default test-time augmentation of beam finals: also decode at these speeds, "
-        "e.g. 0.9,1.1 (about 3x the decoding time of finals; default: none)",
+        "e.g. 0.9,1.1 (about 5x the decoding time of finals; default: none)",
         "token": "require 'authorization: Bearer TOKEN' (comma-separate several; prefer ASR_TOKEN)",
         "tls_cert": "PEM certificate chain (enables TLS with --tls-key)",
         "tls_key": "PEM private key",

@@ -8,11 +8,12 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from client_support import ServerThread, tiny_server
 
-from client import Client, StreamingConfig
+from client import Client, RecognitionConfig, StreamingConfig
 from client.audio import read_audio, to_linear16
 from client.cli import main
 from client.stream_cli import CLEAR_LINE, Printer
@@ -31,11 +32,10 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ASR_SERVER", raising=False)
 
 
-def finals_of(server: ServerThread, path: Path) -> list[str]:
+def finals_of(server: ServerThread, path: Path, **recognition: Any) -> list[str]:
+    config = StreamingConfig(recognition=RecognitionConfig(**recognition), interim_results=False)
     with Client(server.target) as c:
-        return [
-            r.text for r in c.stream(path, StreamingConfig(interim_results=False)) if r.is_final and r.text
-        ]
+        return [r.text for r in c.stream(path, config) if r.is_final and r.text]
 
 
 class _Stdin:
@@ -51,6 +51,17 @@ def test_file_prints_finals_only_when_piped(
     out = capsys.readouterr().out
     assert out.splitlines() == finals_of(server, path)
     assert "\r" not in out
+
+
+def test_tta_speeds_reach_the_finals(
+    server: ServerThread, speech_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = speech_dir / "utt3.wav"
+    args = ["stream", str(path), "--server", server.target, "--no-realtime"]
+    assert main([*args, "--tta-speeds", "0.9,1.1"]) == 0
+    assert capsys.readouterr().out.splitlines() == finals_of(server, path, tta_speeds=(0.9, 1.1))
+    assert main([*args, "--tta-speeds", "1.0"]) == 1  # INVALID_ARGUMENT, said in one line
+    assert "tta_speeds" in capsys.readouterr().err
 
 
 def test_json_with_interims(
