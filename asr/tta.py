@@ -40,16 +40,22 @@ POOL_PER_VIEW = 3  # best hypotheses of each view's search that join the pool (o
 RECOMMENDED = (0.9, 1.1)  # the speeds the model was trained with, besides 1.0 (docs/TRAINING_LOG.md)
 
 
-def parse_speeds(text: str) -> tuple[float, ...]:
-    """``"0.9,1.1"`` -> ``(0.9, 1.1)``; ``""`` or ``"none"`` -> ``()`` (one view). For argparse."""
+def speeds_from_text(text: str) -> tuple[float, ...]:
+    """``"0.9,1.1"`` -> ``(0.9, 1.1)``; ``""`` or ``"none"`` -> ``()`` (one view). ``ValueError`` says what
+    is wrong (not numbers, or speeds :class:`DecodingOptions` refuses)."""
     if text.strip().lower() in ("", "none"):
         return ()
+    speeds = tuple(float(x) for x in text.split(","))
+    DecodingOptions(tta_speeds=speeds)
+    return speeds
+
+
+def parse_speeds(text: str) -> tuple[float, ...]:
+    """:func:`speeds_from_text` for argparse."""
     try:
-        speeds = tuple(float(x) for x in text.split(","))
-        DecodingOptions(tta_speeds=speeds)
+        return speeds_from_text(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-    return speeds
 
 
 def add_tta_argument(group: argparse._ActionsContainer) -> None:

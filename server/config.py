@@ -7,6 +7,7 @@ Every setting has an ``ASR_*`` environment variable (the field name upper-cased)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any, get_type_hints
 
 from asr.decoding import DecodingOptions
 from asr.lm import DEFAULT_LM_WEIGHT
+from asr.tta import speeds_from_text
 
 MAX_PHRASE_BOOST = 10.0
 
@@ -95,17 +97,13 @@ class ServerConfig:
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be 'json' or 'text', got {self.log_format!r}")
 
-    @property
+    @functools.cached_property
     def tta_speed_values(self) -> tuple[float, ...]:
-        """``tta_speeds`` as numbers: ``"0.9,1.1"`` -> ``(0.9, 1.1)``."""
-        if not self.tta_speeds.strip():
-            return ()
+        """``tta_speeds`` as numbers, parsed once: ``"0.9,1.1"`` -> ``(0.9, 1.1)``."""
         try:
-            speeds = tuple(float(x) for x in self.tta_speeds.split(","))
-            DecodingOptions(tta_speeds=speeds)
+            return speeds_from_text(self.tta_speeds)
         except ValueError as exc:
             raise ValueError(f"tta_speeds {self.tta_speeds!r}: {exc}") from None
-        return speeds
 
     @property
     def tokens(self) -> tuple[str, ...]:
