@@ -1,5 +1,8 @@
 """Evaluation: ``asr eval MANIFEST [--model M] [--json]`` -> WER, CER, real-time factor, utterance count.
 
+The WER and CER come with 95 % bootstrap intervals (by speaker when the manifest names them,
+:mod:`asr.significance`); ``--errors FILE`` keeps the per-utterance counts, and ``asr compare A B`` tells
+whether one system's errors are really fewer than another's on the same utterances.
 Both references and hypotheses go through :func:`asr.tokenizer.normalize_text` before scoring (jiwer).
 The real-time factor is decoding time (features, encoder, search, word alignment) over audio duration;
 reading and decoding the audio files is timed separately (``load_seconds``).
@@ -29,6 +32,7 @@ from asr.data.manifest import Utterance, read_manifest
 from asr.decoding import DecodingOptions, LanguageModel
 from asr.lm_cli import add_lm_arguments, lm_from_args
 from asr.model import ASRModel
+from asr.significance import Interval, Metric, bootstrap_interval, describe
 from asr.tokenizer import normalize_text
 from asr.transcribe import transcribe_batch
 from asr.tta import add_tta_argument
@@ -43,6 +47,7 @@ class UtteranceResult:
     words: int
     char_errors: int
     chars: int
+    speaker: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,17 @@ class EvalResult:
     words: int
     per_utterance: tuple[UtteranceResult, ...] = ()
 
+    def interval(self, metric: Metric = "wer", confidence: float = 0.95) -> Interval:
+        """The bootstrap confidence interval of the WER or CER (resampling speakers when known)."""
+        return bootstrap_interval(self.per_utterance, metric, confidence=confidence)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         del d["per_utterance"]
+        if self.per_utterance:
+            wer, cer = self.interval("wer"), self.interval("cer")
+            d["wer_ci95"], d["cer_ci95"] = [wer.low, wer.high], [cer.low, cer.high]
+            d["ci_by"] = wer.by
         return d
 
 
@@ -122,6 +135,7 @@ def evaluate(
                 len(refs[i].split()),
                 c.substitutions + c.deletions + c.insertions,
                 len(refs[i]),
+                u.speaker,
             )
         )
     return EvalResult(
@@ -203,11 +217,13 @@ def run(args: argparse.Namespace) -> int:
         f"utterances  {result.utts}" + (f" ({result.skipped} without text skipped)" if result.skipped else "")
     )
     print(f"audio       {result.audio_seconds / 3600:.2f} h")
+    wer = result.interval("wer")
     print(
-        f"WER         {100 * result.wer:.2f} %  ({result.substitutions} sub, {result.deletions} del, "
+        f"WER         {describe(wer)}  ({result.substitutions} sub, {result.deletions} del, "
         f"{result.insertions} ins of {result.words} words)"
     )
-    print(f"CER         {100 * result.cer:.2f} %")
+    print(f"CER         {describe(result.interval('cer'))}")
+    print(f"            [95 % bootstrap intervals over {wer.blocks} {wer.by}s]")
     print(
         f"RTF         {result.rtf:.4f}  ({result.decode_seconds:.1f} s decoding on {model.device}, "
         f"{'greedy' if options.method == 'greedy' else f'beam {options.beam_size}'}"

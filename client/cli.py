@@ -5,6 +5,7 @@
     asr stream       live partial results             (client/stream_cli.py)
     asr train        train a model from a config file (asr/train.py)
     asr eval         WER/CER/RTF of a manifest        (asr/evaluate.py)
+    asr compare      paired bootstrap of two systems  (asr/significance.py)
     asr data         corpus importers                 (asr/data/cli.py)
     asr lm           language models for decoding     (asr/lm_cli.py)
     asr models       list models, local or remote     (client/models_cli.py)
@@ -29,6 +30,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("stream", "client.stream_cli", "stream a file or stdin to a server and print live results"),
     ("train", "asr.train", "train a model from a YAML/TOML config"),
     ("eval", "asr.evaluate", "word/character error rate and real-time factor on a manifest"),
+    ("compare", "asr.significance", "is one system's error rate really lower than another's?"),
     ("data", "asr.data.cli", "import corpora into JSONL manifests"),
     ("lm", "asr.lm_cli", "train a language model for shallow fusion"),
     ("models", "client.models_cli", "list the models here or on a server"),

@@ -52,8 +52,11 @@ def test_eval_json_last_line(
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"wer", "cer", "rtf", "utts"} <= set(result)
     assert result["utts"] == 4 and result["rtf"] > 0 and result["wer"] >= 0.9  # an untrained model
+    for metric in ("wer", "cer"):  # bootstrap intervals around the values
+        low, high = result[f"{metric}_ci95"]
+        assert low <= result[metric] <= high
     rows = [json.loads(line) for line in errors.read_text().splitlines()]
-    assert len(rows) == 4 and {"id", "ref", "hyp", "word_errors", "words"} <= set(rows[0])
+    assert len(rows) == 4 and {"id", "ref", "hyp", "word_errors", "words", "speaker"} <= set(rows[0])
     assert rows[0]["word_errors"] >= rows[-1]["word_errors"]  # worst first
     assert main([*argv, "--beam", "2", "--limit", "2"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["utts"] == 2
@@ -63,7 +66,8 @@ def test_eval_json_last_line(
         main([*argv, "--tta-speeds", "1.0"])
     assert "leave out 1.0" in capsys.readouterr().err
     assert main(["eval", str(manifest), "--model", str(ckpt), "--device", "cpu", "--method", "greedy"]) == 0
-    assert "WER" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "WER" in out and "95 % bootstrap intervals" in out
 
 
 def test_scores_normalised_text(
@@ -90,5 +94,7 @@ def test_scores_normalised_text(
     assert result.wer == pytest.approx(1 / 4)
     assert result.cer == pytest.approx(1 / 23)  # one inserted letter in 11 + 12 characters
     assert sorted(r.word_errors for r in result.per_utterance) == [0, 1]
+    ci = result.interval("wer")
+    assert ci.by == "utterance" and ci.blocks == 2 and ci.low == 0.0 and ci.high == 0.5  # 1 of 2 words
     with pytest.raises(ValueError, match="nothing to evaluate"):
         ev.evaluate(tiny_model, utts[2:])
