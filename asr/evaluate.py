@@ -84,6 +84,21 @@ def _counts(refs: Sequence[str], hyps: Sequence[str]) -> tuple[Any, Any]:
     return jiwer.process_words(list(refs), list(hyps)), jiwer.process_characters(list(refs), list(hyps))
 
 
+def score_utterances(
+    utts: Sequence[Utterance], refs: Sequence[str], hyps: Sequence[str]
+) -> list[UtteranceResult]:
+    """Per-utterance word and character errors of normalised ``hyps`` against normalised ``refs``."""
+    out = []
+    for u, ref, hyp in zip(utts, refs, hyps, strict=True):
+        w, c = _counts([ref], [hyp])
+        word_errors = w.substitutions + w.deletions + w.insertions
+        char_errors = c.substitutions + c.deletions + c.insertions
+        out.append(
+            UtteranceResult(u.id, ref, hyp, word_errors, len(ref.split()), char_errors, len(ref), u.speaker)
+        )
+    return out
+
+
 def evaluate(
     model: ASRModel,
     utts: Sequence[Utterance],
@@ -123,21 +138,7 @@ def evaluate(
     refs = [normalize_text(u.text) for u in kept]
     hyp_list = [hyps[i] for i in range(len(kept))]
     words, chars = _counts(refs, hyp_list)
-    per_utt = []
-    for i, u in enumerate(kept):
-        w, c = _counts([refs[i]], [hyp_list[i]])
-        per_utt.append(
-            UtteranceResult(
-                u.id,
-                refs[i],
-                hyp_list[i],
-                w.substitutions + w.deletions + w.insertions,
-                len(refs[i].split()),
-                c.substitutions + c.deletions + c.insertions,
-                len(refs[i]),
-                u.speaker,
-            )
-        )
+    per_utt = score_utterances(kept, refs, hyp_list)
     return EvalResult(
         wer=float(words.wer),
         cer=float(chars.cer),

@@ -9,7 +9,9 @@ before timing starts, so only recognition is timed: our greedy CTC, our joint CT
 dictionary. PocketSphinx is single-threaded; ours runs with ``--threads`` torch threads (default 1, the fair
 comparison). Times are process CPU seconds and wall seconds per second of audio (real-time factor, RTF);
 the speed-up is PocketSphinx's RTF over ours, in CPU time (other jobs on a shared machine inflate wall time
-but not CPU time). WER uses the project's text normalisation for all systems.
+but not CPU time). WER uses the project's text normalisation for all systems. Each of ours is then compared
+with PocketSphinx on the same utterances by a paired bootstrap over speakers (``asr.significance``): the
+95 % interval of the WER difference and the share of resamples in which ours makes fewer errors.
 """
 
 from __future__ import annotations
@@ -51,12 +53,11 @@ class Row:
     cpu_rtf: float
     wall_rtf: float
     wer: float
-
-
-def wer(refs: list[str], hyps: list[str]) -> float:
-    import jiwer
-
-    return float(jiwer.wer(refs, [h or "<empty>" for h in hyps]))
+    # against PocketSphinx on the same utterances (paired bootstrap): WER difference and its 95 % interval
+    delta_vs_ps: float = 0.0
+    delta_low: float = 0.0
+    delta_high: float = 0.0
+    p_better_than_ps: float = 0.0
 
 
 def timed(fn: Any, *args: Any) -> tuple[Any, float, float]:
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from asr import DecodingOptions, load_model
     from asr.data.dataset import load_utterance
+    from asr.evaluate import score_utterances
+    from asr.significance import paired_bootstrap
 
     torch.set_num_threads(args.threads)
     utts = [u for u in read_utterances(args.data) if normalize_text(u.text)]
@@ -127,27 +130,44 @@ def main(argv: list[str] | None = None) -> int:
     run_ours(model, waves[:2], greedy, 2)  # warm-up
     run_pocketsphinx(waves[:1])
 
-    rows = []
+    rows, scored = [], []
     for name, fn, fargs in (
         ("pocketsphinx 5 (en-us)", run_pocketsphinx, (waves,)),
         ("ours, greedy CTC", run_ours, (model, waves, greedy, args.batch_size)),
         (f"ours, joint beam {args.beam}", run_ours, (model, waves, beam, args.batch_size)),
     ):
         hyps, cpu, wall = timed(fn, *fargs)
-        rows.append(Row(name, cpu / seconds, wall / seconds, wer(refs, hyps)))
+        per_utt = score_utterances(utts, refs, hyps)
+        errors, words = sum(r.word_errors for r in per_utt), sum(r.words for r in per_utt)
+        rows.append(Row(name, cpu / seconds, wall / seconds, errors / max(1, words)))
+        scored.append(per_utt)
         print(f"  {name}: done ({wall:.0f} s)", file=sys.stderr)
+    for row, per_utt in zip(rows[1:], scored[1:], strict=True):
+        c = paired_bootstrap(scored[0], per_utt)
+        row.delta_vs_ps, row.delta_low, row.delta_high = c.delta, c.low, c.high
+        row.p_better_than_ps = c.p_b_better
 
     ps = rows[0]
     print(f"data: {args.data}, {len(waves)} utterances, {seconds:.0f} s of audio")
     print(
         f"model: {args.model or 'models/default.pt'}; torch threads {args.threads}, batch {args.batch_size}"
     )
-    print(f"{'system':<24} | {'CPU RTF':>8} | {'wall RTF':>8} | {'x PS (CPU)':>10} | {'WER':>6}")
+    print(
+        f"{'system':<24} | {'CPU RTF':>8} | {'wall RTF':>8} | {'x PS (CPU)':>10} | {'WER':>6} | "
+        f"{'WER - PS [95 % interval]':>25} | {'better than PS':>14}"
+    )
     for r in rows:
+        vs = (
+            f"{100 * r.delta_vs_ps:+6.1f} [{100 * r.delta_low:+6.1f}, {100 * r.delta_high:+6.1f}] | "
+            f"{r.p_better_than_ps:13.1%}"
+            if r is not ps
+            else f"{'':>25} | {'':>14}"
+        )
         print(
             f"{r.system:<24} | {r.cpu_rtf:8.4f} | {r.wall_rtf:8.4f} | {ps.cpu_rtf / r.cpu_rtf:9.1f}x | "
-            f"{100 * r.wer:5.1f}%"
+            f"{100 * r.wer:5.1f}% | {vs}"
         )
+    print("(WER - PS: paired bootstrap over speakers; better than PS: share of resamples with fewer errors)")
     if args.json:
         print(
             json.dumps(
