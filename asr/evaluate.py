@@ -66,6 +66,23 @@ class EvalResult:
     words: int
     per_utterance: tuple[UtteranceResult, ...] = ()
 
+    def by_speaker(self) -> list[dict[str, Any]]:
+        """WER and CER of each speaker (utterances without one count as speaker ""), worst WER first."""
+        groups: dict[str, list[UtteranceResult]] = {}
+        for r in self.per_utterance:
+            groups.setdefault(r.speaker, []).append(r)
+        rows = [
+            {
+                "speaker": spk,
+                "utts": len(rs),
+                "words": sum(r.words for r in rs),
+                "wer": sum(r.word_errors for r in rs) / max(1, sum(r.words for r in rs)),
+                "cer": sum(r.char_errors for r in rs) / max(1, sum(r.chars for r in rs)),
+            }
+            for spk, rs in groups.items()
+        ]
+        return sorted(rows, key=lambda d: (-d["wer"], d["speaker"]))
+
     def interval(self, metric: Metric = "wer", confidence: float = 0.95) -> Interval:
         """The bootstrap confidence interval of the WER or CER (resampling speakers when known)."""
         return bootstrap_interval(self.per_utterance, metric, confidence=confidence)
@@ -186,6 +203,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--errors", type=Path, help="write per-utterance results (JSONL, worst first) to this file"
     )
     p.add_argument(
+        "--by-speaker",
+        action="store_true",
+        help="also report each speaker's WER and CER (the manifest's speaker field), worst first",
+    )
+    p.add_argument(
         "--json", action="store_true", help="print one JSON object (wer, cer, rtf, utts, ...) last"
     )
     p.set_defaults(func=run)
@@ -211,9 +233,15 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(model, utts, options, batch_size=args.batch_size, progress=sys.stderr.isatty(), lm=lm)
     if args.errors:
         write_errors(result, args.errors)
+    speakers = result.by_speaker() if args.by_speaker else []
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps({**result.to_dict(), **({"speakers": speakers} if args.by_speaker else {})}))
         return 0
+    if speakers:
+        print(f"{'speaker':<16} {'utts':>5} {'words':>6} {'WER':>8} {'CER':>8}")
+        for d in speakers:
+            name = d["speaker"] or "(none)"
+            print(f"{name:<16} {d['utts']:5d} {d['words']:6d} {100 * d['wer']:7.2f}% {100 * d['cer']:7.2f}%")
     print(
         f"utterances  {result.utts}" + (f" ({result.skipped} without text skipped)" if result.skipped else "")
     )

@@ -58,8 +58,9 @@ def test_eval_json_last_line(
     rows = [json.loads(line) for line in errors.read_text().splitlines()]
     assert len(rows) == 4 and {"id", "ref", "hyp", "word_errors", "words", "speaker"} <= set(rows[0])
     assert rows[0]["word_errors"] >= rows[-1]["word_errors"]  # worst first
-    assert main([*argv, "--beam", "2", "--limit", "2"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["utts"] == 2
+    assert main([*argv, "--beam", "2", "--limit", "2", "--by-speaker"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["utts"] == 2 and sum(s["utts"] for s in out["speakers"]) == 2
     assert main([*argv, "--beam", "2", "--limit", "1", "--tta-speeds", "0.9,1.1"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["utts"] == 1
     with pytest.raises(SystemExit):  # argparse: exit code 2 and the reason on stderr
@@ -79,7 +80,7 @@ def test_scores_normalised_text(
         Utterance("c", "", "  ...  "),  # normalises to nothing: skipped
     ]
     audio = json.loads(manifest.read_text().splitlines()[0])["audio"]
-    utts = [Utterance(u.id, audio, u.text) for u in utts]
+    utts = [Utterance(u.id, audio, u.text, speaker=f"s{i}") for i, u in enumerate(utts)]
     hyps = {"a": "HELLO WORLD", "b": "GOOD MOURNING"}
 
     def fake(
@@ -94,7 +95,11 @@ def test_scores_normalised_text(
     assert result.wer == pytest.approx(1 / 4)
     assert result.cer == pytest.approx(1 / 23)  # one inserted letter in 11 + 12 characters
     assert sorted(r.word_errors for r in result.per_utterance) == [0, 1]
+    assert result.by_speaker() == [  # worst first
+        {"speaker": "s1", "utts": 1, "words": 2, "wer": 0.5, "cer": 1 / 12},
+        {"speaker": "s0", "utts": 1, "words": 2, "wer": 0.0, "cer": 0.0},
+    ]
     ci = result.interval("wer")
-    assert ci.by == "utterance" and ci.blocks == 2 and ci.low == 0.0 and ci.high == 0.5  # 1 of 2 words
+    assert ci.by == "speaker" and ci.blocks == 2 and ci.low == 0.0 and ci.high == 0.5  # 1 of 2 words
     with pytest.raises(ValueError, match="nothing to evaluate"):
         ev.evaluate(tiny_model, utts[2:])
