@@ -2,11 +2,13 @@
 
     python bench/offline_speed.py exp/data/so762_test/all.jsonl --limit 500
     python bench/offline_speed.py /work/shared/data/speechocean762/test --limit 150 --threads 1 --json
+    python bench/offline_speed.py exp/data/so762_test/all.jsonl --model models/default.pt exp/a.pt
 
 The argument is a JSONL manifest or a Kaldi data folder (``wav.scp`` + ``text``). Audio is decoded to 16 kHz
 before timing starts, so only recognition is timed: our greedy CTC, our joint CTC/attention beam search
 (``--beam``, default 10) and PocketSphinx 5 with its bundled US English acoustic model, language model and
-dictionary. PocketSphinx is single-threaded; ours runs with ``--threads`` torch threads (default 1, the fair
+dictionary. Several ``--model`` checkpoints get their rows in the same run, against the same PocketSphinx
+pass. PocketSphinx is single-threaded; ours runs with ``--threads`` torch threads (default 1, the fair
 comparison). Times are process CPU seconds and wall seconds per second of audio (real-time factor, RTF);
 the speed-up is PocketSphinx's RTF over ours, in CPU time (other jobs on a shared machine inflate wall time
 but not CPU time). WER uses the project's text normalisation for all systems. Each of ours is then compared
@@ -89,7 +91,10 @@ def run_pocketsphinx(waves: list[np.ndarray]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("data", type=Path, help="JSONL manifest or Kaldi data folder (e.g. speechocean762/test)")
-    p.add_argument("--model", help="checkpoint (default: models/default.pt)")
+    p.add_argument(
+        "--model", nargs="+", default=[None], metavar="CKPT",
+        help="checkpoint(s), each with its own rows (default: models/default.pt)",
+    )
     p.add_argument(
         "--limit", type=int,
         help="only N utterances, spread evenly over the set (every k-th: all speakers, not the first few)",
@@ -124,18 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     waves: list[Any] = [load_utterance(u) for u in utts]
     refs = [normalize_text(u.text) for u in utts]
     seconds = sum(len(w) for w in waves) / SAMPLE_RATE
-    model = load_model(args.model, device="cpu")
     greedy = DecodingOptions(method="greedy")
     beam = DecodingOptions(method="beam", beam_size=args.beam, ctc_weight=args.ctc_weight)
-    run_ours(model, waves[:2], greedy, 2)  # warm-up
+    systems: list[tuple[str, Any, tuple[Any, ...]]] = [("pocketsphinx 5 (en-us)", run_pocketsphinx, (waves,))]
+    for i, path in enumerate(args.model):
+        model = load_model(path, device="cpu")
+        ours = "ours" if len(args.model) == 1 else f"ours {i + 1}"
+        systems.append((f"{ours}, greedy CTC", run_ours, (model, waves, greedy, args.batch_size)))
+        systems.append((f"{ours}, joint beam {args.beam}", run_ours, (model, waves, beam, args.batch_size)))
+        run_ours(model, waves[:2], greedy, 2)  # warm-up
     run_pocketsphinx(waves[:1])
 
     rows, scored = [], []
-    for name, fn, fargs in (
-        ("pocketsphinx 5 (en-us)", run_pocketsphinx, (waves,)),
-        ("ours, greedy CTC", run_ours, (model, waves, greedy, args.batch_size)),
-        (f"ours, joint beam {args.beam}", run_ours, (model, waves, beam, args.batch_size)),
-    ):
+    for name, fn, fargs in systems:
         hyps, cpu, wall = timed(fn, *fargs)
         per_utt = score_utterances(utts, refs, hyps)
         errors, words = sum(r.word_errors for r in per_utt), sum(r.words for r in per_utt)
@@ -149,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ps = rows[0]
     print(f"data: {args.data}, {len(waves)} utterances, {seconds:.0f} s of audio")
-    print(
-        f"model: {args.model or 'models/default.pt'}; torch threads {args.threads}, batch {args.batch_size}"
-    )
+    models = [f"{i + 1}: {m or 'models/default.pt'}" if len(args.model) > 1 else m or "models/default.pt"
+              for i, m in enumerate(args.model)]
+    print(f"model: {', '.join(models)}; torch threads {args.threads}, batch {args.batch_size}")
     print(
         f"{'system':<24} | {'CPU RTF':>8} | {'wall RTF':>8} | {'x PS (CPU)':>10} | {'WER':>6} | "
         f"{'WER - PS [95 % interval]':>25} | {'better than PS':>14}"
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                     "audio_seconds": seconds,
                     "threads": args.threads,
                     "batch_size": args.batch_size,
+                    "models": [m or "models/default.pt" for m in args.model],
                     "rows": [dataclasses.asdict(r) for r in rows],
                 }
             )
