@@ -131,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = sum(len(w) for w in waves) / SAMPLE_RATE
     greedy = DecodingOptions(method="greedy")
     beam = DecodingOptions(method="beam", beam_size=args.beam, ctc_weight=args.ctc_weight)
+    paths = [m or "models/default.pt" for m in args.model]
     systems: list[tuple[str, Any, tuple[Any, ...]]] = [("pocketsphinx 5 (en-us)", run_pocketsphinx, (waves,))]
-    for i, path in enumerate(args.model):
+    for i, path in enumerate(paths):
         model = load_model(path, device="cpu")
-        ours = "ours" if len(args.model) == 1 else f"ours {i + 1}"
+        ours = "ours" if len(paths) == 1 else f"ours {i + 1}"
         systems.append((f"{ours}, greedy CTC", run_ours, (model, waves, greedy, args.batch_size)))
         systems.append((f"{ours}, joint beam {args.beam}", run_ours, (model, waves, beam, args.batch_size)))
         run_ours(model, waves[:2], greedy, 2)  # warm-up
@@ -155,9 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ps = rows[0]
     print(f"data: {args.data}, {len(waves)} utterances, {seconds:.0f} s of audio")
-    models = [f"{i + 1}: {m or 'models/default.pt'}" if len(args.model) > 1 else m or "models/default.pt"
-              for i, m in enumerate(args.model)]
-    print(f"model: {', '.join(models)}; torch threads {args.threads}, batch {args.batch_size}")
+    labels = paths if len(paths) == 1 else [f"{i + 1}: {m}" for i, m in enumerate(paths)]
+    print(f"model: {', '.join(labels)}; torch threads {args.threads}, batch {args.batch_size}")
     print(
         f"{'system':<24} | {'CPU RTF':>8} | {'wall RTF':>8} | {'x PS (CPU)':>10} | {'WER':>6} | "
         f"{'WER - PS [95 % interval]':>25} | {'better than PS':>14}"
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                     "audio_seconds": seconds,
                     "threads": args.threads,
                     "batch_size": args.batch_size,
-                    "models": [m or "models/default.pt" for m in args.model],
+                    "models": paths,
                     "rows": [dataclasses.asdict(r) for r in rows],
                 }
             )
