@@ -301,6 +301,8 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
         try:
             async for response in call.run():
                 yield response
+            if context.cancelled():  # the client's cancel or deadline can end the requests like a half-close
+                code = _cancel_code(context)
         except CallError as exc:
             code = exc.code
             log.info("stream failed", extra={"request_id": rid, "code": code.name, "error": exc.message})
