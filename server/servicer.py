@@ -261,6 +261,8 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
                     "elapsed_s": round(time.perf_counter() - t0, 3),
                 },
             )
+            if _ended_late(context):
+                code = _cancel_code(context)
             return response
         except CallError as exc:
             code = exc.code
@@ -301,7 +303,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
         try:
             async for response in call.run():
                 yield response
-            if context.cancelled():  # the client's cancel or deadline can end the requests like a half-close
+            if _ended_late(context):  # the client's cancel or deadline can end the requests like a half-close
                 code = _cancel_code(context)
         except CallError as exc:
             code = exc.code
@@ -541,6 +543,13 @@ def _cancel_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     remaining = context.time_remaining()
     expired = remaining is not None and remaining <= DEADLINE_GRACE_S
     return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+
+def _ended_late(context: grpc.aio.ServicerContext) -> bool:
+    """A call that finished after its client cancelled it or after its deadline (which gRPC may not have
+    marked as cancelled yet): the client got CANCELLED or DEADLINE_EXCEEDED, not the response."""
+    remaining = context.time_remaining()
+    return context.cancelled() or (remaining is not None and remaining <= 0)
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
