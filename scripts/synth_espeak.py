@@ -12,7 +12,6 @@ noise at a random SNR and writes FLAC files with a JSONL manifest that ``asr tra
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import re
@@ -24,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 
+from asr.audio import SAMPLE_RATE, decode_audio
 from asr.tokenizer import normalize_text
 
 WORDNET = Path("/usr/share/wordnet")
@@ -35,7 +33,6 @@ VARIANTS = (
     "f1 f2 f3 f4 f5 m1 m2 m3 m4 m5 m6 m7 klatt klatt2 klatt3 klatt4 anika linda steph aunty belinda shelby "
     "annie alicia andy john max paul rob zac travis quincy victor adam david"
 )
-SAMPLE_RATE = 16_000
 
 
 def wordnet_examples(root: Path, min_words: int, max_words: int) -> list[str]:
@@ -64,8 +61,7 @@ def synthesize(job: tuple[int, str, str, int, int, float, str]) -> dict | None:
     )
     if proc.returncode != 0 or not proc.stdout:
         return None
-    audio, rate_in = sf.read(io.BytesIO(proc.stdout), dtype="float32")
-    wave = AF.resample(torch.from_numpy(audio), rate_in, SAMPLE_RATE).numpy()
+    wave = decode_audio(proc.stdout, SAMPLE_RATE)  # espeak-ng's 22.05 kHz WAV, resampled as any input is
     rng = np.random.default_rng(index)
     power = float(np.mean(wave**2)) or 1e-8
     wave = wave + rng.normal(0.0, np.sqrt(power / 10 ** (snr_db / 10)), wave.shape).astype(np.float32)

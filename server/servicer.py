@@ -261,8 +261,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
                     "elapsed_s": round(time.perf_counter() - t0, 3),
                 },
             )
-            if _ended_late(context):
-                code = _cancel_code(context)
+            code = _finished_code(context)
             return response
         except CallError as exc:
             code = exc.code
@@ -303,8 +302,7 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
         try:
             async for response in call.run():
                 yield response
-            if _ended_late(context):  # the client's cancel or deadline can end the requests like a half-close
-                code = _cancel_code(context)
+            code = _finished_code(context)  # a cancel or deadline can end the requests like a half-close
         except CallError as exc:
             code = exc.code
             log.info("stream failed", extra={"request_id": rid, "code": code.name, "error": exc.message})
@@ -545,11 +543,13 @@ def _cancel_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
 
-def _ended_late(context: grpc.aio.ServicerContext) -> bool:
-    """A call that finished after its client cancelled it or after its deadline (which gRPC may not have
-    marked as cancelled yet): the client got CANCELLED or DEADLINE_EXCEEDED, not the response."""
+def _finished_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """How a call whose handler finished ended for the metrics: OK, unless its client cancelled it or its
+    deadline passed (which gRPC may not have marked as cancelled yet) and it never got the response."""
     remaining = context.time_remaining()
-    return context.cancelled() or (remaining is not None and remaining <= 0)
+    if context.cancelled() or (remaining is not None and remaining <= 0):
+        return _cancel_code(context)
+    return grpc.StatusCode.OK
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
