@@ -1,33 +1,43 @@
 """``asr transcribe PATH...``: batch transcription of files and folders, locally or on a server.
 
-Outputs are written atomically (a temporary file, then a rename), so a killed batch never leaves a half file
-and running the same command again resumes where it stopped: inputs whose output exists are skipped (unless
-``--overwrite``); a single JSONL file, or stdout appended to a file, skips the ids it already holds.
+The command wires four parts together: the inputs (:mod:`client.batch_inputs`), where the results go
+(:mod:`client.batch_outputs`: atomic files, resumable JSONL or stdout), and the engine that decodes them
+(:mod:`client.batch_engines`: a server, or the model in this process), with the options they share with the
+other commands in :mod:`client.cli_args`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import stat
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
-from client import errors
-from client.audio import AUDIO_EXTENSIONS, audio_duration
+from client.audio import AUDIO_EXTENSIONS
+from client.batch_engines import Outcome, local_outcomes, remote_outcomes
+from client.batch_inputs import Item, collect, extension_list
+from client.batch_outputs import Sink, write_atomic
 from client.cli import CLIError
-from client.formats import EXTENSIONS, FORMATS, render
-from client.types import Alternative, RecognitionConfig, Segment, Transcript, WordInfo
+from client.cli_args import add_connection_args, add_phrase_args, make_client, phrases_from_args, speed_list
+from client.formats import FORMATS
+from client.types import RecognitionConfig
 
-if TYPE_CHECKING:
-    from asr.transcribe import Transcript as LocalTranscript
+# The helpers other modules used to import from here, before they got modules of their own.
+__all__ = [
+    "add_connection_args",
+    "add_phrase_args",
+    "collect",
+    "make_client",
+    "phrases_from_args",
+    "register",
+    "run",
+    "run_local",
+    "run_remote",
+    "speed_list",
+    "write_atomic",
+]
 
 DESCRIPTION = """\
 Transcribe audio files and folders, locally or on a server.
@@ -48,24 +58,6 @@ examples:
   asr transcribe a.flac --model exp/run1/best.pt --method greedy --format json
   asr transcribe call.wav --phrase Kubernetes --phrase "New York"    hints: names to favour
 """
-
-# Errors that would hit every file the same way: stop the batch instead of failing each file.
-FATAL = (errors.Unauthenticated, errors.PermissionDenied, errors.Unavailable)
-
-
-@dataclass(frozen=True)
-class Item:
-    path: Path
-    id: str  # path relative to the folder it was found in (or the file name); names its output and record
-
-
-@dataclass(frozen=True)
-class Outcome:
-    item: Item
-    transcript: Transcript | None
-    error: Exception | None
-    seconds: float  # audio duration
-
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -121,222 +113,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def speed_list(text: str) -> tuple[float, ...]:
-    """``"0.9,1.1"`` -> ``(0.9, 1.1)`` for ``--tta-speeds``; the range is checked where it decodes."""
-    try:
-        return tuple(float(x) for x in text.split(",")) if text.strip() else ()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of speeds such as 0.9,1.1") from None
-
-
-def add_phrase_args(group: Any) -> None:
-    group.add_argument(
-        "--phrase", action="append", default=[], metavar="TEXT",
-        help="a phrase hint: a name or term to favour (repeat the flag for several)",
-    )
-    group.add_argument("--phrases", metavar="FILE", help="phrase hints, one per line")
-    group.add_argument(
-        "--phrase-boost", type=float, help="score per token of a completed hint (0..10; default 1)"
-    )
-
-
-def phrases_from_args(args: argparse.Namespace) -> tuple[str, ...]:
-    phrases = list(args.phrase)
-    if args.phrases:
-        try:
-            lines = Path(args.phrases).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise CLIError(f"cannot read --phrases {args.phrases}: {exc.strerror or exc}", code=1) from exc
-        phrases += [line.strip() for line in lines if line.strip()]
-    return tuple(phrases)
-
-
-def add_connection_args(
-    group: Any,
-    *,
-    timeout: float | None = 300.0,
-    timeout_help: str = "seconds per request (default: 300)",
-) -> None:
-    """Options shared by every command that talks to a server; ``timeout`` is ``--timeout``'s default."""
-    group.add_argument(
-        "--token", default=os.environ.get("ASR_TOKEN"), help="bearer token (default: $ASR_TOKEN)"
-    )
-    group.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca)")
-    group.add_argument("--ca", metavar="PEM", help="CA certificate to trust (implies --tls)")
-    group.add_argument("--cert", metavar="PEM", help="client certificate for mutual TLS (with --key)")
-    group.add_argument("--key", metavar="PEM", help="client private key for mutual TLS")
-    group.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
-    group.add_argument("--retries", type=int, default=3, help="retries when the server is unavailable")
-
-
-def make_client(args: argparse.Namespace) -> Any:
-    from client.sdk import Client
-
-    if bool(args.cert) != bool(args.key):
-        raise CLIError("--cert and --key go together (mutual TLS)")
-    return Client(
-        args.server, tls=args.tls, root_certificates=args.ca, client_certificate=args.cert,
-        client_key=args.key, token=args.token, timeout=args.timeout, retries=args.retries,
-    )
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Inputs and outputs
-
-
-def collect(paths: list[str], extensions: tuple[str, ...]) -> tuple[list[Item], list[str]]:
-    """Files named on the command line (any extension) and audio files found under folders, sorted.
-
-    Hidden files and everything under hidden folders (``.git``, ``.cache``...) are left out. A file reached
-    again through another argument is transcribed once; inside one folder every name is kept (a symlink and
-    the file it points to each get their output)."""
-    items: list[Item] = []
-    missing: list[str] = []
-    seen: set[Path] = set()
-    for arg in paths:
-        root = Path(arg)
-        if root.is_dir():
-            found = sorted(
-                p for p in root.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in extensions
-                and not any(part.startswith(".") for part in p.relative_to(root).parts)
-            )
-            pairs = [(p, p.relative_to(root).as_posix()) for p in found]
-        elif root.is_file():
-            pairs = [(root, root.name)]
-        else:
-            missing.append(arg)
-            continue
-        keys = {p.resolve() for p, _ in pairs}
-        items.extend(Item(p, rel) for p, rel in pairs if p.resolve() not in seen)
-        seen |= keys
-    return items, missing
-
-
-def output_path(out_dir: Path, item: Item, fmt: str) -> Path:
-    return out_dir / Path(item.id).with_suffix(EXTENSIONS[fmt])
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a temporary file beside ``path`` and rename it over: readers never see half a file.
-
-    The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s owner-only 0600.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def jsonl_ids(path: Path) -> set[str]:
-    """Ids of the complete records in a JSONL file (a torn last line from a killed run is ignored)."""
-    ids: set[str] = set()
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict) and isinstance(rec.get("id"), str):
-                    ids.add(rec["id"])
-    except OSError:
-        pass
-    return ids
-
-
-def _stdout_file() -> Path | None:
-    """The regular file stdout is redirected to (``>> all.jsonl``), if any, to read its records back."""
-    try:
-        fd = sys.stdout.fileno()
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            link = Path(f"/proc/self/fd/{fd}")
-            return link if link.exists() else None
-    except (OSError, ValueError, AttributeError):
-        pass
-    return None
-
-
-class Sink:
-    """Where results go: one file per input, one JSONL file, or stdout."""
-
-    def __init__(self, args: argparse.Namespace, n_inputs: int) -> None:
-        self.fmt: str = args.format
-        self.overwrite: bool = args.overwrite
-        self.out_dir: Path | None = None
-        self.stream: IO[str] | None = None
-        self.done_ids: set[str] = set()
-        self._own_stream = False
-        self.multi = n_inputs > 1
-        target = Path(args.output) if args.output else None
-        if target is not None and not (self.fmt == "jsonl" and target.suffix == ".jsonl"):
-            if target.is_file():
-                raise CLIError(f"--output {target} is a file; give a folder (or a .jsonl file for jsonl)")
-            self.out_dir = target
-            return
-        if self.fmt in ("srt", "vtt", "json") and self.multi:
-            raise CLIError(
-                f"--format {self.fmt} for several inputs needs an output folder (-o DIR), or use jsonl"
-            )
-        if target is not None:  # one JSONL file for all records
-            if not self.overwrite:
-                self.done_ids = jsonl_ids(target)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.stream = open(target, "w" if self.overwrite else "a", encoding="utf-8")  # noqa: SIM115
-            self._own_stream = True
-            self._drop_torn_line(target)
-        else:
-            self.stream = sys.stdout
-            redirected = _stdout_file()
-            if self.fmt == "jsonl" and redirected is not None and not self.overwrite:
-                self.done_ids = jsonl_ids(redirected)
-                self._drop_torn_line(redirected)
-
-    def _drop_torn_line(self, path: Path) -> None:
-        """A run killed mid-write may leave a partial last line: cut it off so the file stays valid JSONL."""
-        assert self.stream is not None
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return
-        if data and not data.endswith(b"\n"):
-            self.stream.flush()
-            os.ftruncate(self.stream.fileno(), data.rfind(b"\n") + 1)
-
-    def is_done(self, item: Item) -> bool:
-        if self.overwrite:
-            return False
-        if self.out_dir is not None:
-            return output_path(self.out_dir, item, self.fmt).exists()
-        return item.id in self.done_ids
-
-    def write(self, item: Item, transcript: Transcript) -> None:
-        text = render(self.fmt, transcript, item.id)
-        if self.out_dir is not None:
-            write_atomic(output_path(self.out_dir, item, self.fmt), text)
-            return
-        assert self.stream is not None
-        if self.fmt == "txt" and self.multi:
-            text = f"{item.id}\t{transcript.text}\n"
-        self.stream.write(text)  # one write per record: a kill leaves at most one torn line
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self._own_stream and self.stream is not None:
-            self.stream.close()
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Engines: each yields one Outcome per item, in any order.
-
-
 def recognition_config(args: argparse.Namespace) -> RecognitionConfig:
     return RecognitionConfig(
         model=args.model if args.server and args.model else "",
@@ -352,56 +128,21 @@ def recognition_config(args: argparse.Namespace) -> RecognitionConfig:
 
 
 def run_remote(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
+    """The remote engine on the server and connection the arguments name."""
     if args.jobs < 1:
         raise CLIError(f"--jobs must be at least 1, got {args.jobs}")
     if args.lm:
         raise CLIError("--lm is for local mode; a server decodes with its own LM (asr serve --lm)")
     config = recognition_config(args)
-    with make_client(args) as client, ThreadPoolExecutor(args.jobs) as pool:
-
-        def one(item: Item) -> Outcome:
-            try:
-                t = client.recognize(item.path, config)
-                return Outcome(item, t, None, t.duration)
-            except FATAL:
-                raise
-            except (errors.ASRError, OSError, ValueError) as exc:
-                return Outcome(item, None, exc, audio_duration(item.path))
-
-        pending: set[Future[Outcome]] = set()
-        queue = iter(items)
-        try:
-            # Keep at most 2 x jobs requests in flight, so a huge folder does not read every file up front.
-            for item in queue:
-                pending.add(pool.submit(one, item))
-                if len(pending) >= 2 * args.jobs:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        yield f.result()
-            while pending:  # the rest as they finish, not in submission order
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    yield f.result()
-        finally:
-            if pending:  # stopped early (Ctrl-C, or the consumer closed): do not wait for requests in flight
-                for f in pending:
-                    f.cancel()
-                client.close()  # the running calls end now, CANCELLED
-                pool.shutdown(wait=False, cancel_futures=True)
-
-
-def from_local(t: LocalTranscript, model: str = "local") -> Transcript:
-    words = tuple(WordInfo(w.word, w.start, w.end, w.confidence) for w in t.words)
-    alts = tuple(
-        Alternative(a.text, a.confidence, words if i == 0 else ()) for i, a in enumerate(t.alternatives)
-    ) or (Alternative(t.text, 0.0, words),)
-    return Transcript(t.text, (Segment(0.0, t.duration, alts),), t.duration, model=model)
+    with make_client(args) as client:
+        yield from remote_outcomes(client, items, config, args.jobs)
 
 
 def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
+    """The local engine with the model, decoding options and language model the arguments name."""
     import asr
-    from asr.audio import SAMPLE_RATE, AudioError
-    from asr.transcribe import transcribe_batch
+    from asr.biasing import check_phrases
+    from asr.lm_cli import lm_from_args
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -409,9 +150,6 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
         raise CLIError(
             f"--alternatives must be 1 with --method greedy (one best path), got {args.alternatives}"
         )
-    from asr.biasing import check_phrases
-    from asr.lm_cli import lm_from_args
-
     model = asr.load_model(args.model, device=args.device)
     name = Path(args.model).stem if args.model else "default"  # as `asr models` and a server name it
     lm, lm_weight = lm_from_args(args, model)
@@ -427,30 +165,7 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
         phrase_boost=asr.DecodingOptions.phrase_boost if args.phrase_boost is None else args.phrase_boost,
         tta_speeds=args.tta_speeds,
     )
-    for k in range(0, len(items), args.batch_size):
-        batch = items[k : k + args.batch_size]
-        loaded = []
-        for item in batch:
-            try:
-                loaded.append((item, asr.load_audio(item.path)))
-            except (AudioError, OSError) as exc:
-                yield Outcome(item, None, exc, 0.0)
-        if not loaded:
-            continue
-        try:
-            results = transcribe_batch(
-                model, [w for _, w in loaded], options, batch_size=args.batch_size, lm=lm
-            )
-        except Exception:  # isolate the recording that breaks the batch
-            for item, wave in loaded:
-                try:
-                    t = transcribe_batch(model, [wave], options, lm=lm)[0]
-                    yield Outcome(item, from_local(t, name), None, len(wave) / SAMPLE_RATE)
-                except Exception as exc:
-                    yield Outcome(item, None, exc, len(wave) / SAMPLE_RATE)
-            continue
-        for (item, wave), t in zip(loaded, results, strict=True):
-            yield Outcome(item, from_local(t, name), None, len(wave) / SAMPLE_RATE)
+    yield from local_outcomes(model, items, options, batch_size=args.batch_size, lm=lm, name=name)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -466,22 +181,14 @@ def _progress_bar(args: argparse.Namespace, total: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    extensions = tuple(e if e.startswith(".") else f".{e}" for e in args.extensions.lower().split(",") if e)
+    extensions = extension_list(args.extensions)
     items, missing = collect(args.paths, extensions)
     for arg in missing:
         print(f"asr transcribe: {arg}: error: no such file or folder", file=sys.stderr)
     if not items and not missing:
         raise CLIError(f"no audio files ({', '.join(extensions)}) under {' '.join(args.paths)}", code=1)
-    sink = Sink(args, len(items))
-    outputs: dict[str, Path] = {}
-    for it in items:  # one output per input: a.wav and a.mp3 would both write a.txt
-        name = str(output_path(sink.out_dir, it, args.format)) if sink.out_dir else it.id
-        if name in outputs:
-            raise CLIError(
-                f"{it.path} and {outputs[name]} would both write {name}; transcribe them apart "
-                "(or into one JSONL file: -f jsonl)"
-            )
-        outputs[name] = it.path
+    sink = Sink(args.format, args.output, overwrite=args.overwrite, n_inputs=len(items))
+    sink.check_distinct(items)
     todo = [it for it in items if not sink.is_done(it)]
     skipped = len(items) - len(todo)
     if skipped:
