@@ -16,6 +16,7 @@ RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libsndf
 WORKDIR /app
 COPY pyproject.toml README.md* ./
 COPY asr ./asr
+COPY asr_grpc ./asr_grpc
 COPY server ./server
 COPY client ./client
 RUN pip install --extra-index-url "$TORCH_INDEX" . \

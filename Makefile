@@ -34,8 +34,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy asr server client
 
+# The stubs are a package of their own, asr_grpc/, that server/ and client/ both import
+# (`from asr_grpc import asr_pb2, asr_pb2_grpc`); the include mapping sets that import path.
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iclient/proto=proto --python_out=. --grpc_python_out=. --pyi_out=. proto/asr/v1/asr.proto
+	$(PY) -m grpc_tools.protoc -Iasr_grpc=proto/asr/v1 --python_out=. --grpc_python_out=. --pyi_out=. \
+	  proto/asr/v1/asr.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -49,8 +49,8 @@ def one(target: str, k: int, audio: np.ndarray, hints: int = 0) -> str:
     import grpc
 
     from asr.audio import float_to_pcm16
+    from asr_grpc import asr_pb2, asr_pb2_grpc
     from client import ASRError, Client, RecognitionConfig, StreamingConfig
-    from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
 
     if k % 25 == 24:  # config after audio, on the raw stub (the SDK never sends this)
         cfg = asr_pb2.StreamingRecognitionConfig(

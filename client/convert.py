@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
 
+from asr_grpc import asr_pb2 as pb
 from client.audio import AudioSource, read_audio, resample, to_linear16
-from client.proto.asr.v1 import asr_pb2 as pb
 from client.types import (
     Alternative,
     ModelInfo,

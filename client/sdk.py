@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from asr_grpc import asr_pb2 as pb
+from asr_grpc import asr_pb2_grpc
 from client import convert, errors
 from client.audio import (
     DEFAULT_CHUNK_MS,
@@ -39,8 +41,6 @@ from client.audio import (
     split_at_quiet,
     to_linear16,
 )
-from client.proto.asr.v1 import asr_pb2 as pb
-from client.proto.asr.v1 import asr_pb2_grpc
 from client.types import ModelInfo, RecognitionConfig, StreamingConfig, StreamingResult, Transcript
 
 __all__ = ["AsyncClient", "Client"]

@@ -36,7 +36,7 @@ from asr.checkpoint import load_model, resolve_model_path
 from asr.lm import NGramLM
 from asr.model import ASRModel
 from asr.streaming import Recognizer, RecognizerConfig
-from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
+from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.auth import BearerTokenInterceptor
 from server.batcher import Batcher
 from server.config import ServerConfig

@@ -18,7 +18,7 @@ import torch
 import torchaudio.functional as AF
 
 from asr.audio import SAMPLE_RATE, AudioError, decode_audio, mulaw_to_float, pcm16_to_float, sinc_friendly
-from client.proto.asr.v1 import asr_pb2
+from asr_grpc import asr_pb2
 
 RAW = (asr_pb2.LINEAR16, asr_pb2.MULAW)
 CONTAINERS = (asr_pb2.ENCODING_UNSPECIFIED, asr_pb2.FLAC, asr_pb2.OGG_OPUS, asr_pb2.MP3, asr_pb2.WAV)

@@ -36,7 +36,7 @@ from asr.biasing import check_phrases
 from asr.decoding import DecodingOptions
 from asr.streaming import EndpointConfig, Recognizer, Stream, StreamOptions, StreamResult
 from asr.transcribe import MAX_SEGMENT_SECONDS
-from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
+from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.audio import ChunkDecoder, ContainerChunkDecoder, decode_request_audio, stream_decoder
 from server.batcher import Batcher
 from server.config import MAX_PHRASE_BOOST, ServerConfig

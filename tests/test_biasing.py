@@ -17,9 +17,9 @@ from asr import biasing, save_checkpoint
 from asr.biasing import PhraseBiaser, check_phrases, phrase_ids
 from asr.decoding import DecodingOptions, beam_search
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
+from asr_grpc import asr_pb2
 from client import Client, RecognitionConfig
 from client.cli import main
-from client.proto.asr.v1 import asr_pb2
 
 TOK = CharTokenizer.default()
 

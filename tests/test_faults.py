@@ -27,7 +27,7 @@ from client_support import ServerThread, tiny_checkpoint
 
 import asr
 from asr.audio import SAMPLE_RATE, float_to_pcm16
-from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
+from asr_grpc import asr_pb2, asr_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = SAMPLE_RATE // 10  # 100 ms
@@ -137,7 +137,7 @@ def wait_for_streams(server: ServerThread, n: int, timeout: float = 10.0) -> Non
 KILLED_CLIENT = """
 import sys, time, grpc
 sys.path.insert(0, {root!r})
-from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
+from asr_grpc import asr_pb2, asr_pb2_grpc
 def reqs():
     cfg = asr_pb2.RecognitionConfig(encoding=asr_pb2.LINEAR16, sample_rate_hertz=16000)
     yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(config=cfg))

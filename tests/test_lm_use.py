@@ -25,9 +25,9 @@ from asr.lm import NGramLM, load_lm
 from asr.lm_cli import read_texts
 from asr.tokenizer import CharTokenizer
 from asr.transcribe import transcribe
+from asr_grpc import asr_pb2
 from client import Client, RecognitionConfig
 from client.cli import main
-from client.proto.asr.v1 import asr_pb2
 from server.app import create_server
 
 SENTENCE = "HELLO WORLD"

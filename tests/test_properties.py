@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import asr
 from asr.audio import SAMPLE_RATE, AudioError, decode_audio, float_to_pcm16, mulaw_to_float, pcm16_to_float
-from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
+from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.audio import ChunkDecoder, decode_request_audio
 
 settings.register_profile(

@@ -33,7 +33,7 @@ from asr import ASRModel, save_checkpoint
 from asr.audio import SAMPLE_RATE, float_to_pcm16, load_audio, resample
 from asr.decoding import DecodingOptions
 from asr.transcribe import decode_waveforms, transcribe
-from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
+from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.app import create_server
 from server.config import ServerConfig
 

@@ -1,7 +1,8 @@
-"""The stubs in client/proto are exactly what `make proto` generates from proto/asr/v1/asr.proto."""
+"""The stubs in asr_grpc/ are exactly what `make proto` generates from proto/asr/v1/asr.proto."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ def test_generated_stubs_are_up_to_date(tmp_path: Path) -> None:
         sys.executable,
         "-m",
         "grpc_tools.protoc",
-        "-Iclient/proto=proto",
+        "-Iasr_grpc=proto/asr/v1",
         f"--python_out={tmp_path}",
         f"--grpc_python_out={tmp_path}",
         f"--pyi_out={tmp_path}",
@@ -28,13 +29,13 @@ def test_generated_stubs_are_up_to_date(tmp_path: Path) -> None:
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, f"protoc failed on proto/asr/v1/asr.proto: {done.stderr}"
     for name in GENERATED:
-        fresh = (tmp_path / "client/proto/asr/v1" / name).read_text()
-        committed = (ROOT / "client/proto/asr/v1" / name).read_text()
-        assert fresh == committed, f"client/proto/asr/v1/{name} is stale: run `make proto`"
+        fresh = (tmp_path / "asr_grpc" / name).read_text()
+        committed = (ROOT / "asr_grpc" / name).read_text()
+        assert fresh == committed, f"asr_grpc/{name} is stale: run `make proto`"
 
 
 def test_stubs_import_and_round_trip() -> None:
-    from client.proto.asr.v1 import asr_pb2, asr_pb2_grpc
+    from asr_grpc import asr_pb2, asr_pb2_grpc
 
     req = asr_pb2.StreamingRecognizeRequest(
         streaming_config=asr_pb2.StreamingRecognitionConfig(
@@ -46,3 +47,14 @@ def test_stubs_import_and_round_trip() -> None:
     assert again.WhichOneof("streaming_request") == "streaming_config"
     assert again.streaming_config.config.sample_rate_hertz == 16000
     assert hasattr(asr_pb2_grpc, "RecognizerServicer") and hasattr(asr_pb2_grpc, "RecognizerStub")
+
+
+def test_old_client_proto_path_is_an_alias() -> None:
+    """client.proto.asr.v1 (deprecated) hands out the very modules of asr_grpc, with a warning."""
+    from asr_grpc import asr_pb2, asr_pb2_grpc
+
+    sys.modules.pop("client.proto.asr.v1", None)  # so that the warning fires again
+    with pytest.warns(DeprecationWarning, match="asr_grpc"):
+        old = importlib.import_module("client.proto.asr.v1")
+    assert old.asr_pb2 is asr_pb2 and old.asr_pb2_grpc is asr_pb2_grpc
+    assert importlib.import_module("client.proto.asr.v1.asr_pb2") is asr_pb2

@@ -1,1 +1,1 @@
-"""Generated gRPC stubs for proto/asr/v1/asr.proto; regenerate with `make proto`."""
+"""Deprecated alias of `asr_grpc`; see client/proto/__init__.py."""
