@@ -7,7 +7,7 @@ becomes an Outcome with its error and the others go on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,7 +39,7 @@ class Outcome:
 
 def remote_outcomes(
     client: Client, items: list[Item], config: RecognitionConfig, jobs: int
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """``client.recognize`` on every item, ``jobs`` at a time; closing the iterator early closes ``client``
     (the calls in flight end at once, CANCELLED) instead of waiting for them."""
     with ThreadPoolExecutor(jobs) as pool:
@@ -92,7 +92,7 @@ def local_outcomes(
     batch_size: int,
     lm: LanguageModel | None = None,
     name: str = "local",
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """Decode the items with ``model``, ``batch_size`` recordings together; ``name`` names the model in the
     transcripts. A recording that breaks its batch is found by decoding that batch one by one."""
     import asr

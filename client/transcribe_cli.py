@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ def recognition_config(args: argparse.Namespace) -> RecognitionConfig:
     )
 
 
-def run_remote(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
+def run_remote(args: argparse.Namespace, items: list[Item]) -> Generator[Outcome, None, None]:
     """The remote engine on the server and connection the arguments name."""
     if args.jobs < 1:
         raise CLIError(f"--jobs must be at least 1, got {args.jobs}")
@@ -138,7 +138,7 @@ def run_remote(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]
         yield from remote_outcomes(client, items, config, args.jobs)
 
 
-def run_local(args: argparse.Namespace, items: list[Item]) -> Iterator[Outcome]:
+def run_local(args: argparse.Namespace, items: list[Item]) -> Generator[Outcome, None, None]:
     """The local engine with the model, decoding options and language model the arguments name."""
     import asr
     from asr.biasing import check_phrases
