@@ -11,7 +11,7 @@ from asr.checkpoint import load_model, save_checkpoint
 from asr.decoding import DecodingOptions, Hypothesis
 from asr.lm import NGramLM, load_lm
 from asr.model import ASRModel, ModelConfig
-from asr.transcribe import Alternative, Transcript, Word
+from asr.transcribe import Alternative, Transcriber, Transcript, Word
 
 __all__ = [
     "SAMPLE_RATE",
@@ -22,6 +22,7 @@ __all__ = [
     "Hypothesis",
     "ModelConfig",
     "NGramLM",
+    "Transcriber",
     "Transcript",
     "Word",
     "load_audio",

@@ -1,41 +1,30 @@
-"""Self-describing checkpoints: config, tokenizer, CMVN and weights in one file.
+"""Self-describing checkpoints: config, tokenizer, CMVN and weights in one file; loading models by name.
 
-They are read with ``torch.load(weights_only=True)``, so loading one never runs code.
+They are read with ``torch.load(weights_only=True)``, so loading one never runs code. :func:`load_model` is
+the entry point of the recognition API: it gives a :class:`~asr.transcribe.Transcriber`, the network with
+``transcribe()``; :func:`model_from_checkpoint` gives the bare network, as training wants it.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from asr.files import atomic_save  # re-exported: training code imports it from here
 from asr.model import ASRModel, ModelConfig
 from asr.tokenizer import tokenizer_from_dict
+from asr.transcribe import Transcriber
 
 FORMAT = "las-asr"
 VERSION = 1
 MODELS_DIR = Path(os.environ.get("ASR_MODELS_DIR", Path(__file__).resolve().parent.parent / "models"))
 DEFAULT_MODEL = "default"
 
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a torn file.
-
-    The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s owner-only 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+_Model = TypeVar("_Model", bound=ASRModel)
 
 
 def checkpoint_dict(
@@ -92,10 +81,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> ASRModel:
+    """The network a checkpoint dict describes, with its weights (in float32, on the CPU, in train mode)."""
+    return _build(ASRModel, ckpt)
+
+
+def _build(cls: type[_Model], ckpt: dict[str, Any]) -> _Model:
     missing = [k for k in ("config", "tokenizer", "state_dict") if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint lacks {missing}")
-    model = ASRModel(ModelConfig.from_dict(ckpt["config"]), tokenizer_from_dict(ckpt["tokenizer"]))
+    model = cls(ModelConfig.from_dict(ckpt["config"]), tokenizer_from_dict(ckpt["tokenizer"]))
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     try:
         model.load_state_dict(state)
@@ -106,13 +100,15 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> ASRModel:
 
 def load_model(
     name_or_path: str | os.PathLike | None = None, device: str | torch.device | None = None
-) -> ASRModel:
+) -> Transcriber:
     """Load a model by name (``models/NAME.pt``) or path; ``None`` gives the bundled default model.
 
-    The model is put in eval mode on ``device`` (CUDA when available and none is given).
+    The model is put in eval mode on ``device`` (CUDA when available and none is given). It is the network
+    (:class:`~asr.model.ASRModel`) with :meth:`~asr.transcribe.Transcriber.transcribe` and
+    :meth:`~asr.transcribe.Transcriber.transcribe_batch`.
     """
     path = resolve_model_path(name_or_path)
-    model = model_from_checkpoint(load_checkpoint(path))
+    model = _build(Transcriber, load_checkpoint(path))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval()

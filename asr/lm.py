@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asr.files import atomic_save
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer, tokenizer_fingerprint
 
 FORMAT = "las-asr-ngram"
@@ -190,8 +191,6 @@ class NGramLM:
         )
 
     def save(self, path: str | os.PathLike) -> None:
-        from asr.checkpoint import atomic_save
-
         atomic_save(self.to_dict(), path)
 
     @classmethod

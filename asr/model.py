@@ -1,14 +1,16 @@
 """The joint CTC/attention Listen-Attend-Spell model.
 
 ``loss = ctc_weight * CTC + (1 - ctc_weight) * attention``. Inference goes through :meth:`ASRModel.encode`;
-decoding lives in :mod:`asr.decoding`, word timing in :mod:`asr.alignment`.
+decoding lives in :mod:`asr.decoding`, word timing in :mod:`asr.alignment`. This module is the network
+only: recognition (audio in, :class:`~asr.transcribe.Transcript` out) is a layer above, in
+:mod:`asr.transcribe`, whose :class:`~asr.transcribe.Transcriber` is what :func:`asr.load_model` returns.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +21,6 @@ from asr.decoder import AttentionDecoder, DecoderConfig
 from asr.encoder import EncoderConfig, PyramidalBLSTMEncoder
 from asr.features import FeatureConfig, GlobalCMVN, LogMel
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
-
-if TYPE_CHECKING:
-    from asr.decoding import DecodingOptions, LanguageModel
-    from asr.transcribe import AudioInput, Transcript
 
 Tokenizer = CharTokenizer | SentencePieceTokenizer
 _Section = TypeVar("_Section", FeatureConfig, EncoderConfig, DecoderConfig)
@@ -152,26 +150,6 @@ class ASRModel(nn.Module):
         ys_out = torch.cat([targets, targets.new_full((b, 1), -1)], dim=1)
         ys_out[torch.arange(b, device=targets.device), target_lengths] = self.tokenizer.eos_id
         return ys_in, ys_out
-
-    def transcribe(
-        self, audio: AudioInput, options: DecodingOptions | None = None, *, lm: LanguageModel | None = None
-    ) -> Transcript:
-        """Recognise one utterance (path, encoded bytes or 16 kHz float waveform); ``lm`` (with
-        ``options.lm_weight`` above 0) is fused into the beam search."""
-        from asr.transcribe import transcribe
-
-        return transcribe(self, audio, options, lm=lm)
-
-    def transcribe_batch(
-        self,
-        audios: list[AudioInput],
-        options: DecodingOptions | None = None,
-        *,
-        lm: LanguageModel | None = None,
-    ) -> list[Transcript]:
-        from asr.transcribe import transcribe_batch
-
-        return transcribe_batch(self, audios, options, lm=lm)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

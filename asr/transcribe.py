@@ -1,4 +1,10 @@
-"""High-level recognition: audio in, :class:`Transcript` out (text, n-best, words with times)."""
+"""High-level recognition: audio in, :class:`Transcript` out (text, n-best, words with times).
+
+The recognition API sits on top of the network (:mod:`asr.model`) and the search (:mod:`asr.decoding`,
+:mod:`asr.tta`), and neither of those knows about it: :func:`transcribe` and :func:`transcribe_batch` take
+any :class:`~asr.model.ASRModel`, and :class:`Transcriber` is the network with them as methods, which
+:func:`asr.load_model` returns.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,15 +21,14 @@ from torch import Tensor
 from asr.alignment import Word, align_words, clamp_to_voiced, voiced_span
 from asr.audio import SAMPLE_RATE, AudioInput, load_audio
 from asr.decoding import DecodingOptions, Hypothesis, LanguageModel, beam_search, ctc_greedy
+from asr.model import ASRModel
 from asr.tta import search_views
 from asr.tta import views as tta_views
-
-if TYPE_CHECKING:
-    from asr.model import ASRModel
 
 __all__ = [
     "Alternative",
     "AudioInput",
+    "Transcriber",
     "Transcript",
     "Word",
     "decode_waveforms",
@@ -211,7 +216,7 @@ def split_long_audio(audio: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS
 
 def transcribe_batch(
     model: ASRModel,
-    audios: list[AudioInput],
+    audios: Sequence[AudioInput],
     options: DecodingOptions | None = None,
     *,
     lm: LanguageModel | None = None,
@@ -271,3 +276,30 @@ def transcribe(
 ) -> Transcript:
     """Recognise one recording: a path, encoded bytes, or a float32 16 kHz mono waveform."""
     return transcribe_batch(model, [audio], options, lm=lm)[0]
+
+
+class Transcriber(ASRModel):
+    """An :class:`~asr.model.ASRModel` that recognises audio: the same network, weights and state dict, with
+    :func:`transcribe` and :func:`transcribe_batch` as methods. :func:`asr.load_model` returns one; build one
+    like the network, ``Transcriber(config, tokenizer)``.
+
+    >>> model = asr.load_model()
+    >>> model.transcribe("speech.wav", DecodingOptions(beam_size=10)).text
+    """
+
+    def transcribe(
+        self, audio: AudioInput, options: DecodingOptions | None = None, *, lm: LanguageModel | None = None
+    ) -> Transcript:
+        """Recognise one recording (path, encoded bytes or 16 kHz float waveform); ``lm`` (with
+        ``options.lm_weight`` above 0) is fused into the beam search."""
+        return transcribe(self, audio, options, lm=lm)
+
+    def transcribe_batch(
+        self,
+        audios: Sequence[AudioInput],
+        options: DecodingOptions | None = None,
+        *,
+        lm: LanguageModel | None = None,
+    ) -> list[Transcript]:
+        """Recognise several recordings, batched; one :class:`Transcript` each, in order."""
+        return transcribe_batch(self, audios, options, lm=lm)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from asr import ASRModel, ModelConfig
+from asr import ModelConfig, Transcriber
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.decoder import DecoderConfig
 from asr.encoder import EncoderConfig
@@ -70,7 +70,7 @@ def read(path: Path) -> np.ndarray:
     return load_audio(path)
 
 
-def tiny_model(seed: int = 0) -> ASRModel:
+def tiny_model(seed: int = 0) -> Transcriber:
     """A small random-weight model (40 mels, 2 BiLSTM layers of 32) for streaming and server tests."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
@@ -87,4 +87,4 @@ def tiny_model(seed: int = 0) -> ASRModel:
             dropout=0.0,
         ),
     )
-    return ASRModel(cfg, CharTokenizer.default()).eval()
+    return Transcriber(cfg, CharTokenizer.default()).eval()

@@ -17,9 +17,10 @@ from asr.encoder import EncoderConfig
 from asr.features import FeatureConfig
 from asr.model import ASRModel, ModelConfig
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
+from asr.transcribe import Transcriber
 
 
-def tiny_model(tokenizer: CharTokenizer | SentencePieceTokenizer | None = None) -> ASRModel:
+def tiny_model(tokenizer: CharTokenizer | SentencePieceTokenizer | None = None) -> Transcriber:
     torch.manual_seed(0)
     config = ModelConfig(
         features=FeatureConfig(n_mels=16),
@@ -28,7 +29,7 @@ def tiny_model(tokenizer: CharTokenizer | SentencePieceTokenizer | None = None) 
             embed_dim=8, hidden_size=8, attention_dim=8, location_channels=2, location_kernel=3
         ),
     )
-    model = ASRModel(config, tokenizer or CharTokenizer.default())
+    model = Transcriber(config, tokenizer or CharTokenizer.default())
     model.cmvn.set_stats(torch.randn(16) * 100, torch.rand(16) * 1e4 + 1e4, 100)
     return model.eval()
 

@@ -16,9 +16,9 @@ from asr.decoding import DecodingOptions
 from asr.encoder import EncoderConfig
 from asr.features import FeatureConfig
 from asr.lm import NGramLM
-from asr.model import ASRModel, ModelConfig
+from asr.model import ModelConfig
 from asr.tokenizer import CharTokenizer
-from asr.transcribe import transcribe_batch
+from asr.transcribe import Transcriber, transcribe_batch
 
 N_MELS = 40
 
@@ -35,7 +35,7 @@ def cer(ref: str, hyp: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def trained(speech_dir: Path) -> Iterator[tuple[ASRModel, list[Path], list[str]]]:
+def trained(speech_dir: Path) -> Iterator[tuple[Transcriber, list[Path], list[str]]]:
     # One thread: this tiny model gains nothing from two, and two threads on a busy 2-core machine can
     # spin-wait on each other for many times the run time.
     threads = torch.get_num_threads()
@@ -46,7 +46,7 @@ def trained(speech_dir: Path) -> Iterator[tuple[ASRModel, list[Path], list[str]]
         torch.set_num_threads(threads)
 
 
-def train_tiny_model(speech_dir: Path) -> tuple[ASRModel, list[Path], list[str]]:
+def train_tiny_model(speech_dir: Path) -> tuple[Transcriber, list[Path], list[str]]:
     torch.manual_seed(0)
     wavs = sorted(speech_dir.glob("utt*.wav"))
     texts = [w.with_suffix(".txt").read_text().strip() for w in wavs]
@@ -65,7 +65,7 @@ def train_tiny_model(speech_dir: Path) -> tuple[ASRModel, list[Path], list[str]]
         ),
         ctc_weight=0.5,
     )
-    model = ASRModel(config, tok)
+    model = Transcriber(config, tok)
     waves = [load_audio(w) for w in wavs]
     lengths = torch.tensor([len(w) for w in waves])
     batch = torch.zeros(len(waves), int(lengths.max()))
@@ -110,7 +110,7 @@ def train_tiny_model(speech_dir: Path) -> tuple[ASRModel, list[Path], list[str]]
     ids=["greedy", "joint", "attention", "ctc"],
 )
 def test_overfit_reads_back(
-    trained: tuple[ASRModel, list[Path], list[str]], options: DecodingOptions
+    trained: tuple[Transcriber, list[Path], list[str]], options: DecodingOptions
 ) -> None:
     model, wavs, texts = trained
     results = model.transcribe_batch(list(wavs), options)
@@ -121,7 +121,7 @@ def test_overfit_reads_back(
     assert single.text == texts[0]
 
 
-def test_overfit_word_times(trained: tuple[ASRModel, list[Path], list[str]]) -> None:
+def test_overfit_word_times(trained: tuple[Transcriber, list[Path], list[str]]) -> None:
     model, wavs, texts = trained
     for wav, text in zip(wavs, texts, strict=True):
         audio = load_audio(wav)
@@ -140,7 +140,7 @@ def test_overfit_word_times(trained: tuple[ASRModel, list[Path], list[str]]) -> 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_alternative_confidence_tracks_certainty(
-    trained: tuple[ASRModel, list[Path], list[str]], method: str
+    trained: tuple[Transcriber, list[Path], list[str]], method: str
 ) -> None:
     model, wavs, _ = trained
     options = DecodingOptions(method=method, beam_size=4)  # type: ignore[arg-type]
@@ -152,7 +152,7 @@ def test_alternative_confidence_tracks_certainty(
         assert abs(conf - result.confidence) < 0.35, (conf, result.confidence)
 
 
-def test_long_audio_keeps_its_nbest(trained: tuple[ASRModel, list[Path], list[str]]) -> None:
+def test_long_audio_keeps_its_nbest(trained: tuple[Transcriber, list[Path], list[str]]) -> None:
     model, wavs, texts = trained
     gap = np.zeros(8000, dtype=np.float32)
     audio = np.concatenate([x for w in wavs for x in (load_audio(w), gap)])
@@ -166,12 +166,12 @@ def test_long_audio_keeps_its_nbest(trained: tuple[ASRModel, list[Path], list[st
     assert result.text.startswith(texts[0].split()[0])  # (a model of 2 s clips garbles 30 s pieces later on)
 
 
-def test_overfit_bytes_input(trained: tuple[ASRModel, list[Path], list[str]]) -> None:
+def test_overfit_bytes_input(trained: tuple[Transcriber, list[Path], list[str]]) -> None:
     model, wavs, texts = trained
     assert model.transcribe(wavs[1].read_bytes(), DecodingOptions(method="greedy")).text == texts[1]
 
 
-def test_overfit_with_shallow_fusion(trained: tuple[ASRModel, list[Path], list[str]]) -> None:
+def test_overfit_with_shallow_fusion(trained: tuple[Transcriber, list[Path], list[str]]) -> None:
     model, wavs, texts = trained
     lm = NGramLM.train(texts, model.tokenizer, order=3)
     options = DecodingOptions(beam_size=4, ctc_weight=0.5, lm_weight=0.3)
