@@ -3,7 +3,7 @@
     asr serve        gRPC server                      (server/app.py)
     asr transcribe   batch transcription              (client/transcribe_cli.py)
     asr stream       live partial results             (client/stream_cli.py)
-    asr train        train a model from a config file (asr/train.py)
+    asr train        train a model from a config file (asr/training/)
     asr eval         WER/CER/RTF of a manifest        (asr/evaluate.py)
     asr compare      paired bootstrap of two systems  (asr/significance.py)
     asr data         corpus importers                 (asr/data/cli.py)
@@ -28,7 +28,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("serve", "server.app", "run the gRPC speech service"),
     ("transcribe", "client.transcribe_cli", "transcribe files and folders, locally or on a server"),
     ("stream", "client.stream_cli", "stream a file or stdin to a server and print live results"),
-    ("train", "asr.train", "train a model from a YAML/TOML config"),
+    ("train", "asr.training.cli", "train a model from a YAML/TOML config"),
     ("eval", "asr.evaluate", "word/character error rate and real-time factor on a manifest"),
     ("compare", "asr.significance", "is one system's error rate really lower than another's?"),
     ("data", "asr.data.cli", "import corpora into JSONL manifests"),

@@ -1,0 +1,243 @@
+"""The training configuration: frozen dataclasses read from YAML or TOML (unknown keys are errors).
+
+``load_config(path, overrides)`` reads a file into a :class:`TrainConfig`; ``finetune_model_config`` lays a
+fine-tuning run's ``model:`` section over a checkpoint's model config, refusing architecture changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import yaml
+
+from asr.data.augment import SpecAugmentConfig, VtlpConfig
+from asr.model import ModelConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: tuple[str, ...] = ()  # JSONL manifests
+    valid: tuple[str, ...] = ()
+    max_batch_seconds: float = 600.0  # padded audio seconds per batch (per GPU)
+    max_batch_size: int = 0  # utterances per batch; 0: no limit
+    min_duration: float = 0.3
+    max_duration: float = 20.0
+    num_workers: int = 4
+    speed_perturb: tuple[float, ...] = ()  # e.g. [0.9, 1.0, 1.1]
+    noise_prob: float = 0.0
+    noise_manifest: str = ""
+    snr_db: tuple[float, float] = (10.0, 30.0)
+    # background padding before and after the speech (asr.data.augment.pad_silence); batches are planned
+    # on the unpadded durations, so they can run up to 2 x pad_seconds per utterance over max_batch_seconds
+    pad_prob: float = 0.0
+    pad_seconds: float = 1.0
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    vtlp: VtlpConfig = field(default_factory=VtlpConfig)  # frequency warping, before SpecAugment
+    cmvn_utts: int = 500  # utterances sampled for the global mean/variance
+    max_valid_utts: int = 0  # 0: all
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: str = "char"  # "char" or "bpe"
+    vocab_size: int = 256  # bpe only
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("char", "bpe"):
+            raise ValueError(f"tokenizer.kind must be 'char' or 'bpe', got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate, reached after warm-up
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 500
+    schedule: str = "cosine"  # "cosine" (to min_lr_ratio * lr), "noam" (inverse square root) or "constant"
+    min_lr_ratio: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "noam", "constant"):
+            raise ValueError(f"optim.schedule must be 'cosine', 'noam' or 'constant', got {self.schedule!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 50
+    max_steps: int = 0  # stop early after this many optimizer steps (0: no limit)
+    max_minutes: float = 0.0  # pause cleanly (last.pt, no final export) after this long; resume with --resume
+    grad_clip: float = 5.0
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # bf16 autocast on the CPU as well: 1.7x the training throughput on 2 AMD EPYC cores with AVX512-BF16
+    # (bench/train_speed.py --amp); refused on CPUs without native bf16, where it would be emulated and slow
+    cpu_amp: bool = False
+    seed: int = 0
+    out_dir: str = "exp/train"
+    device: str = ""  # "" picks CUDA when available
+    log_every: int = 50
+    save_every_steps: int = 0  # also write last.pt inside an epoch (0: at epoch ends only)
+    best_by: str = "loss"  # validation "loss" or "cer"
+    keep_checkpoints: int = 5
+    average: int = 5  # average the best N epoch models at the end (<= 1: off)
+    export_half: bool = True  # final.pt in fp16
+    init_from: str = ""  # fine-tune: start from this checkpoint's weights, config, tokenizer and CMVN
+    # nats per encoder frame against CTC paths that emit tokens in the silence before and after each
+    # utterance's voiced part (asr.ctc.silence_penalty): ties the first and last words to their sound
+    ctc_silence_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.best_by not in ("loss", "cer"):
+            raise ValueError(f"best_by must be 'loss' or 'cer', got {self.best_by!r}")
+        if not self.data.train:
+            raise ValueError("data.train must list at least one training manifest")
+        if self.ctc_silence_penalty < 0:
+            raise ValueError(
+                f"ctc_silence_penalty must be >= 0 (nats per frame), got {self.ctc_silence_penalty}"
+            )
+        model = ModelConfig.from_dict(self.model)  # fail early on a bad model section
+        if self.best_by == "cer" and model.ctc_weight == 0.0 and not self.init_from:
+            raise ValueError(
+                "best_by: cer needs the CTC head (validation CER is greedy CTC), but model.ctc_weight is 0; "
+                "use best_by: loss or a ctc_weight above 0"
+            )
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return _build(cls, d, "")
+
+
+# Fields of the model config that only shape training (regularisation and the loss), not the weights: a
+# fine-tuning run (``init_from``) may change these in its ``model:`` section, and nothing else.
+FINETUNE_FIELDS: dict[str, frozenset[str]] = {
+    "encoder": frozenset({"dropout"}),
+    "decoder": frozenset({"dropout", "label_smoothing", "sampling_prob"}),
+    "": frozenset({"ctc_weight"}),
+}
+
+
+def finetune_model_config(base: dict[str, Any], overrides: dict[str, Any]) -> ModelConfig:
+    """The checkpoint's model config ``base`` with a fine-tuning run's ``model:`` section laid over it.
+
+    Only :data:`FINETUNE_FIELDS` may differ from the checkpoint; a changed architecture field is a
+    ``ValueError`` (its weights would not fit), and keys that repeat the checkpoint's value are accepted."""
+    merged = ModelConfig.from_dict(base).to_dict()
+    ModelConfig.from_dict(overrides)  # unknown keys and bad values fail here, naming the choices
+    refused = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if merged[key][sub] != v and sub not in FINETUNE_FIELDS.get(key, frozenset()):
+                    refused.append(f"model.{key}.{sub}")
+                merged[key][sub] = v
+        else:
+            if merged[key] != value and key not in FINETUNE_FIELDS[""]:
+                refused.append(f"model.{key}")
+            merged[key] = value
+    if refused:
+        allowed = sorted(f"model.{s + '.' if s else ''}{f}" for s, fs in FINETUNE_FIELDS.items() for f in fs)
+        raise ValueError(
+            f"init_from fine-tuning keeps the checkpoint's architecture, but the config changes {refused}; "
+            f"a fine-tuning run may only change {allowed} (train a new model to change the rest)"
+        )
+    return ModelConfig.from_dict(merged)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _build(cls: Any, d: Any, where: str) -> Any:
+    """Dict -> (nested) frozen dataclass; unknown keys raise ``ValueError`` naming the choices."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {where or '<root>'!r} must be a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(
+            f"unknown config keys {sorted(where + k for k in unknown)}; expected some of {sorted(known)}"
+        )
+    kwargs = {}
+    for name, value in d.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _typed(hint, value, where + name)
+    return cls(**kwargs)
+
+
+def _typed(hint: Any, value: Any, key: str) -> Any:
+    """``value`` as the field's type (ints and numeric strings may stand for floats: YAML reads ``1e-3`` as
+    a string); anything else is a ``ValueError`` naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        items = list(value) if isinstance(value, list | tuple) else [value] if variadic else None
+        if items is None or (not variadic and len(items) != len(args)):
+            want = "a list" if variadic else f"a list of {len(args)} values"
+            raise ValueError(f"config key {key!r} must be {want}, got {value!r}")
+        types = [args[0]] * len(items) if variadic else list(args)
+        return tuple(_typed(t, v, key) for t, v in zip(types, items, strict=True))
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+    if hint is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"config key {key!r} must be a string, got {value!r}")
+    return value
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML or TOML config; ``overrides`` are ``dotted.key=value`` strings (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        raw: dict[str, Any] = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        raw = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"config must be .yaml, .yml or .toml, got {path.name}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return TrainConfig.from_dict(raw)
