@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
-.PHONY: install sysdeps serve test lint proto bench clean
+.PHONY: install sysdeps synth-deps serve test lint proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,19 @@ sysdeps:
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
+
+# The speech synthesisers of `asr data synth`: Debian's contrib and non-free components (RHVoice, SVOX Pico,
+# festvox-rablpc16k) are enabled first; then flite, festival and its voices, espeak-ng, WordNet's sentences, and
+# the Python engines (Piper, Kokoro). Not needed for `make test`.
+SYNTH_APT := rhvoice rhvoice-english libttspico-utils flite festival festvox-kallpc16k festvox-kdlpc16k \
+	festvox-us-slt-hts festvox-rablpc16k espeak-ng wordnet-base sox
+synth-deps: $(STAMP)
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	for f in /etc/apt/sources.list.d/debian.sources; do [ -f $$f ] && \
+	  $$SUDO sed -i 's/^Components: main$$/Components: main contrib non-free/' $$f; done; \
+	[ -f /etc/apt/sources.list ] && $$SUDO sed -i -E '/^deb .*debian/ s/ main$$/ main contrib non-free/' /etc/apt/sources.list; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYNTH_APT) >/dev/null
+	$(PY) -m pip install -q -e '.[dev,bench,synth]'
 
 serve: $(STAMP)
 	$(VENV)/bin/asr serve $(SERVE_ARGS)

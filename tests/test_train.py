@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import yaml
 from conftest import tiny_model
@@ -32,6 +34,7 @@ from asr.train import (
     load_config,
     train,
 )
+from asr.training.data import read_utterances
 from client.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -410,3 +413,24 @@ def test_average_files_averages_given_checkpoints_and_refuses_other_models(
     capsys.readouterr()
     assert main(["train", "--average", "2", "--average-files", *files, "--out", str(out)]) == 1
     assert "not both" in capsys.readouterr().err
+
+
+def test_empty_transcripts_and_the_channel_train_when_asked(manifest: Path, tmp_path: Path) -> None:
+    """Silence with an empty transcript is a training example (the model learns to say nothing) only with
+    data.keep_empty_text; the channel augmentation section parses and runs in the loader."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(16000, np.float32), 16000)
+    mixed = tmp_path / "mixed.jsonl"
+    extra = {"id": "quiet", "audio": str(silence), "text": "", "duration": 1.0}
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in [*rows, extra]))
+    channel = {"reverb_prob": 1.0, "codec_prob": 0.5, "gain_db": [-6.0, 0.0], "rir_bank": 2}
+    for keep in (False, True):
+        out = tmp_path / f"keep-{keep}"
+        raw = tiny_config(mixed, out, epochs=1, data__keep_empty_text=keep, data__channel=channel)
+        config = TrainConfig.from_dict(raw)
+        assert config.data.channel.rt60 == (0.15, 0.7) and config.data.channel.reverb_prob == 1.0
+        train_utts, _ = read_utterances(config.data, 0)
+        assert ("quiet" in {u.id for u in train_utts}) is keep
+        summary = train(config)
+        assert summary["finished"] and np.isfinite(records(out, "valid")[-1]["valid_loss"])

@@ -160,3 +160,115 @@ def vtlp(
         return feats.gather(2, idx[:, None, :].expand(b, t, f))
 
     return take(lo) * (1 - w) + take(hi) * w
+
+
+@dataclass(frozen=True)
+class ChannelAugmentConfig:
+    """What a real microphone, room and line do to speech, for training on clean synthetic speech: room
+    reverberation (image-source impulse responses from pyroomacoustics), band-limiting (a telephone band or a
+    random low-pass), a lossy codec (Opus at a random compression level, as the real corpora here are
+    stored, or 8-bit mu-law) and a random gain. Each is drawn per utterance and epoch; all 0 turns it off."""
+
+    reverb_prob: float = 0.0
+    rt60: tuple[float, float] = (0.15, 0.7)  # seconds, uniform
+    bandlimit_prob: float = 0.0
+    codec_prob: float = 0.0
+    gain_db: tuple[float, float] = (
+        0.0,
+        0.0,
+    )  # uniform; the result is clipped to [-1, 1] as a sound card would
+    rir_bank: int = 48  # impulse responses simulated once per data worker, drawn from per utterance
+
+    def __post_init__(self) -> None:
+        for name in ("reverb_prob", "bandlimit_prob", "codec_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"channel.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.rt60[0] <= self.rt60[1]:
+            raise ValueError(f"channel.rt60 must be a range of positive seconds, got {self.rt60}")
+
+    @property
+    def enabled(self) -> bool:
+        probs = (self.reverb_prob, self.bandlimit_prob, self.codec_prob)
+        return any(p > 0 for p in probs) or self.gain_db != (0.0, 0.0)
+
+    def impulse_responses(self, seed: int = 0) -> list[np.ndarray]:
+        """The bank of simulated rooms (empty when reverberation is off)."""
+        if self.reverb_prob <= 0:
+            return []
+        rng = np.random.default_rng(seed)
+        return [room_impulse_response(float(rng.uniform(*self.rt60)), rng) for _ in range(self.rir_bank)]
+
+
+def room_impulse_response(
+    rt60: float, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """A simulated impulse response of a random shoebox room with reverberation time ``rt60`` (seconds),
+    talker and microphone at random places in it; normalised to a unit direct path."""
+    import pyroomacoustics as pra
+
+    dims = rng.uniform([3.0, 3.0, 2.4], [10.0, 8.0, 4.0])
+    absorption, max_order = pra.inverse_sabine(rt60, dims)
+    room = pra.ShoeBox(dims, fs=sample_rate, materials=pra.Material(absorption), max_order=min(max_order, 17))
+    margin = 0.5
+    room.add_source(rng.uniform(margin, dims - margin))
+    room.add_microphone(rng.uniform(margin, dims - margin))
+    room.compute_rir()
+    rir = np.asarray(room.rir[0][0], dtype=np.float32)
+    return rir / (np.abs(rir).max() + 1e-9)
+
+
+def reverberate(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """Convolve with ``rir``, keeping the length and the level of the dry speech: ``(S,) -> (S,)``."""
+    from scipy.signal import fftconvolve
+
+    wet = fftconvolve(audio, rir)[: len(audio)]
+    scale = np.sqrt((np.mean(audio**2) + 1e-10) / (np.mean(wet**2) + 1e-10))
+    return (wet * scale).astype(np.float32)
+
+
+def band_limit(audio: np.ndarray, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Half the time a telephone channel (300-3400 Hz, through 8 kHz), otherwise a low-pass at 3-7 kHz."""
+    from scipy.signal import butter, sosfilt
+
+    if rng.random() < 0.5:
+        sos = butter(6, [300, 3400], btype="bandpass", fs=sample_rate, output="sos")
+        narrow = AF.resample(torch.from_numpy(sosfilt(sos, audio).astype(np.float32)), sample_rate, 8000)
+        return AF.resample(narrow, 8000, sample_rate).numpy()[: len(audio)]
+    sos = butter(8, float(rng.uniform(3000, 7000)), btype="lowpass", fs=sample_rate, output="sos")
+    return sosfilt(sos, audio).astype(np.float32)
+
+
+def codec(audio: np.ndarray, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Through a lossy codec and back: Opus at a random compression level (2 in 3), else 8-bit mu-law."""
+    if rng.random() < 2 / 3:
+        import io
+
+        import soundfile as sf
+
+        buf = io.BytesIO()
+        level = float(rng.uniform(0.3, 1.0))  # libsndfile: higher is smaller files, lower quality
+        sf.write(
+            buf, np.clip(audio, -1, 1), sample_rate, format="OGG", subtype="OPUS", compression_level=level
+        )
+        buf.seek(0)
+        out, _ = sf.read(buf, dtype="float32")
+        out = out[: len(audio)]
+        return np.pad(out, (0, len(audio) - len(out))).astype(np.float32)
+    x = torch.from_numpy(np.clip(audio, -1, 1).astype(np.float32))
+    return AF.mu_law_decoding(AF.mu_law_encoding(x, 256), 256).numpy()
+
+
+def channel(
+    audio: np.ndarray, config: ChannelAugmentConfig, rng: np.random.Generator, rirs: list[np.ndarray]
+) -> np.ndarray:
+    """Room, band, codec and gain, each by its probability; ``rirs`` is a bank of impulse responses."""
+    if rirs and rng.random() < config.reverb_prob:
+        audio = reverberate(audio, rirs[int(rng.integers(len(rirs)))])
+    if rng.random() < config.bandlimit_prob:
+        audio = band_limit(audio, rng)
+    if config.gain_db != (0.0, 0.0):
+        audio = audio * np.float32(10 ** (rng.uniform(*config.gain_db) / 20))
+    audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+    if rng.random() < config.codec_prob:
+        audio = codec(audio, rng)
+    return audio

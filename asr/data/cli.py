@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-duration", type=float, default=0.0, help="drop longer utterances (seconds; 0: keep)"
     )
     prep.set_defaults(func=run)
+    from asr.data.synth.cli import register as register_synth
+
+    register_synth(sub)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from asr.audio import SAMPLE_RATE, AudioError, load_audio, resample
-from asr.data.augment import add_noise, pad_silence, speed_perturb
+from asr.data.augment import ChannelAugmentConfig, add_noise, channel, pad_silence, speed_perturb
 from asr.data.manifest import Utterance
 from asr.tokenizer import Tokenizer
 
@@ -46,6 +46,11 @@ class WaveAugmentConfig:
     noise_manifest: str = ""  # JSONL of noise recordings (field ``audio``); empty: white noise
     pad_prob: float = 0.0  # chance of padding with background (augment.pad_silence)
     pad_seconds: float = 1.0  # at most this much before the speech, and as much after it (uniform)
+    channel: ChannelAugmentConfig = field(default_factory=ChannelAugmentConfig)  # room, band, codec, gain
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.speed_factors) or self.noise_prob > 0 or self.pad_prob > 0 or self.channel.enabled
 
 
 class Example(NamedTuple):
@@ -83,6 +88,7 @@ class SpeechDataset(Dataset[Example]):
         self.tokenizer = tokenizer
         self.augment = augment or WaveAugmentConfig()
         self._noise_paths: list[Utterance] = []
+        self._rirs: list[np.ndarray] | None = None  # simulated on first use, in each data worker
         if self.augment.noise_manifest:
             from asr.data.manifest import read_manifest
 
@@ -100,10 +106,14 @@ class SpeechDataset(Dataset[Example]):
         utt = self.utts[index]
         audio = load_utterance(utt)
         aug = self.augment
-        if seed is not None and (aug.speed_factors or aug.noise_prob > 0 or aug.pad_prob > 0):
+        if seed is not None and aug.enabled:
             rng = np.random.default_rng(seed)
             if aug.speed_factors:
                 audio = speed_perturb(audio, float(rng.choice(aug.speed_factors)))
+            if aug.channel.enabled:
+                if self._rirs is None:
+                    self._rirs = aug.channel.impulse_responses()
+                audio = channel(audio, aug.channel, rng, self._rirs)
             if aug.noise_prob > 0 and rng.random() < aug.noise_prob:
                 snr = float(rng.uniform(*aug.snr_db))
                 if self._noise_paths:

@@ -17,7 +17,7 @@ from typing import Any
 import tomllib
 import yaml
 
-from asr.data.augment import SpecAugmentConfig, VtlpConfig
+from asr.data.augment import ChannelAugmentConfig, SpecAugmentConfig, VtlpConfig
 from asr.model import ModelConfig
 
 
@@ -40,6 +40,10 @@ class DataConfig:
     pad_seconds: float = 1.0
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     vtlp: VtlpConfig = field(default_factory=VtlpConfig)  # frequency warping, before SpecAugment
+    channel: ChannelAugmentConfig = field(default_factory=ChannelAugmentConfig)  # room, band, codec, gain
+    # utterances whose transcript is empty (silence, noise: ``asr data synth --nonspeech-hours``) train the
+    # model to say nothing; off, they are skipped as transcripts missing by mistake
+    keep_empty_text: bool = False
     cmvn_utts: int = 500  # utterances sampled for the global mean/variance
     max_valid_utts: int = 0  # 0: all
 

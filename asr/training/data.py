@@ -41,7 +41,7 @@ def filter_utts(utts: list[Utterance], config: DataConfig) -> list[Utterance]:
     kept = [
         u
         for u in utts
-        if normalize_text(u.text)
+        if (config.keep_empty_text or normalize_text(u.text))
         and (u.duration is None or config.min_duration <= u.duration <= config.max_duration)
     ]
     if len(kept) < len(utts):
@@ -107,6 +107,7 @@ def train_loader(
         config.noise_manifest,
         config.pad_prob,
         config.pad_seconds,
+        config.channel,
     )
     dataset = SpeechDataset(utts, tokenizer, wave_aug)
     sampler = BucketBatchSampler(
