@@ -26,22 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from asr.audio import SAMPLE_RATE
 from asr.checkpoint import load_model, resolve_model_path
-from asr.lm import NGramLM
 from asr.model import ASRModel
-from asr.streaming import Recognizer, RecognizerConfig
 from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.auth import BearerTokenInterceptor
-from server.batcher import Batcher
 from server.config import ServerConfig
 from server.metrics import Metrics
-from server.servicer import LoadedModel, RecognizerService, default_stream_options
+from server.models import start_models
+from server.servicer import RecognizerService
 
 log = logging.getLogger("server")
 
@@ -81,28 +77,6 @@ class SpeechServer:
         await self.grpc.wait_for_termination()
 
 
-def _model_info(name: str, model: ASRModel, default: bool, lm: NGramLM | None) -> asr_pb2.ModelInfo:
-    tok = model.tokenizer
-    return asr_pb2.ModelInfo(
-        language_model=lm.describe() if lm is not None else "",
-        name=name,
-        sample_rate_hertz=model.config.features.sample_rate,
-        vocabulary_kind=tok.kind,
-        vocabulary_size=tok.vocab_size,
-        is_default=default,
-        num_parameters=model.num_parameters(),
-        device=str(model.device),
-    )
-
-
-def _warm_up(recognizer: Recognizer) -> None:
-    """One greedy interim and one beam final on noise, so the first real call pays no lazy initialisation."""
-    rng = np.random.default_rng(0)
-    s = recognizer.create_offline_stream((rng.standard_normal(SAMPLE_RATE) * 0.05).astype(np.float32))
-    recognizer.decode_streams([s])
-    recognizer.pop_results(s)
-
-
 async def create_server(
     config: ServerConfig, model: ASRModel | None = None, models: dict[str, ASRModel] | None = None
 ) -> tuple[SpeechServer, int]:
@@ -127,30 +101,10 @@ async def create_server(
         raise ValueError("create_server needs at least one model")
     if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
-    lm = NGramLM.load(config.lm) if config.lm else None
-    lm_weight = config.lm_weight if lm is not None else 0.0
     metrics = Metrics()
-    loaded: dict[str, LoadedModel] = {}
-    default_name = next(iter(models))
-    for name, m in models.items():
-        if lm is not None:
-            try:
-                lm.check_tokenizer(m.tokenizer)
-            except ValueError as exc:
-                raise ValueError(f"--lm {config.lm} cannot decode model {name!r}: {exc}") from None
-        defaults = default_stream_options(config, lm_weight)
-        rec = Recognizer(m, RecognizerConfig(config.max_batch_size, defaults), lm=lm)
-        batcher = Batcher(
-            rec, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms, metrics=metrics
-        )
-        batcher.start()
-        if config.warmup:
-            t0 = time.perf_counter()
-            await batcher.run_in_executor(_warm_up, rec)
-            log.info("warmed up", extra={"model": name, "elapsed_s": round(time.perf_counter() - t0, 3)})
-        info = _model_info(name, m, name == default_name, lm)
-        loaded[name] = LoadedModel(name, rec, batcher, info, lm_weight)
-    service = RecognizerService(loaded, default_name, config, metrics)
+    loaded = await start_models(models, config, metrics)
+    default = loaded[next(iter(loaded))]
+    service = RecognizerService(loaded, default.name, config, metrics)
 
     interceptors = [BearerTokenInterceptor(config.tokens)] if config.tokens else []
     options = [
@@ -200,7 +154,7 @@ async def create_server(
             "mtls": bool(config.tls_client_ca),
             "auth": bool(config.tokens),
             "models": sorted(models),
-            "lm": lm.describe() if lm is not None else None,
+            "lm": default.info.language_model or None,  # every model has the same LM
         },
     )
     return SpeechServer(server, service, health_servicer, metrics, metrics_port), port

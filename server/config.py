@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 
 from asr.decoding import DecodingOptions
 from asr.lm import DEFAULT_LM_WEIGHT
+from asr.streaming import EndpointConfig, StreamOptions
 from asr.tta import speeds_from_text
 
 MAX_PHRASE_BOOST = 10.0
@@ -121,6 +122,19 @@ class ServerConfig:
                 values[f.name] = _parse(raw, hints[f.name], f"ASR_{f.name.upper()}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def default_stream_options(config: ServerConfig, lm_weight: float = 0.0) -> StreamOptions:
+    """What a stream gets for every field its request leaves unset."""
+    return StreamOptions(
+        decoding=DecodingOptions(
+            beam_size=config.beam_size,
+            ctc_weight=config.ctc_weight,
+            lm_weight=lm_weight,
+            tta_speeds=config.tta_speed_values,
+        ),
+        endpoint=EndpointConfig(final_tail_ms=config.final_tail_ms),
+    )
 
 
 def _parse(raw: str, typ: Any, name: str) -> Any:

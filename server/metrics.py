@@ -50,6 +50,12 @@ class Metrics:
         )
         self._http: Any = None
 
+    def count(self, method: str, code: str) -> None:
+        """One finished RPC; ``code`` is its status code's name ("OK", "INVALID_ARGUMENT", ...)."""
+        self.requests.labels(method, code).inc()
+        if code != "OK":
+            self.errors.labels(method, code).inc()
+
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint on a daemon thread; returns the bound port."""
         server, thread = start_http_server(port, addr=host, registry=self.registry)

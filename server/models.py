@@ -1,0 +1,83 @@
+"""The models a server serves: each with its recognizer, batcher and ``ModelInfo``, started and warmed up."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from asr.audio import SAMPLE_RATE
+from asr.lm import NGramLM
+from asr.model import ASRModel
+from asr.streaming import Recognizer, RecognizerConfig
+from asr_grpc import asr_pb2
+from server.batcher import Batcher
+from server.config import ServerConfig, default_stream_options
+from server.metrics import Metrics
+
+log = logging.getLogger("server")  # the records of app.py's start-up, where this code lived
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    recognizer: Recognizer
+    batcher: Batcher
+    info: asr_pb2.ModelInfo
+    lm_weight: float = 0.0  # default weight of its language model (recognizer.lm); 0 without one
+
+
+async def start_models(
+    models: dict[str, ASRModel], config: ServerConfig, metrics: Metrics
+) -> dict[str, LoadedModel]:
+    """A started batcher (and recognizer) per model, warmed up unless ``config.warmup`` is off; the first
+    model is the default. ``config.lm`` is loaded and fused into every model's beam search (each model's
+    tokenizer must match it: ``ValueError`` otherwise)."""
+    lm = NGramLM.load(config.lm) if config.lm else None
+    lm_weight = config.lm_weight if lm is not None else 0.0
+    loaded: dict[str, LoadedModel] = {}
+    default_name = next(iter(models))
+    for name, m in models.items():
+        if lm is not None:
+            try:
+                lm.check_tokenizer(m.tokenizer)
+            except ValueError as exc:
+                raise ValueError(f"--lm {config.lm} cannot decode model {name!r}: {exc}") from None
+        defaults = default_stream_options(config, lm_weight)
+        rec = Recognizer(m, RecognizerConfig(config.max_batch_size, defaults), lm=lm)
+        batcher = Batcher(
+            rec, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms, metrics=metrics
+        )
+        batcher.start()
+        if config.warmup:
+            t0 = time.perf_counter()
+            await batcher.run_in_executor(warm_up, rec)
+            log.info("warmed up", extra={"model": name, "elapsed_s": round(time.perf_counter() - t0, 3)})
+        info = model_info(name, m, name == default_name, lm)
+        loaded[name] = LoadedModel(name, rec, batcher, info, lm_weight)
+    return loaded
+
+
+def model_info(name: str, model: ASRModel, default: bool, lm: NGramLM | None) -> asr_pb2.ModelInfo:
+    """How ListModels describes a model."""
+    tok = model.tokenizer
+    return asr_pb2.ModelInfo(
+        language_model=lm.describe() if lm is not None else "",
+        name=name,
+        sample_rate_hertz=model.config.features.sample_rate,
+        vocabulary_kind=tok.kind,
+        vocabulary_size=tok.vocab_size,
+        is_default=default,
+        num_parameters=model.num_parameters(),
+        device=str(model.device),
+    )
+
+
+def warm_up(recognizer: Recognizer) -> None:
+    """One greedy interim and one beam final on noise, so the first real call pays no lazy initialisation."""
+    rng = np.random.default_rng(0)
+    s = recognizer.create_offline_stream((rng.standard_normal(SAMPLE_RATE) * 0.05).astype(np.float32))
+    recognizer.decode_streams([s])
+    recognizer.pop_results(s)
