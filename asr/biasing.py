@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -96,76 +97,18 @@ class PhraseBiaser:
     @classmethod
     def _build(cls, tokenizer: Tokenizer, phrases: Sequence[str], boost: float) -> PhraseBiaser:
         space = tokenizer.space_id
-        v = tokenizer.vocab_size
-        children: list[dict[int, int]] = [{}]
-        depth = [0]  # tokens matched, the leading word boundary not counted
-        end = [False]
         hint_ids = check_phrases(tokenizer, phrases)
-        for ids in hint_ids:
-            seq = [space, *ids] if space is not None else ids
-            node = 0
-            for i, t in enumerate(seq):
-                nxt = children[node].get(t)
-                if nxt is None:
-                    nxt = len(children)
-                    children[node][t] = nxt
-                    children.append({})
-                    depth.append(depth[node] + (0 if (space is not None and i == 0) else 1))
-                    end.append(False)
-                node = nxt
-            end[node] = True
-        # Aho-Corasick failure links (longest proper suffix that is a trie path), then the full goto table
-        m = len(children)
-        fail = [0] * m
-        goto = np.zeros((m, v), dtype=np.int64)
-        queue: deque[int] = deque()
-        for t, c in children[0].items():
-            goto[0, t] = c
-            queue.append(c)
-        while queue:
-            node = queue.popleft()
-            goto[node] = goto[fail[node]]
-            for t, c in children[node].items():
-                fail[c] = int(goto[fail[node], t])
-                goto[node, t] = c
-                queue.append(c)
+        trie = _Trie.of(hint_ids, space)
+        goto = trie.goto_table(tokenizer.vocab_size)
         if space is not None:
             goto[:, tokenizer.sos_id] = goto[0, space]  # the start of the text is a word boundary
-        # A completed phrase banks its credit where its word ends: at a word start (a space, or a piece that
-        # begins a word) or <eos>. Anything else takes the credit back, as for a broken match ("CATS"), unless
-        # it extends a longer phrase; a longer phrase that then breaks keeps the shorter one's credit
-        # ("NEW" in "NEW DELHI" with hints "NEW" and "NEW YORK"): ``banked`` is that credit, in tokens.
-        if space is not None:
-            starts = np.array([space])
-        else:
-            pieces = (tokenizer.id_to_piece(i) for i in range(v))
-            starts = np.array([i for i, p in enumerate(pieces) if p.startswith("\u2581")], dtype=int)
-        is_start = np.zeros(v, dtype=bool)
-        is_start[starts] = True
-        banked = [0] * m
-        stack = [0]
-        while stack:
-            node = stack.pop()
-            for t, c in children[node].items():
-                banked[c] = depth[node] if end[node] and is_start[t] else banked[node]
-                stack.append(c)
-        depth_a = np.asarray(depth, dtype=np.float32)
-        gained = depth_a[goto] - depth_a[:, None]
-        extends = gained > 0  # only a child is deeper
-        bonus = boost * np.where(extends, gained, gained + np.asarray(banked, dtype=np.float32)[:, None])
-        ends = np.flatnonzero(end)
-        if len(ends) and len(starts):
-            sub = goto[np.ix_(ends, starts)]  # (E, S)
-            bank = depth_a[sub] <= depth_a[ends][:, None]  # not an extension (a child is one token deeper)
-            rows, cols = np.nonzero(bank)
-            fresh = goto[0, starts][cols]
-            goto[ends[rows], starts[cols]] = fresh
-            bonus[ends[rows], starts[cols]] = boost * depth_a[fresh]
+        starts = _word_starts(tokenizer)
+        bonus = _bonus_table(trie, goto, starts, boost)
+        ends = np.flatnonzero(trie.end)
         goto[ends, tokenizer.eos_id] = 0
         bonus[ends, tokenizer.eos_id] = 0.0
-        next_state = goto
         max_credit = boost * max(map(len, hint_ids), default=0)
-        return cls(torch.from_numpy(next_state.astype(np.int32)), torch.from_numpy(bonus), max_credit)
+        return cls(torch.from_numpy(goto.astype(np.int32)), torch.from_numpy(bonus), max_credit)
 
     # --- LanguageModel protocol -------------------------------------------------------------------
 
@@ -180,3 +123,96 @@ class PhraseBiaser:
 
     def select(self, state: Tensor, index: Tensor) -> Tensor:
         return state[index]
+
+
+@dataclass
+class _Trie:
+    """The hints' token sequences as a trie: node 0 is the root, ``children[n]`` maps a token to a node."""
+
+    children: list[dict[int, int]]
+    depth: list[int]  # tokens matched, the leading word boundary not counted
+    end: list[bool]  # a hint ends here
+
+    @classmethod
+    def of(cls, hint_ids: Sequence[Sequence[int]], space: int | None) -> _Trie:
+        """With a space tokenizer each hint starts with a space (a word boundary), which adds no depth."""
+        trie = cls([{}], [0], [False])
+        for ids in hint_ids:
+            seq = [space, *ids] if space is not None else ids
+            node = 0
+            for i, t in enumerate(seq):
+                nxt = trie.children[node].get(t)
+                if nxt is None:
+                    nxt = len(trie.children)
+                    trie.children[node][t] = nxt
+                    trie.children.append({})
+                    trie.depth.append(trie.depth[node] + (0 if (space is not None and i == 0) else 1))
+                    trie.end.append(False)
+                node = nxt
+            trie.end[node] = True
+        return trie
+
+    def goto_table(self, vocab_size: int) -> np.ndarray:
+        """The Aho-Corasick automaton's full transition table ``(M, V)``, from the failure links (the
+        longest proper suffix that is a trie path)."""
+        children = self.children
+        fail = [0] * len(children)
+        goto = np.zeros((len(children), vocab_size), dtype=np.int64)
+        queue: deque[int] = deque()
+        for t, c in children[0].items():
+            goto[0, t] = c
+            queue.append(c)
+        while queue:
+            node = queue.popleft()
+            goto[node] = goto[fail[node]]
+            for t, c in children[node].items():
+                fail[c] = int(goto[fail[node], t])
+                goto[node, t] = c
+                queue.append(c)
+        return goto
+
+    def banked(self, is_start: np.ndarray) -> list[int]:
+        """Per node, the credit (in tokens) of the completed shorter hint a longer match passed through at a
+        word start, kept if the longer one breaks ("NEW" in "NEW DELHI" with hints "NEW" and "NEW YORK")."""
+        banked = [0] * len(self.children)
+        stack = [0]
+        while stack:
+            node = stack.pop()
+            for t, c in self.children[node].items():
+                banked[c] = self.depth[node] if self.end[node] and is_start[t] else banked[node]
+                stack.append(c)
+        return banked
+
+
+def _word_starts(tokenizer: Tokenizer) -> np.ndarray:
+    """The tokens that start a word: the space, or the SentencePiece pieces that begin with one."""
+    if tokenizer.space_id is not None:
+        return np.array([tokenizer.space_id])
+    pieces = (tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size))
+    return np.array([i for i, p in enumerate(pieces) if p.startswith("\u2581")], dtype=int)
+
+
+def _bonus_table(trie: _Trie, goto: np.ndarray, starts: np.ndarray, boost: float) -> np.ndarray:
+    """The credit ``(M, V)`` float32 each token gains (or takes back) from each state; rewires ``goto``
+    where a completed phrase banks its credit.
+
+    A completed phrase banks its credit where its word ends: at a word start (a space, or a piece that
+    begins a word) or <eos>. Anything else takes the credit back, as for a broken match ("CATS"), unless it
+    extends a longer phrase; a longer phrase that then breaks keeps the shorter one's credit (``banked``).
+    """
+    is_start = np.zeros(goto.shape[1], dtype=bool)
+    is_start[starts] = True
+    banked = trie.banked(is_start)
+    depth_a = np.asarray(trie.depth, dtype=np.float32)
+    gained = depth_a[goto] - depth_a[:, None]
+    extends = gained > 0  # only a child is deeper
+    bonus = boost * np.where(extends, gained, gained + np.asarray(banked, dtype=np.float32)[:, None])
+    ends = np.flatnonzero(trie.end)
+    if len(ends) and len(starts):
+        sub = goto[np.ix_(ends, starts)]  # (E, S)
+        bank = depth_a[sub] <= depth_a[ends][:, None]  # not an extension (a child is one token deeper)
+        rows, cols = np.nonzero(bank)
+        fresh = goto[0, starts][cols]
+        goto[ends[rows], starts[cols]] = fresh
+        bonus[ends[rows], starts[cols]] = boost * depth_a[fresh]
+    return bonus

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from asr.biasing import PhraseBiaser
 
 NEG_INF = float("-inf")
 MIN_TTA_SPEED, MAX_TTA_SPEED = 0.5, 2.0
@@ -181,6 +184,10 @@ class CTCPrefixScorer:
         return torch.stack([rn, rb], dim=1)
 
 
+# score terms fused into the search beside attention and CTC: (scorer, weight, is the LM)
+Fused = list[tuple[LanguageModel, float, bool]]
+
+
 @torch.no_grad()
 def beam_search(
     model: Any,
@@ -197,64 +204,116 @@ def beam_search(
     """
     if options.lm_weight > 0 and lm is None:
         raise ValueError("lm_weight > 0 needs a language model (pass lm=...)")
-    tok = model.tokenizer
-    # score terms fused into the search beside attention and CTC: (scorer, weight, is the LM)
-    fused: list[tuple[LanguageModel, float, bool]] = []
-    if lm is not None and options.lm_weight > 0:
-        fused.append((lm, options.lm_weight, True))
-    biaser = None
-    if options.phrases and options.phrase_boost > 0:
-        from asr.biasing import PhraseBiaser
+    return _JointSearch(model, enc, enc_lengths, options, lm).run()
 
-        biaser = PhraseBiaser.build(tok, options.phrases, options.phrase_boost)
-        fused.append((biaser, 1.0, False))
-    blank, sos, eos = tok.blank_id, tok.sos_id, tok.eos_id
-    lam, w = options.ctc_weight, options.beam_size
-    b, device = enc.size(0), enc.device
-    use_att, use_ctc = lam < 1.0, lam > 0.0
-    v = tok.vocab_size
 
-    # Row state, one row per live hypothesis: ``active[u]`` is the utterance of row block ``u`` (``rows``
-    # rows each) and ``utt`` the utterance of each row, which indexes the CTC scorer's posteriors.
-    active = list(range(b))
-    rows = 1
-    utt = torch.arange(b, device=device)
-    memory, dstate = model.decoder.prepare(enc, enc_lengths)
-    ctc_lp = model.ctc_log_probs(enc) if use_ctc else None
-    scorer = CTCPrefixScorer(ctc_lp, enc_lengths, blank, eos) if ctc_lp is not None else None
-    r = scorer.initial_state(utt) if scorer is not None else None
-    fused_states = [f.init_state(b, device) for f, _, _ in fused]
+@dataclass
+class _Beam:
+    """The live hypotheses, one row each, in blocks of ``rows`` rows per utterance still searched:
+    ``active[j]`` is the utterance of block ``j`` and ``utt (N,)`` the utterance of each row, which indexes
+    the CTC scorer's posteriors. Scores are float64 ``(N,)``."""
 
-    scores = torch.zeros(b, dtype=torch.float64, device=device)
-    att_acc = torch.zeros(b, dtype=torch.float64, device=device)
-    ctc_psi = torch.zeros(b, dtype=torch.float64, device=device)
-    lm_acc = torch.zeros(b, dtype=torch.float64, device=device)
-    yseq = torch.full((b, 1), sos, dtype=torch.long, device=device)
-    maxlen = (enc_lengths.double() * options.max_length_ratio).clamp_min(1).long()  # (B,)
-    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
-    k = v - 1 if not use_att else min(v - 1, max(w, int(options.pre_beam_ratio * w)))
-    all_cands = torch.tensor([i for i in range(v) if i != blank], device=device)
-    not_eos = torch.arange(v, device=device) != eos
+    active: list[int]
+    rows: int
+    utt: Tensor
+    yseq: Tensor  # (N, step + 1): <sos> and the tokens so far
+    scores: Tensor  # the joint score of the prefix
+    att_acc: Tensor  # its attention log-prob
+    ctc_psi: Tensor  # its CTC prefix score
+    lm_acc: Tensor  # its LM log-prob
+    r: Tensor | None  # CTC prefix state (N, 2, T), None without CTC
+    dstate: Any  # decoder state
+    memory: Any  # decoder memory (the encoder output, prepared)
+    fused_states: list[Any]
 
-    # Every score term is a log-probability of a growing prefix (attention, CTC prefix, LM), so without a
-    # length bonus or normalisation a hypothesis's raw score can only fall as it grows: once the best live
-    # one is below the n-th best finished one, the n-best list is final and the search can stop exactly.
-    # Phrase hints add positive bonuses: a live hypothesis is then given the credit of its longest hint as
-    # slack (one more completed hint could lift it that much; ESPnet's end detection covers the rest).
-    monotone = not options.normalize_length and options.length_bonus <= 0
-    slack = biaser.max_credit if biaser is not None else 0.0
-    for step in range(int(maxlen.max()) + 1):
-        n, nb = yseq.size(0), len(active)
-        last = yseq[:, -1]
+
+class _Step(NamedTuple):
+    """One step's scores: ``att_lp`` and ``lm_lp`` per token ``(N, V)``; the candidates ``cand (N, K)``,
+    their joint scores ``cand_scores (N, K)`` and CTC prefix scores ``psi (N, K)`` (None without CTC); and
+    per row ``(N,)`` the ``last`` token and whether the prefix ``is_empty``."""
+
+    att_lp: Tensor
+    lm_lp: Tensor
+    cand: Tensor
+    cand_scores: Tensor
+    psi: Tensor | None
+    last: Tensor
+    is_empty: Tensor
+
+
+class _JointSearch:
+    """One call of :func:`beam_search`: the fixed inputs, and the steps that grow a :class:`_Beam`."""
+
+    def __init__(
+        self, model: Any, enc: Tensor, enc_lengths: Tensor, options: DecodingOptions, lm: LanguageModel | None
+    ) -> None:
+        tok = model.tokenizer
+        self.model, self.enc, self.enc_lengths, self.options = model, enc, enc_lengths, options
+        self.fused, biaser = _fused_scorers(tok, options, lm)
+        self.blank, self.sos, self.eos = tok.blank_id, tok.sos_id, tok.eos_id
+        self.lam, self.w = options.ctc_weight, options.beam_size
+        self.b, self.device = enc.size(0), enc.device
+        self.use_att, self.use_ctc = self.lam < 1.0, self.lam > 0.0
+        v = self.v = tok.vocab_size
+        ctc_lp = model.ctc_log_probs(enc) if self.use_ctc else None
+        self.scorer = None if ctc_lp is None else CTCPrefixScorer(ctc_lp, enc_lengths, self.blank, self.eos)
+        self.maxlen = (enc_lengths.double() * options.max_length_ratio).clamp_min(1).long()  # (B,)
+        w = self.w
+        self.k = v - 1 if not self.use_att else min(v - 1, max(w, int(options.pre_beam_ratio * w)))
+        self.all_cands = torch.tensor([i for i in range(v) if i != self.blank], device=self.device)
+        self.not_eos = torch.arange(v, device=self.device) != self.eos
+        # Every score term is a log-probability of a growing prefix (attention, CTC prefix, LM), so without
+        # a length bonus or normalisation a hypothesis's raw score can only fall as it grows: once the best
+        # live one is below the n-th best finished one, the n-best list is final and the search can stop
+        # exactly. Phrase hints add positive bonuses: a live hypothesis is then given the credit of its
+        # longest hint as slack (one more completed hint could lift it that much; ESPnet's end detection
+        # covers the rest).
+        self.monotone = not options.normalize_length and options.length_bonus <= 0
+        self.slack = biaser.max_credit if biaser is not None else 0.0
+        self.finished: list[list[Hypothesis]] = [[] for _ in range(self.b)]
+
+    def run(self) -> list[list[Hypothesis]]:
+        beam = self._start()
+        for step in range(int(self.maxlen.max()) + 1):
+            scored = self._score(beam, step)
+            top = self._extend(beam, scored)
+            if not self._retire(beam, top, step):
+                break
+        results = []
+        for u in range(self.b):
+            hyps = sorted(self.finished[u], key=lambda h: h.score, reverse=True)
+            results.append(hyps[: self.options.nbest] if hyps else [Hypothesis((), NEG_INF)])
+        return results
+
+    def _start(self) -> _Beam:
+        """One row per utterance: the empty prefix."""
+        b, device = self.b, self.device
+        utt = torch.arange(b, device=device)
+        memory, dstate = self.model.decoder.prepare(self.enc, self.enc_lengths)
+        r = self.scorer.initial_state(utt) if self.scorer is not None else None
+        fused_states = [f.init_state(b, device) for f, _, _ in self.fused]
+
+        def zeros() -> Tensor:
+            return torch.zeros(b, dtype=torch.float64, device=device)
+
+        yseq = torch.full((b, 1), self.sos, dtype=torch.long, device=device)
+        return _Beam(
+            list(range(b)), 1, utt, yseq, zeros(), zeros(), zeros(), zeros(), r, dstate, memory, fused_states
+        )
+
+    def _token_scores(self, beam: _Beam, last: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``total``, ``att_lp`` and ``lm_lp`` ``(N, V)`` of every next token (advances the decoder and the
+        fused scorers' states)."""
+        n, v, device = last.size(0), self.v, self.device
         total = torch.zeros(n, v, dtype=torch.float64, device=device)
         att_lp = torch.zeros(n, v, dtype=torch.float64, device=device)
-        if use_att:
-            logits, dstate = model.decoder.step(last, dstate, memory)
+        if self.use_att:
+            logits, beam.dstate = self.model.decoder.step(last, beam.dstate, beam.memory)
             att_lp = torch.log_softmax(logits.double(), dim=-1)
-            total = total + (1 - lam) * att_lp
+            total = total + (1 - self.lam) * att_lp
         lm_lp = torch.zeros_like(total)
-        for i, (f, weight, is_lm) in enumerate(fused):
-            f_lp, fused_states[i] = f.score(last, fused_states[i])
+        for i, (f, weight, is_lm) in enumerate(self.fused):
+            f_lp, beam.fused_states[i] = f.score(last, beam.fused_states[i])
             if f_lp.shape != total.shape:
                 raise ValueError(
                     f"language model gives {f_lp.size(-1)} log-probs per step; the tokenizer has {v} ids"
@@ -263,89 +322,124 @@ def beam_search(
             total = total + weight * f_lp
             if is_lm:
                 lm_lp = f_lp
-        total[:, blank] = NEG_INF
-        if options.eos_threshold is not None and use_att:
-            best_other = att_lp.masked_fill(~not_eos, NEG_INF).max(-1).values
+        return total, att_lp, lm_lp
+
+    def _score(self, beam: _Beam, step: int) -> _Step:
+        """Scores of this step's candidate extensions of every row."""
+        options, eos = self.options, self.eos
+        last = beam.yseq[:, -1]
+        total, att_lp, lm_lp = self._token_scores(beam, last)
+        total[:, self.blank] = NEG_INF
+        if options.eos_threshold is not None and self.use_att:
+            best_other = att_lp.masked_fill(~self.not_eos, NEG_INF).max(-1).values
             allow = att_lp[:, eos] >= options.eos_threshold * best_other
             total[:, eos] = total[:, eos].masked_fill(~allow, NEG_INF)
-        at_max = step >= maxlen[utt]  # only <eos> is allowed once a hypothesis reaches the length cap
-        total = torch.where(at_max[:, None] & not_eos, NEG_INF, total)
-        if use_att:
-            cand = total.topk(k, dim=1).indices  # (N, K) pre-beam by attention (+ LM)
+        # only <eos> is allowed once a hypothesis reaches the length cap
+        at_max = step >= self.maxlen[beam.utt]
+        total = torch.where(at_max[:, None] & self.not_eos, NEG_INF, total)
+        if self.use_att:
+            cand = total.topk(self.k, dim=1).indices  # (N, K) pre-beam by attention (+ LM)
         else:
-            cand = all_cands[None, :].expand(n, -1)
-        cand_scores = scores[:, None] + total.gather(1, cand) + options.length_bonus
+            cand = self.all_cands[None, :].expand(last.size(0), -1)
+        cand_scores = beam.scores[:, None] + total.gather(1, cand) + options.length_bonus
         cand_scores = cand_scores.masked_fill((cand != eos) & at_max[:, None], NEG_INF)
         is_empty = torch.full_like(last, step == 0, dtype=torch.bool)
         psi = None
-        if scorer is not None and r is not None:
-            psi = scorer.score(utt, r, last, is_empty, cand)
-            cand_scores = cand_scores + lam * (psi - ctc_psi[:, None])
+        if self.scorer is not None and beam.r is not None:
+            psi = self.scorer.score(beam.utt, beam.r, last, is_empty, cand)
+            cand_scores = cand_scores + self.lam * (psi - beam.ctc_psi[:, None])
             # dead slots (score -inf, CTC prefix -inf) give -inf + inf = NaN, which topk would rank first
             cand_scores = cand_scores.masked_fill(cand_scores.isnan(), NEG_INF)
         cand_scores = cand_scores - options.length_bonus * (cand == eos)  # <eos> is no output token
-        # best extensions of each utterance: its rows x K candidates
-        width = min(w, rows * cand.size(1))
-        flat = cand_scores.view(nb, rows * cand.size(1))
-        top, top_idx = flat.topk(width, dim=1)  # (nb, width)
-        src = (top_idx // cand.size(1)) + torch.arange(nb, device=device)[:, None] * rows  # global row
-        col = top_idx % cand.size(1)
-        src, col, top = src.flatten(), col.flatten(), top.flatten()
-        widened, rows = width != rows, width
-        new_tok = cand[src, col]
-        att_acc = att_acc[src] + att_lp[src, new_tok]
-        lm_acc = lm_acc[src] + lm_lp[src, new_tok]
-        ctc_psi = ctc_psi[src]
-        if scorer is not None and r is not None and psi is not None:
-            ctc_psi = psi[src, col]
-            r = scorer.extend(utt[src], r[src], last[src], is_empty[src], new_tok)  # the survivors only
-        utt = utt[src]
-        yseq = torch.cat([yseq[src], new_tok[:, None]], dim=1)
-        if use_att:
-            dstate = dstate.index_select(src)
-            if widened:  # memory rows are the same within an utterance: only their number changes
-                memory = memory.index_select(src)
-        fused_states = [f.select(s, src) for (f, _, _), s in zip(fused, fused_states, strict=True)]
+        return _Step(att_lp, lm_lp, cand, cand_scores, psi, last, is_empty)
 
-        ended = (new_tok == eos) & torch.isfinite(top)
+    def _extend(self, beam: _Beam, s: _Step) -> Tensor:
+        """Keep the best ``beam_size`` extensions of each utterance (its rows x K candidates) as the new
+        rows; returns their joint scores ``(N',)``."""
+        nb, k = len(beam.active), s.cand.size(1)
+        width = min(self.w, beam.rows * k)
+        flat = s.cand_scores.view(nb, beam.rows * k)
+        top, top_idx = flat.topk(width, dim=1)  # (nb, width)
+        src = (top_idx // k) + torch.arange(nb, device=self.device)[:, None] * beam.rows  # global row
+        col = top_idx % k
+        src, col, top = src.flatten(), col.flatten(), top.flatten()
+        widened, beam.rows = width != beam.rows, width
+        new_tok = s.cand[src, col]
+        beam.att_acc = beam.att_acc[src] + s.att_lp[src, new_tok]
+        beam.lm_acc = beam.lm_acc[src] + s.lm_lp[src, new_tok]
+        beam.ctc_psi = beam.ctc_psi[src]
+        if self.scorer is not None and beam.r is not None and s.psi is not None:
+            beam.ctc_psi = s.psi[src, col]
+            # the survivors' CTC states only
+            beam.r = self.scorer.extend(beam.utt[src], beam.r[src], s.last[src], s.is_empty[src], new_tok)
+        beam.utt = beam.utt[src]
+        beam.yseq = torch.cat([beam.yseq[src], new_tok[:, None]], dim=1)
+        if self.use_att:
+            beam.dstate = beam.dstate.index_select(src)
+            if widened:  # memory rows are the same within an utterance: only their number changes
+                beam.memory = beam.memory.index_select(src)
+        beam.fused_states = self._select_fused(beam, src)
+        return top
+
+    def _select_fused(self, beam: _Beam, index: Tensor) -> list[Any]:
+        return [f.select(s, index) for (f, _, _), s in zip(self.fused, beam.fused_states, strict=True)]
+
+    def _retire(self, beam: _Beam, top: Tensor, step: int) -> bool:
+        """File the rows that chose ``<eos>`` as finished hypotheses and drop the utterances whose n-best list
+        is final; False when none is left."""
+        options, rows, nb, slack = self.options, beam.rows, len(beam.active), self.slack
+        ended = (beam.yseq[:, -1] == self.eos) & torch.isfinite(top)
         if bool(ended.any()):
             for i in ended.nonzero().flatten().tolist():
-                toks = tuple(yseq[i, 1:-1].tolist())
+                toks = tuple(beam.yseq[i, 1:-1].tolist())
                 raw = float(top[i])
                 score = raw / (len(toks) + 1) if options.normalize_length else raw
-                finished[active[i // rows]].append(
-                    Hypothesis(toks, score, float(att_acc[i]), float(ctc_psi[i]), float(lm_acc[i]))
-                )
-        scores = top.masked_fill(ended, NEG_INF)
-        best_alive = scores.view(nb, rows).max(dim=1).values.tolist()
+                att, ctc, lm = float(beam.att_acc[i]), float(beam.ctc_psi[i]), float(beam.lm_acc[i])
+                self.finished[beam.active[i // rows]].append(Hypothesis(toks, score, att, ctc, lm))
+        beam.scores = top.masked_fill(ended, NEG_INF)
+        best_alive = beam.scores.view(nb, rows).max(dim=1).values.tolist()
         keep = [
             j
-            for j, u in enumerate(active)
+            for j, u in enumerate(beam.active)
             if not (
                 best_alive[j] == NEG_INF
-                or (monotone and _cannot_improve(finished[u], best_alive[j] + slack, options.nbest))
-                or _end_detected(finished[u], step)
+                or (self.monotone and _cannot_improve(self.finished[u], best_alive[j] + slack, options.nbest))
+                or _end_detected(self.finished[u], step)
             )
         ]
-        if not keep:
-            break
-        if len(keep) < nb:  # utterances whose n-best list is final leave the batch
-            active = [active[j] for j in keep]
-            blocks = torch.tensor(keep, device=device)
-            idx = (blocks[:, None] * rows + torch.arange(rows, device=device)).flatten()
-            scores, att_acc, ctc_psi, lm_acc = scores[idx], att_acc[idx], ctc_psi[idx], lm_acc[idx]
-            utt, yseq = utt[idx], yseq[idx]
-            if r is not None:
-                r = r[idx]
-            if use_att:
-                dstate, memory = dstate.index_select(idx), memory.index_select(idx)
-            fused_states = [f.select(s, idx) for (f, _, _), s in zip(fused, fused_states, strict=True)]
+        if keep and len(keep) < nb:  # utterances whose n-best list is final leave the batch
+            self._keep_blocks(beam, keep)
+        return bool(keep)
 
-    results = []
-    for u in range(b):
-        hyps = sorted(finished[u], key=lambda h: h.score, reverse=True)
-        results.append(hyps[: options.nbest] if hyps else [Hypothesis((), NEG_INF)])
-    return results
+    def _keep_blocks(self, beam: _Beam, keep: list[int]) -> None:
+        """Keep only the row blocks ``keep`` (indices into ``beam.active``)."""
+        beam.active = [beam.active[j] for j in keep]
+        blocks = torch.tensor(keep, device=self.device)
+        idx = (blocks[:, None] * beam.rows + torch.arange(beam.rows, device=self.device)).flatten()
+        beam.scores, beam.att_acc = beam.scores[idx], beam.att_acc[idx]
+        beam.ctc_psi, beam.lm_acc = beam.ctc_psi[idx], beam.lm_acc[idx]
+        beam.utt, beam.yseq = beam.utt[idx], beam.yseq[idx]
+        if beam.r is not None:
+            beam.r = beam.r[idx]
+        if self.use_att:
+            beam.dstate, beam.memory = beam.dstate.index_select(idx), beam.memory.index_select(idx)
+        beam.fused_states = self._select_fused(beam, idx)
+
+
+def _fused_scorers(
+    tok: Any, options: DecodingOptions, lm: LanguageModel | None
+) -> tuple[Fused, PhraseBiaser | None]:
+    """The score terms fused into the search beside attention and CTC, and the phrase biaser if any."""
+    fused: Fused = []
+    if lm is not None and options.lm_weight > 0:
+        fused.append((lm, options.lm_weight, True))
+    biaser = None
+    if options.phrases and options.phrase_boost > 0:
+        from asr.biasing import PhraseBiaser
+
+        biaser = PhraseBiaser.build(tok, options.phrases, options.phrase_boost)
+        fused.append((biaser, 1.0, False))
+    return fused, biaser
 
 
 def _cannot_improve(hyps: list[Hypothesis], best_alive: float, nbest: int) -> bool:

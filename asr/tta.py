@@ -163,6 +163,10 @@ def fused_scores(scorer: LanguageModel, seqs: Sequence[Sequence[int]], sos: int,
     return total
 
 
+# the hypotheses each view's search found, keyed by (utterance, tokens): (attention, CTC) log-likelihoods
+Found = dict[tuple[int, tuple[int, ...]], tuple[float, float]]
+
+
 @torch.inference_mode()
 def search_views(
     model: ASRModel,
@@ -177,13 +181,39 @@ def search_views(
     if not encoded:
         raise ValueError("search_views needs at least one view")
     b = encoded[0][0].size(0)
-    tok = model.tokenizer
+    pools, known = _pool(model, encoded, options, lm)
+    pairs = [(u, s) for u in range(b) for s in pools[u]]
+    if not pairs:
+        return [[Hypothesis((), float("-inf"))] for _ in range(b)]
+    att, ctc = _mean_view_scores(model, encoded, known, pairs)
+    seqs = [list(s) for _, s in pairs]
+    score, lm_score = _joint_scores(model, options, lm, att, ctc, seqs)
+    results: list[list[Hypothesis]] = [[] for _ in range(b)]
+    for i, (u, s) in enumerate(zip([u for u, _ in pairs], seqs, strict=True)):
+        results[u].append(
+            Hypothesis(tuple(s), float(score[i]), float(att[i]), float(ctc[i]), float(lm_score[i]))
+        )
+    out = []
+    for hyps in results:
+        ranked = sorted(hyps, key=lambda h: h.score, reverse=True)[: options.nbest]
+        out.append(ranked or [Hypothesis((), float("-inf"))])
+    return out
+
+
+def _pool(
+    model: ASRModel,
+    encoded: Sequence[tuple[Tensor, Tensor]],
+    options: DecodingOptions,
+    lm: LanguageModel | None,
+) -> tuple[list[dict[tuple[int, ...], None]], list[Found]]:
+    """Search every view: the pooled transcripts of each utterance, in the order found, and per view the
+    scores its search gave its own finds."""
+    b = encoded[0][0].size(0)
     per_view = dataclasses.replace(
         options, nbest=min(options.beam_size, max(POOL_PER_VIEW, options.nbest)), tta_speeds=()
     )
     pools: list[dict[tuple[int, ...], None]] = [{} for _ in range(b)]
-    # the search has scored its own n-best under its view already: only the other views' finds are rescored
-    known: list[dict[tuple[int, tuple[int, ...]], tuple[float, float]]] = []
+    known: list[Found] = []
     for enc, lengths in encoded:
         found = {}
         for u, hyps in enumerate(beam_search(model, enc, lengths, per_view, lm=lm)):
@@ -192,9 +222,17 @@ def search_views(
                     pools[u].setdefault(h.tokens, None)
                     found[(u, h.tokens)] = (h.att_score, h.ctc_score)
         known.append(found)
-    pairs = [(u, s) for u in range(b) for s in pools[u]]
-    if not pairs:
-        return [[Hypothesis((), float("-inf"))] for _ in range(b)]
+    return pools, known
+
+
+def _mean_view_scores(
+    model: ASRModel,
+    encoded: Sequence[tuple[Tensor, Tensor]],
+    known: Sequence[Found],
+    pairs: Sequence[tuple[int, tuple[int, ...]]],
+) -> tuple[Tensor, Tensor]:
+    """The attention and CTC log-likelihoods ``(P,)`` of each (utterance, transcript) pair, averaged over
+    the views. A view's search has scored its own finds already: only the other views' are rescored."""
     att = torch.zeros(len(pairs), dtype=torch.float64)
     ctc = torch.zeros(len(pairs), dtype=torch.float64)
     for (enc, lengths), found in zip(encoded, known, strict=True):
@@ -207,9 +245,20 @@ def search_views(
         have = [i for i, p in enumerate(pairs) if p in found]
         att[have] += torch.tensor([found[pairs[i]][0] for i in have], dtype=torch.float64)
         ctc[have] += torch.tensor([found[pairs[i]][1] for i in have], dtype=torch.float64)
-    att, ctc = att / len(encoded), ctc / len(encoded)
-    utt = [u for u, _ in pairs]
-    seqs = [list(s) for _, s in pairs]
+    return att / len(encoded), ctc / len(encoded)
+
+
+def _joint_scores(
+    model: ASRModel,
+    options: DecodingOptions,
+    lm: LanguageModel | None,
+    att: Tensor,
+    ctc: Tensor,
+    seqs: Sequence[Sequence[int]],
+) -> tuple[Tensor, Tensor]:
+    """The ranking score ``(P,)`` of each pooled transcript, as the search would give it, and its LM
+    log-prob (zeros without an LM)."""
+    tok = model.tokenizer
     lam = options.ctc_weight
     score = torch.zeros_like(att)
     if lam < 1:
@@ -229,13 +278,4 @@ def search_views(
     score = score + options.length_bonus * lengths_t
     if options.normalize_length:
         score = score / (lengths_t + 1)
-    results: list[list[Hypothesis]] = [[] for _ in range(b)]
-    for i, (u, s) in enumerate(zip(utt, seqs, strict=True)):
-        results[u].append(
-            Hypothesis(tuple(s), float(score[i]), float(att[i]), float(ctc[i]), float(lm_score[i]))
-        )
-    out = []
-    for hyps in results:
-        ranked = sorted(hyps, key=lambda h: h.score, reverse=True)[: options.nbest]
-        out.append(ranked or [Hypothesis((), float("-inf"))])
-    return out
+    return score, lm_score
