@@ -86,59 +86,15 @@ async def create_server(
     default) skip loading ``config.model`` from disk. ``config.lm`` is fused into every model's beam search
     (each model's tokenizer must match it).
     """
-    if models is None:
-        if model is None:
-            path = resolve_model_path(config.model)
-            log.info("loading model", extra={"path": str(path)})
-            model = load_model(path, device=config.device or None)
-            name = config.model_name or path.stem
-        else:
-            name = config.model_name or "default"
-            if config.device:
-                model = model.to(config.device)
-        models = {name: model.eval()}
-    if not models:
-        raise ValueError("create_server needs at least one model")
+    models = _models_to_serve(config, model, models)
     if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
     metrics = Metrics()
     loaded = await start_models(models, config, metrics)
     default = loaded[next(iter(loaded))]
     service = RecognizerService(loaded, default.name, config, metrics)
-
-    interceptors = [BearerTokenInterceptor(config.tokens)] if config.tokens else []
-    options = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        # gRPC sets SO_REUSEPORT by default: a second server on a busy port would silently take half its
-        # connections. Off, so that binding a used port fails.
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.aio.server(interceptors=interceptors, options=options)
-    asr_pb2_grpc.add_RecognizerServicer_to_server(service, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"{config.host}:{config.port}"
-    try:
-        if config.tls_cert:
-            creds = grpc.ssl_server_credentials(
-                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
-                root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
-                require_client_auth=bool(config.tls_client_ca),
-            )
-            port = server.add_secure_port(address, creds)
-        else:
-            port = server.add_insecure_port(address)
-    except RuntimeError:  # grpc: "Failed to bind to address ..."
-        port = 0
-    if port == 0:
-        raise OSError(
-            f"could not bind {address}: the port is in use or the address is not this machine's; "
-            "pick another --port / ASR_PORT or --host"
-        )
+    server, health_servicer = _grpc_server(config, service)
+    port = _bind(server, config)
     # /metrics listens where gRPC does: all interfaces for the wildcard hosts, else the given address
     metrics_host = "0.0.0.0" if config.host in ("[::]", "::", "0.0.0.0", "") else config.host.strip("[]")
     metrics_port = metrics.serve(config.metrics_port, metrics_host) if config.metrics_port >= 0 else None
@@ -158,6 +114,71 @@ async def create_server(
         },
     )
     return SpeechServer(server, service, health_servicer, metrics, metrics_port), port
+
+
+def _models_to_serve(
+    config: ServerConfig, model: ASRModel | None, models: dict[str, ASRModel] | None
+) -> dict[str, ASRModel]:
+    """``models`` as given, else ``model`` or ``config.model`` loaded from disk, under its name."""
+    if models is None:
+        if model is None:
+            path = resolve_model_path(config.model)
+            log.info("loading model", extra={"path": str(path)})
+            model = load_model(path, device=config.device or None)
+            name = config.model_name or path.stem
+        else:
+            name = config.model_name or "default"
+            if config.device:
+                model = model.to(config.device)
+        models = {name: model.eval()}
+    if not models:
+        raise ValueError("create_server needs at least one model")
+    return models
+
+
+def _grpc_server(
+    config: ServerConfig, service: RecognizerService
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The unbound ``grpc.aio.Server`` with the recognizer, health and reflection services."""
+    interceptors = [BearerTokenInterceptor(config.tokens)] if config.tokens else []
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # gRPC sets SO_REUSEPORT by default: a second server on a busy port would silently take half its
+        # connections. Off, so that binding a used port fails.
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
+    asr_pb2_grpc.add_RecognizerServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server, health_servicer
+
+
+def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
+    """Bind ``config.host:config.port``, with TLS (and client certificates) when configured; the port."""
+    address = f"{config.host}:{config.port}"
+    try:
+        if config.tls_cert:
+            creds = grpc.ssl_server_credentials(
+                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+                root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
+                require_client_auth=bool(config.tls_client_ca),
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
+    if port == 0:
+        raise OSError(
+            f"could not bind {address}: the port is in use or the address is not this machine's; "
+            "pick another --port / ASR_PORT or --host"
+        )
+    return port
 
 
 async def serve(config: ServerConfig) -> None:

@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 
 from asr.audio import SAMPLE_RATE
 from asr_grpc import asr_pb2, asr_pb2_grpc
@@ -62,52 +63,9 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
         self, request: asr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
     ) -> asr_pb2.RecognizeResponse:
         rid = request_id(context)
-        t0 = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            try:
-                if not request.HasField("config"):
-                    raise ValueError("RecognizeRequest.config is required")
-                cfg = request.config
-                model = self.model(cfg.model)
-                options = recognize_options(cfg, model, self.config)
-                content = request.audio.content
-                audio = await asyncio.to_thread(
-                    decode_request_audio,
-                    content,
-                    cfg.encoding,
-                    cfg.sample_rate_hertz,
-                    cfg.audio_channel_count or 1,
-                )
-                seconds = len(audio) / SAMPLE_RATE
-                if seconds > self.config.max_audio_seconds:
-                    raise ValueError(
-                        f"audio is {seconds:.1f} s; Recognize takes at most "
-                        f"{self.config.max_audio_seconds:.0f} s "
-                        "(use StreamingRecognize for longer audio)"
-                    )
-                self.metrics.audio_seconds.labels("Recognize").inc(seconds)
-                stream = model.recognizer.create_offline_stream(audio, options)
-                await model.batcher.decode(stream)
-                results = model.recognizer.pop_results(stream)
-            except ValueError as exc:
-                raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-            response = asr_pb2.RecognizeResponse(
-                results=[recognition_result(r, cfg) for r in results],
-                total_billed_time=duration(seconds),
-                request_id=rid,
-                model=model.name,
-            )
-            self.metrics.latency.observe(time.perf_counter() - t0)
-            log.info(
-                "recognized",
-                extra={
-                    "request_id": rid,
-                    "audio_s": round(seconds, 3),
-                    "model": model.name,
-                    "elapsed_s": round(time.perf_counter() - t0, 3),
-                },
-            )
+            response = await self._recognize(request, rid)
             code = finished_code(context)
             return response
         except CallError as exc:
@@ -127,6 +85,60 @@ class RecognizerService(asr_pb2_grpc.RecognizerServicer):
             raise
         finally:
             self.metrics.count("Recognize", code.name)
+
+    async def _recognize(self, request: asr_pb2.RecognizeRequest, rid: str) -> asr_pb2.RecognizeResponse:
+        """Decode one request; a bad config or audio is ``CallError(INVALID_ARGUMENT)``."""
+        t0 = time.perf_counter()
+        try:
+            if not request.HasField("config"):
+                raise ValueError("RecognizeRequest.config is required")
+            cfg = request.config
+            model = self.model(cfg.model)
+            options = recognize_options(cfg, model, self.config)
+            audio = await self._request_audio(request)
+            seconds = len(audio) / SAMPLE_RATE
+            self.metrics.audio_seconds.labels("Recognize").inc(seconds)
+            stream = model.recognizer.create_offline_stream(audio, options)
+            await model.batcher.decode(stream)
+            results = model.recognizer.pop_results(stream)
+        except ValueError as exc:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        response = asr_pb2.RecognizeResponse(
+            results=[recognition_result(r, cfg) for r in results],
+            total_billed_time=duration(seconds),
+            request_id=rid,
+            model=model.name,
+        )
+        self.metrics.latency.observe(time.perf_counter() - t0)
+        log.info(
+            "recognized",
+            extra={
+                "request_id": rid,
+                "audio_s": round(seconds, 3),
+                "model": model.name,
+                "elapsed_s": round(time.perf_counter() - t0, 3),
+            },
+        )
+        return response
+
+    async def _request_audio(self, request: asr_pb2.RecognizeRequest) -> np.ndarray:
+        """The request's audio as float32 16 kHz samples; ``ValueError`` past ``max_audio_seconds``."""
+        cfg = request.config
+        audio = await asyncio.to_thread(
+            decode_request_audio,
+            request.audio.content,
+            cfg.encoding,
+            cfg.sample_rate_hertz,
+            cfg.audio_channel_count or 1,
+        )
+        seconds = len(audio) / SAMPLE_RATE
+        if seconds > self.config.max_audio_seconds:
+            raise ValueError(
+                f"audio is {seconds:.1f} s; Recognize takes at most "
+                f"{self.config.max_audio_seconds:.0f} s "
+                "(use StreamingRecognize for longer audio)"
+            )
+        return audio
 
     # -- StreamingRecognize ----------------------------------------------------------------------------------
 

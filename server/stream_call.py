@@ -15,14 +15,14 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
 import numpy as np
 
 from asr.audio import SAMPLE_RATE
-from asr.streaming import Recognizer, Stream, StreamResult
+from asr.streaming import Recognizer, Stream, StreamOptions, StreamResult
 from asr_grpc import asr_pb2
 from server.audio import ChunkDecoder, ContainerChunkDecoder, stream_decoder
 from server.calls import CallError
@@ -32,6 +32,8 @@ from server.metrics import Metrics
 from server.models import LoadedModel
 
 log = logging.getLogger("server.servicer")  # the call's records keep the service's logger name
+
+Chunker = ChunkDecoder | ContainerChunkDecoder
 
 
 class StreamCall:
@@ -57,6 +59,7 @@ class StreamCall:
         self.stream: Stream | None = None
         self.arrivals: tuple[list[int], list[float]] = ([], [])  # stream sample count -> wall time it arrived
         self.t_start = time.perf_counter()
+        self.event_sent = False  # END_OF_SINGLE_UTTERANCE
 
     async def _next(self) -> asr_pb2.StreamingRecognizeRequest | None:
         try:
@@ -70,6 +73,39 @@ class StreamCall:
             ) from None
 
     async def run(self) -> AsyncIterator[asr_pb2.StreamingRecognizeResponse]:
+        model, sc, options, chunker = await self._open()
+        cfg, rec = sc.config, model.recognizer
+        stream = self.stream = rec.create_stream(options)
+        log.info(
+            "stream opened",
+            extra={
+                "request_id": self.rid,
+                "model": model.name,
+                "sample_rate": cfg.sample_rate_hertz,
+                "interim": sc.interim_results,
+            },
+        )
+        self.reader = asyncio.get_running_loop().create_task(self._read(rec, stream, chunker))
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.error is not None:
+                raise self.error
+            while True:  # an early final confirmed by the endpoint is out without decoding
+                for response in self._pending(rec, stream, cfg):
+                    yield response
+                if not rec.is_ready(stream):
+                    break
+                await model.batcher.decode(stream)
+            if self.error is not None:
+                raise self.error
+            if stream.is_done:
+                break
+        self._closed(stream)
+
+    async def _open(self) -> tuple[LoadedModel, asr_pb2.StreamingRecognitionConfig, StreamOptions, Chunker]:
+        """Read the first message, the config: the model, the config, the stream's options and the audio
+        decoder. ``CallError(INVALID_ARGUMENT)`` for a bad one."""
         first = await self._next()
         if first is None:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended before its streaming_config")
@@ -86,40 +122,20 @@ class StreamCall:
             chunker = stream_decoder(encoding, cfg.sample_rate_hertz, cfg.audio_channel_count or 1)
         except ValueError as exc:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        rec = model.recognizer
-        stream = self.stream = rec.create_stream(options)
-        log.info(
-            "stream opened",
-            extra={
-                "request_id": self.rid,
-                "model": model.name,
-                "sample_rate": cfg.sample_rate_hertz,
-                "interim": sc.interim_results,
-            },
-        )
-        self.reader = asyncio.get_running_loop().create_task(self._read(rec, stream, chunker))
-        event_sent = False
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            if self.error is not None:
-                raise self.error
-            while True:  # an early final confirmed by the endpoint is out without decoding
-                if stream.ended and not event_sent:  # the event comes before the utterance's final
-                    event_sent = True
-                    yield self._response(
-                        [], speech_event=asr_pb2.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE
-                    )
-                for r in rec.pop_results(stream):
-                    self._observe(r)
-                    yield self._response([streaming_result(r, cfg)])
-                if not rec.is_ready(stream):
-                    break
-                await model.batcher.decode(stream)
-            if self.error is not None:
-                raise self.error
-            if stream.is_done:
-                break
+        return model, sc, options, chunker
+
+    def _pending(
+        self, rec: Recognizer, stream: Stream, cfg: asr_pb2.RecognitionConfig
+    ) -> Iterator[asr_pb2.StreamingRecognizeResponse]:
+        """What the stream has to send now: the end-of-utterance event, then its results."""
+        if stream.ended and not self.event_sent:  # the event comes before the utterance's final
+            self.event_sent = True
+            yield self._response([], speech_event=asr_pb2.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE)
+        for r in rec.pop_results(stream):
+            self._observe(r)
+            yield self._response([streaming_result(r, cfg)])
+
+    def _closed(self, stream: Stream) -> None:
         early = self.metrics.early_finals
         early.labels("sent").inc(stream.early_finals_sent)
         early.labels("wasted").inc(stream.early_finals_wasted)
@@ -135,9 +151,7 @@ class StreamCall:
             },
         )
 
-    async def _read(
-        self, rec: Recognizer, stream: Stream, chunker: ChunkDecoder | ContainerChunkDecoder
-    ) -> None:
+    async def _read(self, rec: Recognizer, stream: Stream, chunker: Chunker) -> None:
         try:
             while True:
                 msg = await self._next()
@@ -180,7 +194,7 @@ class StreamCall:
             self.wake.set()
 
     @staticmethod
-    async def _decode(chunker: ChunkDecoder | ContainerChunkDecoder, data: bytes | None) -> np.ndarray:
+    async def _decode(chunker: Chunker, data: bytes | None) -> np.ndarray:
         """The chunk's samples (``None``: the rest at the end of input). Containers are decoded again from
         their start as they grow, which takes a while on long streams: off the event loop."""
         step = chunker.flush if data is None else functools.partial(chunker.push, data)
@@ -188,7 +202,7 @@ class StreamCall:
             return await asyncio.to_thread(step)
         return step()
 
-    def _check_length(self, chunker: ChunkDecoder | ContainerChunkDecoder) -> None:
+    def _check_length(self, chunker: Chunker) -> None:
         if chunker.input_seconds > self.config.max_stream_seconds:
             raise CallError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
