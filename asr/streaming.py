@@ -31,6 +31,10 @@ The API follows sherpa's ``OnlineRecognizer``; state lives in :class:`Stream`, n
     rec.input_finished(s)
     rec.decode_streams([s])                   # the last final
 
+The rooms: :mod:`asr.endpointing` (``EndpointConfig``, the energy VAD), :mod:`asr.stream_state` (``Stream``,
+``StreamOptions``, ``StreamResult``: a stream's segments, utterances and results) and this module (the
+``Recognizer``, which batches the streams' segments through the model). Every name is importable from here.
+
 Thread safety: each stream has a lock; ``accept_audio`` may run on one thread while ``decode_streams`` runs on
 another (the server accepts audio on its event loop and decodes on a worker thread). The model itself is only
 called from ``decode_streams``; call that from one thread at a time.
@@ -39,80 +43,24 @@ called from ``decode_streams``; call that from one thread at a time.
 from __future__ import annotations
 
 import dataclasses
-import math
-import threading
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from asr.alignment import Word, voiced_span
+from asr.alignment import voiced_span
 from asr.audio import SAMPLE_RATE, check_finite
 from asr.decoding import DecodingOptions, LanguageModel
+from asr.endpointing import EndpointConfig
+from asr.stream_state import Job, Stream, StreamOptions, StreamResult
 from asr.transcribe import Alternative, decode_encoded, encode_views, encode_waveforms, split_long_audio
 
 if TYPE_CHECKING:
     from asr.model import ASRModel
 
 __all__ = ["EndpointConfig", "Recognizer", "RecognizerConfig", "Stream", "StreamOptions", "StreamResult"]
-
-_FRAME = SAMPLE_RATE // 50  # 20 ms VAD frame
-_CUT_WINDOW = SAMPLE_RATE // 10  # forced cuts land in the middle of the quietest 100 ms
-
-
-@dataclass(frozen=True)
-class EndpointConfig:
-    """Where an utterance ends. All times in milliseconds except ``max_segment_seconds``."""
-
-    silence_ms: int = 800  # silence after speech that ends an utterance
-    # silence kept at the end of an utterance's segment; once this much has passed the final is decoded early
-    # (at most silence_ms; equal to it, finals are decoded only after the endpoint)
-    final_tail_ms: int = 300
-    max_segment_seconds: float = 20.0  # longer segments are cut at the quietest point near their end
-    speech_threshold_db: float = 10.0  # frame energy above the noise floor that counts as speech
-    min_speech_ms: int = 60  # consecutive speech that opens an utterance (ignores clicks)
-    pre_speech_ms: int = 300  # audio kept before the speech onset
-    min_level_db: float = -55.0  # frames quieter than this (dBFS) are never speech
-
-    def __post_init__(self) -> None:
-        if not 100 <= self.silence_ms <= 10_000:
-            raise ValueError(f"silence_ms must be in [100, 10000], got {self.silence_ms}")
-        if not 1.0 <= self.max_segment_seconds <= 60.0:
-            raise ValueError(f"max_segment_seconds must be in [1, 60], got {self.max_segment_seconds}")
-        if not 3.0 <= self.speech_threshold_db <= 40.0:
-            raise ValueError(f"speech_threshold_db must be in [3, 40], got {self.speech_threshold_db}")
-        if self.min_speech_ms < 0 or self.pre_speech_ms < 0:
-            raise ValueError("min_speech_ms and pre_speech_ms must be >= 0")
-        if self.final_tail_ms < 20:
-            raise ValueError(f"final_tail_ms must be at least one 20 ms frame, got {self.final_tail_ms}")
-
-    @property
-    def tail_frames(self) -> int:
-        """20 ms frames of silence a segment keeps after its speech."""
-        return min(self.final_tail_ms, self.silence_ms) // 20
-
-
-@dataclass(frozen=True)
-class StreamOptions:
-    """Per-stream settings. Change with ``dataclasses.replace``."""
-
-    decoding: DecodingOptions = field(default_factory=DecodingOptions)  # for finals; interims are greedy CTC
-    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
-    interim_results: bool = True
-    interim_interval_ms: int = 500  # least audio between two interims of an utterance
-    # Each interim re-encodes the whole open utterance (the encoder is bidirectional), so on long utterances
-    # the interval grows to this share of the utterance so far: the encoding cost stays linear in its length.
-    interim_growth: float = 0.25
-    single_utterance: bool = False  # stop after the first final
-    word_times: bool = True  # align words on finals
-
-    def __post_init__(self) -> None:
-        if not 100 <= self.interim_interval_ms <= 10_000:
-            raise ValueError(f"interim_interval_ms must be in [100, 10000], got {self.interim_interval_ms}")
-        if not 0.0 <= self.interim_growth <= 1.0:
-            raise ValueError(f"interim_growth must be in [0, 1], got {self.interim_growth}")
 
 
 @dataclass(frozen=True)
@@ -129,291 +77,6 @@ class RecognizerConfig:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.max_interim_seconds <= 0:
             raise ValueError(f"max_interim_seconds must be positive, got {self.max_interim_seconds}")
-
-
-@dataclass(frozen=True)
-class StreamResult:
-    text: str
-    alternatives: tuple[Alternative, ...]
-    words: tuple[Word, ...]
-    is_final: bool
-    stability: float  # 1.0 on finals; on interims the share of the text that matched the previous interim
-    start: float  # seconds from the stream start: the utterance's first sample
-    end: float  # seconds from the stream start: the last sample this result covers
-    utterance: int  # index of the utterance in the stream, from 0
-    end_of_single_utterance: bool = False  # the final that closes a single-utterance stream
-    # finals: seconds from the stream start at which the utterance was closed (its endpoint, the end of the
-    # input, or a forced cut); an early final ends before that, by the silence the endpointer waited for
-    closed_at: float = 0.0
-
-    @property
-    def confidence(self) -> float:
-        if self.words:
-            return float(sum(w.confidence for w in self.words) / len(self.words))
-        return self.alternatives[0].confidence if self.alternatives else 0.0
-
-
-@dataclass
-class _Job:
-    stream: Stream
-    audio: np.ndarray
-    start: int  # absolute sample index of audio[0]
-    utterance: int
-    final: bool
-    closes_stream: bool = False
-    closed_at: int = 0  # stream sample at which the segment was closed
-    # an early final (see the module docstring): held back until the endpoint confirms it, dropped if the
-    # utterance goes on
-    tentative: bool = False
-    confirmed: bool = False
-    cancelled: bool = False
-
-    def settle(self, result: StreamResult) -> StreamResult:
-        """An early final's result, with what its endpoint decided."""
-        return dataclasses.replace(
-            result, end_of_single_utterance=self.closes_stream, closed_at=self.closed_at / SAMPLE_RATE
-        )
-
-
-class Stream:
-    """All the state of one audio stream; created by :meth:`Recognizer.create_stream`."""
-
-    def __init__(self, options: StreamOptions) -> None:
-        self.options = options
-        self.lock = threading.Lock()
-        self.num_samples = 0  # samples accepted so far (stream clock)
-        self._residual = np.zeros(0, dtype=np.float32)  # < one VAD frame, not yet looked at
-        # the open segment: samples [segment_start, segment_start + len(segment))
-        self.segment = np.zeros(0, dtype=np.float32)
-        self.segment_start = 0
-        self._energies: list[float] = []  # dB per VAD frame of the open segment
-        # endpoint state
-        self.noise_floor: float | None = None
-        self.in_speech = False  # the open segment holds an utterance
-        self._speech_run = 0  # consecutive speech frames
-        self._silence_run = 0  # consecutive non-speech frames since the last speech frame
-        # decoding state
-        self.utterance = 0  # index of the open utterance
-        self._pending: deque[_Job] = deque()  # closed segments waiting for their final
-        self._tentative: _Job | None = None  # the open utterance's early final, if its tail of silence is in
-        self._tentative_result: StreamResult | None = None  # its result, held until the endpoint
-        self._unresolved: _Job | None = None  # a confirmed early final still being decoded
-        self._last_interim_len = 0  # segment length at the last interim
-        self._interim_turn = 0  # when (in decode calls) this stream last got an interim: fairness under load
-        self._last_interim_text = ""
-        self.finals_emitted = 0
-        self.early_finals_sent = 0  # finals decoded before their endpoint
-        self.early_finals_wasted = 0  # early finals decoded (or being decoded) when speech resumed
-        self.input_done = False  # no more audio will come
-        self.ended = False  # single utterance reached its endpoint; later audio is ignored
-        self._results: deque[StreamResult] = deque()
-        self.last_result: StreamResult | None = None
-
-    @property
-    def duration(self) -> float:
-        return self.num_samples / SAMPLE_RATE
-
-    @property
-    def is_done(self) -> bool:
-        """No audio will come and every final has been decoded."""
-        with self.lock:
-            return (
-                (self.input_done or self.ended)
-                and not self._pending
-                and self._unresolved is None
-                and not self._has_open_utterance()
-            )
-
-    def _has_open_utterance(self) -> bool:
-        return self.in_speech and len(self.segment) > 0 and not self.ended
-
-    # -- endpointing (callers hold the lock) -----------------------------------------------------------------
-
-    def _accept(self, samples: np.ndarray) -> None:
-        if self.ended or self.input_done:
-            return
-        self.num_samples += len(samples)
-        data = np.concatenate([self._residual, samples]) if len(self._residual) else samples
-        n = (len(data) // _FRAME) * _FRAME
-        self._residual = data[n:].copy()
-        for i in range(0, n, _FRAME):
-            self._frame(data[i : i + _FRAME])
-            if self.ended:
-                return
-
-    def _frame(self, frame: np.ndarray) -> None:
-        ep = self.options.endpoint
-        energy = 10.0 * math.log10(float(np.mean(frame.astype(np.float64) ** 2)) + 1e-10)
-        floor = energy if self.noise_floor is None else self.noise_floor
-        speech = energy > max(floor + ep.speech_threshold_db, ep.min_level_db)
-        if not speech:  # track the floor down at once, up slowly, and never below digital silence
-            floor = energy if energy < floor else floor + 0.05 * (energy - floor)
-            self.noise_floor = max(floor, -100.0)
-        elif self.noise_floor is None:
-            self.noise_floor = -100.0
-        self.segment = np.concatenate([self.segment, frame])
-        self._energies.append(energy)
-        if speech:
-            self._speech_run += 1
-            self._silence_run = 0
-            self._cancel_tentative()  # the utterance goes on: its early final is void
-            if not self.in_speech and self._speech_run * 20 >= ep.min_speech_ms:
-                self.in_speech = True
-        else:
-            self._speech_run = 0
-            self._silence_run += 1
-        if not self.in_speech:
-            keep = (ep.pre_speech_ms // 20 + self._speech_run) * _FRAME
-            if len(self.segment) > keep:  # drop leading silence, keep some context before the onset
-                drop = len(self.segment) - keep
-                self.segment = self.segment[drop:]
-                self.segment_start += drop
-                self._energies = self._energies[drop // _FRAME :]
-            return
-        if self._silence_run * 20 >= ep.silence_ms:
-            self._close_segment(self._utterance_end(), utterance_done=True)
-            return
-        if self._silence_run == ep.tail_frames and self._tentative is None:
-            # the segment's audio is complete unless speech resumes: decode its final now
-            self._tentative = _Job(
-                self, self.segment.copy(), self.segment_start, self.utterance, True, tentative=True
-            )
-            self._pending.append(self._tentative)
-        if len(self.segment) >= int(ep.max_segment_seconds * SAMPLE_RATE):
-            if self._tentative is not None:  # a pause of final_tail_ms is in: the utterance ends there
-                self._close_segment(len(self._tentative.audio), utterance_done=True)
-            else:
-                self._close_segment(self._quiet_cut(), utterance_done=False)
-
-    def _quiet_cut(self) -> int:
-        """Sample offset in the open segment of the quietest 100 ms window in its last third."""
-        e = np.asarray(self._energies)
-        per = _CUT_WINDOW // _FRAME
-        lo = (2 * len(e)) // 3
-        windows = [float(np.mean(e[i : i + per])) for i in range(lo, len(e) - per + 1)]
-        best = lo + int(np.argmin(windows)) if windows else len(e)
-        return (best + per // 2) * _FRAME  # frame-aligned, so the energies stay in step with the samples
-
-    def _utterance_end(self) -> int:
-        """Where the open utterance's segment ends: ``final_tail_ms`` after its last speech frame."""
-        if self._tentative is not None:
-            return len(self._tentative.audio)
-        tail = self.options.endpoint.tail_frames
-        extra = max(0, self._silence_run - tail)
-        # (a forced cut inside the silence leaves less than that: keep the tail then)
-        return max(len(self.segment) - extra * _FRAME, min(len(self.segment), tail * _FRAME))
-
-    def _cancel_tentative(self) -> None:
-        t = self._tentative
-        if t is None:
-            return
-        t.cancelled = True
-        if not any(j is t for j in self._pending):
-            self.early_finals_wasted += 1  # the model has already seen it
-        self._pending = deque(j for j in self._pending if j is not t)
-        self._tentative = None
-        self._tentative_result = None
-
-    def _close_segment(self, cut: int, utterance_done: bool) -> None:
-        """Queue samples ``[0, cut)`` of the open segment for a final; the rest starts the next segment.
-
-        If the early final covers exactly these samples, it becomes the final: sent now if it is decoded,
-        else as soon as it is.
-        """
-        closes = self.options.single_utterance and utterance_done
-        closed_at = self.segment_start + len(self.segment)
-        t = self._tentative
-        if t is not None and len(t.audio) == cut:
-            t.confirmed, t.closes_stream, t.closed_at = True, closes, closed_at
-            self.early_finals_sent += 1
-            held, self._tentative, self._tentative_result = self._tentative_result, None, None
-            if held is not None:
-                self._add_result(t.settle(held))
-            elif not any(j is t for j in self._pending):
-                self._unresolved = t  # being decoded right now
-        else:
-            self._cancel_tentative()
-            self._pending.append(
-                _Job(
-                    self,
-                    self.segment[:cut].copy(),
-                    self.segment_start,
-                    self.utterance,
-                    True,
-                    closes_stream=closes,
-                    closed_at=closed_at,
-                )
-            )
-        self.segment = self.segment[cut:]
-        self.segment_start += cut
-        self._energies = self._energies[cut // _FRAME :]
-        self.utterance += 1
-        self._last_interim_len = 0
-        self._last_interim_text = ""
-        if utterance_done:
-            self.in_speech = False
-            self._silence_run = 0
-            self._speech_run = 0
-        if closes:
-            self.ended = True
-
-    def _finish(self) -> None:
-        if self.input_done:
-            return
-        self.input_done = True
-        if self.ended:
-            return
-        if len(self._residual):
-            self.segment = np.concatenate([self.segment, self._residual])
-            self._residual = np.zeros(0, dtype=np.float32)
-        if self.in_speech and len(self.segment):
-            self._close_segment(self._utterance_end(), utterance_done=True)
-
-    # -- scheduling ------------------------------------------------------------------------------------------
-
-    def _interim_due(self) -> bool:
-        if not (self.options.interim_results and self._has_open_utterance()):
-            return False
-        if self._tentative is not None:  # only silence since the early final's audio: nothing new to show
-            return False
-        interval = max(
-            self.options.interim_interval_ms * SAMPLE_RATE // 1000,
-            int(self.options.interim_growth * self._last_interim_len),
-        )
-        return len(self.segment) - self._last_interim_len >= interval
-
-    def _ready(self) -> bool:
-        return bool(self._pending) or self._interim_due()
-
-    def _take_finals(self) -> list[_Job]:
-        jobs = list(self._pending)
-        self._pending.clear()
-        return jobs
-
-    def _take_interim(self, turn: int) -> _Job:
-        self._last_interim_len = len(self.segment)
-        self._interim_turn = turn
-        return _Job(self, self.segment.copy(), self.segment_start, self.utterance, False)
-
-    def _deliver(self, job: _Job, result: StreamResult) -> None:
-        """A decoded job's result: early finals wait for their endpoint (or are dropped), the rest go out."""
-        if job.tentative:
-            if not job.confirmed:
-                if job is self._tentative:
-                    self._tentative_result = result
-                return
-            if self._unresolved is job:
-                self._unresolved = None
-            result = job.settle(result)
-        self._add_result(result)
-
-    def _add_result(self, result: StreamResult) -> None:
-        self._results.append(result)
-        self.last_result = result
-        if not result.is_final and result.utterance == self.utterance:
-            self._last_interim_text = result.text
-        if result.is_final:
-            self.finals_emitted += 1
 
 
 class Recognizer:
@@ -438,7 +101,7 @@ class Recognizer:
         with s.lock:
             s.num_samples = len(audio)
             for i, (a, b) in enumerate(split_long_audio(audio)):
-                s._pending.append(_Job(s, audio[a:b], a, i, True, closed_at=b))
+                s._pending.append(Job(s, audio[a:b], a, i, True, closed_at=b))
             s.utterance = len(s._pending)
             s.input_done = True
         return s
@@ -487,7 +150,7 @@ class Recognizer:
         ``interims=False`` decodes only the finals and leaves due interims for a later call: a server under
         load uses it to put finals (what users wait for) ahead of interims (which are best effort).
         """
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         for s in streams:
             with s.lock:
                 jobs.extend(s._take_finals())
@@ -511,11 +174,11 @@ class Recognizer:
             with job.stream.lock:
                 job.stream._deliver(job, results[i])
 
-    def _take_interims(self, streams: list[Stream]) -> list[_Job]:
+    def _take_interims(self, streams: list[Stream]) -> list[Job]:
         """Due interims within ``max_interim_seconds`` of audio, the longest-waiting streams first."""
         self._turn += 1
         budget = int(self.config.max_interim_seconds * SAMPLE_RATE)
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         used = 0
         for s in sorted(dict.fromkeys(streams), key=lambda s: s._interim_turn):
             with s.lock:
@@ -527,53 +190,76 @@ class Recognizer:
                 jobs.append(s._take_interim(self._turn))
         return jobs
 
-    def _decode(self, jobs: list[_Job]) -> list[StreamResult]:
+    def _decode(self, jobs: list[Job]) -> list[StreamResult]:
         enc, enc_lengths, short = encode_waveforms(self.model, [j.audio for j in jobs])
         out: list[StreamResult | None] = [None] * len(jobs)
-        # interims: greedy CTC, one alternative
         interim = [i for i, j in enumerate(jobs) if not j.final]
         if interim:
-            lp = self.model.ctc_log_probs(enc[interim])
-            best = lp.argmax(-1).cpu()
-            tok = self.model.tokenizer
-            for row, i in enumerate(interim):
-                j = jobs[i]
-                path = torch.unique_consecutive(best[row, : int(enc_lengths[i])]).tolist()
-                text = "" if short[i] else tok.decode([t for t in path if t != tok.blank_id])
-                out[i] = self._interim_result(j, text)
+            results = self._decode_interims(jobs, interim, enc, enc_lengths, short)
+            for i, r in zip(interim, results, strict=True):
+                out[i] = r
         # finals: one beam search per distinct decoding options
         groups: dict[DecodingOptions, list[int]] = {}
         for i, j in enumerate(jobs):
             if j.final:
                 groups.setdefault(j.stream.options.decoding, []).append(i)
         for opts, idx in groups.items():
-            lengths = enc_lengths[idx]
-            sub = enc[idx, : int(lengths.max())]
-            starts = [jobs[i].start / SAMPLE_RATE for i in idx]
-            durations = [len(jobs[i].audio) / SAMPLE_RATE for i in idx]
-            word_times = any(jobs[i].stream.options.word_times for i in idx)
-            voiced = [voiced_span(jobs[i].audio) for i in idx] if word_times else None
-            views = (
-                encode_views(self.model, [jobs[i].audio for i in idx], opts.tta_speeds)
-                if opts.tta_speeds
-                else ()
-            )
-            transcripts = decode_encoded(
-                self.model,
-                sub,
-                lengths,
-                opts,
-                offsets=starts,
-                durations=durations,
-                word_times=word_times,
-                voiced=voiced,
-                lm=self.lm,
-                views=views,
-            )
-            for i, t in zip(idx, transcripts, strict=True):
-                j = jobs[i]
-                empty = short[i]
-                out[i] = StreamResult(
+            results = self._decode_finals(jobs, idx, opts, enc, enc_lengths, short)
+            for i, r in zip(idx, results, strict=True):
+                out[i] = r
+        assert all(r is not None for r in out)
+        return [r for r in out if r is not None]
+
+    def _decode_interims(
+        self, jobs: list[Job], idx: list[int], enc: Tensor, enc_lengths: Tensor, short: list[bool]
+    ) -> list[StreamResult]:
+        """Interims of ``jobs[i] for i in idx``: greedy CTC, one alternative."""
+        lp = self.model.ctc_log_probs(enc[idx])
+        best = lp.argmax(-1).cpu()
+        tok = self.model.tokenizer
+        out = []
+        for row, i in enumerate(idx):
+            path = torch.unique_consecutive(best[row, : int(enc_lengths[i])]).tolist()
+            text = "" if short[i] else tok.decode([t for t in path if t != tok.blank_id])
+            out.append(self._interim_result(jobs[i], text))
+        return out
+
+    def _decode_finals(
+        self,
+        jobs: list[Job],
+        idx: list[int],
+        opts: DecodingOptions,
+        enc: Tensor,
+        enc_lengths: Tensor,
+        short: list[bool],
+    ) -> list[StreamResult]:
+        """Finals of ``jobs[i] for i in idx``, which share the decoding options ``opts``: one beam search."""
+        lengths = enc_lengths[idx]
+        sub = enc[idx, : int(lengths.max())]
+        starts = [jobs[i].start / SAMPLE_RATE for i in idx]
+        durations = [len(jobs[i].audio) / SAMPLE_RATE for i in idx]
+        word_times = any(jobs[i].stream.options.word_times for i in idx)
+        voiced = [voiced_span(jobs[i].audio) for i in idx] if word_times else None
+        audio = [jobs[i].audio for i in idx]
+        views = encode_views(self.model, audio, opts.tta_speeds) if opts.tta_speeds else ()
+        transcripts = decode_encoded(
+            self.model,
+            sub,
+            lengths,
+            opts,
+            offsets=starts,
+            durations=durations,
+            word_times=word_times,
+            voiced=voiced,
+            lm=self.lm,
+            views=views,
+        )
+        out = []
+        for i, t in zip(idx, transcripts, strict=True):
+            j = jobs[i]
+            empty = short[i]
+            out.append(
+                StreamResult(
                     text="" if empty else t.text,
                     alternatives=() if empty else t.alternatives,
                     words=() if empty or not j.stream.options.word_times else t.words,
@@ -585,11 +271,11 @@ class Recognizer:
                     end_of_single_utterance=j.closes_stream,
                     closed_at=j.closed_at / SAMPLE_RATE,
                 )
-        assert all(r is not None for r in out)
-        return [r for r in out if r is not None]
+            )
+        return out
 
     @staticmethod
-    def _interim_result(job: _Job, text: str) -> StreamResult:
+    def _interim_result(job: Job, text: str) -> StreamResult:
         s = job.stream
         prev = s._last_interim_text
         common = len(_common_prefix(prev, text))

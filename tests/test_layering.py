@@ -27,8 +27,11 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("data", {"asr.data"}),
     # search, language models, phrase biasing, test-time augmentation
     ("decoding", {"asr.decoding", "asr.lm", "asr.biasing", "asr.tta"}),
-    # load_model, transcribe, streaming
-    ("recognition", {"asr", "asr.checkpoint", "asr.transcribe", "asr.streaming"}),
+    # load_model, transcribe, streaming (the recognizer, per-stream state, endpointing)
+    (
+        "recognition",
+        {"asr", "asr.checkpoint", "asr.transcribe", "asr.streaming", "asr.stream_state", "asr.endpointing"},
+    ),
     # training, evaluation, LM commands
     ("applications", {"asr.training", "asr.train", "asr.evaluate", "asr.lm_cli"}),
 ]
