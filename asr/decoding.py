@@ -48,6 +48,10 @@ class DecodingOptions:
     phrases: tuple[str, ...] = ()  # phrase hints: words and phrases to favour (asr.biasing)
     phrase_boost: float = 1.0  # score per token of a completed phrase hint (bench/biasing.py)
     tta_speeds: tuple[float, ...] = ()  # test-time augmentation: also decode at these speeds (asr.tta)
+    # a segment in which greedy CTC emits no token decodes to nothing, without a search: CTC is the model's
+    # speech detector, and the attention decoder alone writes words into silence and noise (60 s of digital
+    # silence came back as "IT IT IT")
+    ctc_gate: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.phrases, tuple):  # a list would make the options unhashable

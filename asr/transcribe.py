@@ -94,28 +94,10 @@ def decode_encoded(
     offsets = offsets or [0.0] * b
     durations = durations or [0.0] * b
     ctc_lp = model.ctc_log_probs(enc)
-    confidences: list[list[float]] = []
     if options.method == "greedy":
-        best = ctc_lp.max(-1)
-        hyps_per_utt = []
-        for i, t in enumerate(ctc_greedy(ctc_lp, enc_lengths, tok.blank_id)):
-            n = int(enc_lengths[i])
-            lp, spoken = best.values[i, :n], best.indices[i, :n] != tok.blank_id
-            hyps_per_utt.append([Hypothesis(tuple(t), float(lp.sum()))])
-            # the geometric-mean probability of the frames that emit tokens (of every frame if none does)
-            frames = lp[spoken] if bool(spoken.any()) else lp
-            confidences.append([math.exp(float(frames.mean())) if n else 0.0])
-    elif options.tta_speeds:
-        if len(views) != len(options.tta_speeds):
-            raise ValueError(
-                f"options.tta_speeds has {len(options.tta_speeds)} speeds but {len(views)} encoded views "
-                "were given: encode them with asr.transcribe.encode_views"
-            )
-        hyps_per_utt = search_views(model, [(enc, enc_lengths), *views], options, lm=lm)
-        confidences = [[_hyp_confidence(h) for h in hyps] for hyps in hyps_per_utt]
+        hyps_per_utt, confidences = _greedy(ctc_lp, enc_lengths, tok.blank_id)
     else:
-        hyps_per_utt = beam_search(model, enc, enc_lengths, options, lm=lm)
-        confidences = [[_hyp_confidence(h) for h in hyps] for hyps in hyps_per_utt]
+        hyps_per_utt, confidences = _search(model, enc, enc_lengths, ctc_lp, options, lm, views)
     shift = model.config.encoder_frame_shift
     out = []
     for i, hyps in enumerate(hyps_per_utt):
@@ -129,6 +111,57 @@ def decode_encoded(
                 words = clamp_to_voiced(words, voiced[i], offsets[i])
         out.append(Transcript(alts[0].text if alts else "", alts, tuple(words), durations[i]))
     return out
+
+
+def _greedy(
+    ctc_lp: Tensor, enc_lengths: Tensor, blank: int
+) -> tuple[list[list[Hypothesis]], list[list[float]]]:
+    """CTC best paths, each with the geometric-mean probability of the frames that emit tokens (of every
+    frame if none does) as its confidence."""
+    best = ctc_lp.max(-1)
+    hyps_per_utt, confidences = [], []
+    for i, t in enumerate(ctc_greedy(ctc_lp, enc_lengths, blank)):
+        n = int(enc_lengths[i])
+        lp, spoken = best.values[i, :n], best.indices[i, :n] != blank
+        hyps_per_utt.append([Hypothesis(tuple(t), float(lp.sum()))])
+        frames = lp[spoken] if bool(spoken.any()) else lp
+        confidences.append([math.exp(float(frames.mean())) if n else 0.0])
+    return hyps_per_utt, confidences
+
+
+def _search(
+    model: ASRModel,
+    enc: Tensor,
+    enc_lengths: Tensor,
+    ctc_lp: Tensor,
+    options: DecodingOptions,
+    lm: LanguageModel | None,
+    views: Sequence[tuple[Tensor, Tensor]],
+) -> tuple[list[list[Hypothesis]], list[list[float]]]:
+    """Joint CTC/attention beam search (over the TTA views when asked) of the segments in which greedy CTC
+    hears speech (``options.ctc_gate``); the others keep greedy CTC's empty hypothesis and its confidence."""
+    b = enc.size(0)
+    out, confidences = _greedy(ctc_lp, enc_lengths, model.tokenizer.blank_id)
+    heard = [i for i in range(b) if out[i][0].tokens or not options.ctc_gate]
+    if not heard:
+        return out, confidences
+    if len(heard) < b:
+        rows = torch.tensor(heard, device=enc.device)
+        enc, enc_lengths = enc[rows], enc_lengths[rows]
+        views = [(v[rows], v_lengths[rows]) for v, v_lengths in views]
+    if options.tta_speeds:
+        if len(views) != len(options.tta_speeds):
+            raise ValueError(
+                f"options.tta_speeds has {len(options.tta_speeds)} speeds but {len(views)} encoded views "
+                "were given: encode them with asr.transcribe.encode_views"
+            )
+        found = search_views(model, [(enc, enc_lengths), *views], options, lm=lm)
+    else:
+        found = beam_search(model, enc, enc_lengths, options, lm=lm)
+    for i, hyps in zip(heard, found, strict=True):
+        out[i] = hyps
+        confidences[i] = [_hyp_confidence(h) for h in hyps]
+    return out, confidences
 
 
 @torch.inference_mode()
