@@ -170,7 +170,7 @@ def test_cli_writes_splits_and_an_engine_table(
     args = ["data", "synth", str(out), "--hours", "espeak-ng=0.005", "--text", f"wordnet:{wordnet}"]
     assert main([*args, "--workers", "1", "--seed", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "espeak-ng" in printed and "x real time" in printed
+    assert "espeak-ng" in printed and "audio s per CPU s" in printed
     assert (out / "train.jsonl").is_file() and (out / "valid.jsonl").is_file()
     assert main(["data", "synth", str(out), "--hours", "espeak-ng", "--text", f"wordnet:{wordnet}"]) == 1
     assert "ENGINE=HOURS" in capsys.readouterr().err
@@ -185,3 +185,21 @@ def test_cli_names_the_package_of_a_missing_engine(
     args = ["data", "synth", str(tmp_path), "--hours", "rhvoice=1", "--text", f"wordnet:{wordnet}"]
     assert main(args) == 1
     assert "apt-get install rhvoice rhvoice-english" in capsys.readouterr().err
+
+
+@needs_espeak
+def test_synth_speed_bench_reports_audio_per_cpu_second(capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synth_speed", ROOT / "bench" / "synth_speed.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--engines", "espeak-ng", "--utterances", "2", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["engine"] == "espeak-ng" and row["utterances"] == 2
+    assert (
+        row["audio_s"] > 1.0
+        and row["cpu_s"] > 0
+        and row["speed"] == pytest.approx(row["audio_s"] / row["cpu_s"], rel=0.1)
+    )

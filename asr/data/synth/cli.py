@@ -101,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
     held = held_out_voices({e.name: e.voices() for e in engines}, config)
     split = split_manifest(args.out, held)
     print(f"{done} new, {failed} skipped; planned {len(jobs)}")
-    print(f"{'engine':<10} {'utts':>7} {'hours':>7} {'voices':>6} {'x real time (1 core)':>21}")
+    print(f"{'engine':<10} {'utts':>7} {'hours':>7} {'voices':>6} {'audio s per CPU s':>18}")
     for name, st in engine_stats(args.out).items():
-        print(f"{name:<10} {st.utterances:>7} {st.hours:>7.2f} {len(st.voices):>6} {st.speed:>21.1f}")
+        print(f"{name:<10} {st.utterances:>7} {st.hours:>7.2f} {len(st.voices):>6} {st.speed:>18.1f}")
     for name, (n, hours) in split.items():
         print(f"{args.out / (name + '.jsonl')}: {n} utterances, {hours:.2f} h")
     return 0
