@@ -61,6 +61,14 @@ def _run(cmd: list[str], text: str | None = None, what: str = "") -> bytes:
     return proc.stdout
 
 
+def _run_to_wav(cmd: list[str], text: str | None, what: str) -> tuple[np.ndarray, int]:
+    """Run an engine program that writes a WAV file; ``{out}`` in ``cmd`` stands for the file's path."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "out.wav")
+        _run([out if arg == "{out}" else arg for arg in cmd], text=text, what=what)
+        return _decode_wav(Path(out).read_bytes(), what)
+
+
 class Engine:
     """One synthesiser. Subclasses set ``name``, ``package`` (what to install), ``voices`` and implement
     ``_synthesize``."""
@@ -130,10 +138,7 @@ class Pico(_CommandEngine):
             f"<speed level='{round(100 * speed)}'><pitch level='{round(100 * 2 ** (pitch / 12))}'>"
             f"{text.lower()}</pitch></speed>"
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "out.wav"
-            _run(["pico2wave", "-l", voice, "-w", str(out), markup], what="pico2wave")
-            return _decode_wav(out.read_bytes(), "pico2wave")
+        return _run_to_wav(["pico2wave", "-l", voice, "-w", "{out}", markup], None, "pico2wave")
 
 
 class Flite(_CommandEngine):
@@ -149,11 +154,8 @@ class Flite(_CommandEngine):
         return [Voice(self.name, v, p) for v, p in self.PEOPLE.items()]
 
     def _synthesize(self, text: str, voice: str, speed: float, pitch: float) -> tuple[np.ndarray, int]:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "out.wav"
-            cmd = ["flite", "-voice", voice, "-t", text.lower(), "-o", str(out)]
-            _run([*cmd, "--setf", f"duration_stretch={1 / speed:.3f}"], what="flite")
-            return _decode_wav(out.read_bytes(), "flite")
+        cmd = ["flite", "-voice", voice, "-t", text.lower(), "-o", "{out}"]
+        return _run_to_wav([*cmd, "--setf", f"duration_stretch={1 / speed:.3f}"], None, "flite")
 
 
 class Festival(_CommandEngine):
@@ -173,12 +175,9 @@ class Festival(_CommandEngine):
         return [Voice(self.name, v, p) for v, p in self.PEOPLE.items()]
 
     def _synthesize(self, text: str, voice: str, speed: float, pitch: float) -> tuple[np.ndarray, int]:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "out.wav"
-            stretch = f"(Parameter.set 'Duration_Stretch {1 / speed:.3f})"
-            cmd = ["text2wave", "-eval", f"(voice_{voice})", "-eval", stretch, "-o", str(out)]
-            _run(cmd, text=text.lower() + "\n", what="festival text2wave")
-            return _decode_wav(out.read_bytes(), "festival")
+        stretch = f"(Parameter.set 'Duration_Stretch {1 / speed:.3f})"
+        cmd = ["text2wave", "-eval", f"(voice_{voice})", "-eval", stretch, "-o", "{out}"]
+        return _run_to_wav(cmd, text.lower() + "\n", "festival text2wave")
 
 
 class RHVoice(_CommandEngine):
@@ -195,24 +194,21 @@ class RHVoice(_CommandEngine):
         return [Voice(self.name, v, p) for v, p in self.PEOPLE.items()]
 
     def _synthesize(self, text: str, voice: str, speed: float, pitch: float) -> tuple[np.ndarray, int]:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "out.wav"
-            rate, tone = round(100 * speed), round(100 * 2 ** (pitch / 12))
-            cmd = [
-                "RHVoice-test",
-                "-p",
-                voice,
-                "-r",
-                str(rate),
-                "-t",
-                str(tone),
-                "-R",
-                "16000",
-                "-o",
-                str(out),
-            ]
-            _run(cmd, text=text.lower(), what="RHVoice-test")
-            return _decode_wav(out.read_bytes(), "RHVoice")
+        rate, tone = round(100 * speed), round(100 * 2 ** (pitch / 12))
+        cmd = [
+            "RHVoice-test",
+            "-p",
+            voice,
+            "-r",
+            str(rate),
+            "-t",
+            str(tone),
+            "-R",
+            "16000",
+            "-o",
+            "{out}",
+        ]
+        return _run_to_wav(cmd, text.lower(), "RHVoice-test")
 
 
 def _import(module: str, package: str, engine: str) -> Any:
