@@ -24,13 +24,27 @@ class EncoderConfig:
     num_layers: int = 3
     pyramid_layers: int = 1  # layers 1..pyramid_layers halve time (layer 0 never does)
     dropout: float = 0.1
+    # Streaming (latency-controlled BLSTM, asr.lc_blstm): chunks of this many encoder frames, each encoded
+    # with lookahead_frames of future; 0 = offline, the whole utterance at once.
+    chunk_frames: int = 0
+    lookahead_frames: int = 0
 
     def __post_init__(self) -> None:
+        if self.chunk_frames < 0 or self.lookahead_frames < 0:
+            raise ValueError(
+                f"chunk_frames and lookahead_frames must be >= 0, got {self.chunk_frames}, {self.lookahead_frames}"
+            )
+        if self.lookahead_frames and not self.chunk_frames:
+            raise ValueError("lookahead_frames needs chunk_frames > 0 (streaming); set both or neither")
         if not 0 <= self.pyramid_layers < self.num_layers:
             raise ValueError(
                 f"pyramid_layers must be in [0, num_layers - 1] = [0, {self.num_layers - 1}], "
                 f"got {self.pyramid_layers}"
             )
+
+    @property
+    def streaming(self) -> bool:
+        return self.chunk_frames > 0
 
     @property
     def output_dim(self) -> int:

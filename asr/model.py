@@ -20,6 +20,7 @@ from asr.ctc import penalized_ctc_loss
 from asr.decoder import AttentionDecoder, DecoderConfig
 from asr.encoder import EncoderConfig, PyramidalBLSTMEncoder
 from asr.features import FeatureConfig, GlobalCMVN, LogMel
+from asr.lc_blstm import LCBLSTMEncoder
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
 
 Tokenizer = CharTokenizer | SentencePieceTokenizer
@@ -87,7 +88,7 @@ class ASRModel(nn.Module):
         v = tokenizer.vocab_size
         self.frontend = LogMel(config.features)
         self.cmvn = GlobalCMVN(config.features.n_mels)
-        self.encoder = PyramidalBLSTMEncoder(config.encoder)
+        self.encoder = (LCBLSTMEncoder if config.encoder.streaming else PyramidalBLSTMEncoder)(config.encoder)
         self.ctc = nn.Linear(config.encoder.output_dim, v)
         self.decoder = AttentionDecoder(
             v, config.encoder.output_dim, config.decoder, tokenizer.sos_id, tokenizer.eos_id

@@ -131,7 +131,7 @@ class TrainConfig:
 # Fields of the model config that only shape training (regularisation and the loss), not the weights: a
 # fine-tuning run (``init_from``) may change these in its ``model:`` section, and nothing else.
 FINETUNE_FIELDS: dict[str, frozenset[str]] = {
-    "encoder": frozenset({"dropout"}),
+    "encoder": frozenset({"dropout", "chunk_frames", "lookahead_frames"}),  # streaming keeps the weights
     "decoder": frozenset({"dropout", "label_smoothing", "sampling_prob"}),
     "": frozenset({"ctc_weight"}),
 }

@@ -1,0 +1,240 @@
+"""Latency-controlled BLSTM (LC-BLSTM): the pyramidal encoder, listening as the audio arrives.
+
+Zhang et al. 2016 (arXiv:1510.08983), applied to every layer of :class:`~asr.encoder.PyramidalBLSTMEncoder`
+with the same weights: time is cut into *chunks* of ``chunk_frames`` encoder frames, and each chunk is
+encoded from a *window*, the chunk plus ``lookahead_frames`` frames of the future:
+
+* the forward direction runs over the chunk from the state it had at the end of the previous chunk, and
+  carries its state at the chunk's end to the next one; over the look-ahead it runs on from there, but that
+  state is thrown away;
+* the backward direction runs over the whole window from a zero state;
+* each layer's window is the previous layer's output over the same window (pyramid layers halve it).
+
+So every frame is encoded exactly once, as part of one chunk, from audio that ends ``lookahead_frames``
+after the chunk: the latency is the chunk plus the look-ahead, whatever the utterance's length. Where
+one window covers the whole utterance the output is the offline encoder's.
+
+:class:`LCBLSTMEncoder` encodes whole batches this way (training and offline evaluation of a streaming
+model); :meth:`LCBLSTMEncoder.step` encodes the next chunk of many streams in one call, each stream's
+position and carried state in its own :class:`EncoderStream`. The two give the same frames
+(``tests/test_lc_blstm.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from asr.encoder import EncoderConfig, PyramidalBLSTMEncoder
+
+
+def _run(
+    lstm: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | None, reverse: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction of a one-layer bidirectional ``lstm`` over ``x (N, T, D)``: ``(out, h, c)``."""
+    sfx = "_reverse" if reverse else ""
+    params = [getattr(lstm, f"{n}_l0{sfx}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    if state is None:
+        zeros = x.new_zeros(1, x.size(0), lstm.hidden_size)
+        state = (zeros, zeros)
+    # torch.lstm is the ATen op behind nn.LSTM (one layer, one direction, batch first, no dropout).
+    out, h, c = torch.lstm(x, state, params, True, 1, 0.0, lstm.training, False, True)
+    return out, h, c
+
+
+def _flip_valid(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each row of ``x (N, T, D)`` within its first ``lengths[n]`` steps; padding stays put."""
+    t = torch.arange(x.size(1), device=x.device)[None, :]
+    idx = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+    return x.gather(1, idx[:, :, None].expand_as(x))
+
+
+def lc_layer(
+    lstm: nn.LSTM, windows: Tensor, valid: Tensor, chunk: int, state: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """One LC-BLSTM layer over ``windows (B, K, W, D)``: K consecutive windows of each of B sequences,
+    each ``chunk`` frames plus ``W - chunk`` look-ahead frames, ``valid (B, K)`` of them real.
+
+    ``state``: the forward direction's ``(h, c)``, each ``(1, B, H)``, before window 0 (None: zeros).
+    Returns ``(B, K, W, 2H)`` and the forward state after the last chunk."""
+    b, k, w, d = windows.shape
+    fwd_chunks, heads = [], []
+    for i in range(k):  # the forward direction carries its state from chunk to chunk
+        out, h, c = _run(lstm, windows[:, i, :chunk], state, reverse=False)
+        fwd_chunks.append(out)
+        heads.append((h, c))
+        state = (h, c)
+    fwd = torch.stack(fwd_chunks, 1)  # (B, K, chunk, H)
+    if w > chunk:  # the look-ahead: on from each chunk's end state, all windows in one call
+        h0 = torch.cat([h for h, _ in heads], 1)  # (1, K * B, H), window-major like ``ahead``
+        c0 = torch.cat([c for _, c in heads], 1)
+        ahead = windows[:, :, chunk:].transpose(0, 1).reshape(k * b, w - chunk, d)
+        la, _, _ = _run(lstm, ahead, (h0, c0), reverse=False)
+        fwd = torch.cat([fwd, la.view(k, b, w - chunk, -1).transpose(0, 1)], 2)
+    flat = windows.reshape(b * k, w, d)
+    lengths = valid.reshape(b * k)
+    bwd, _, _ = _run(lstm, _flip_valid(flat, lengths), None, reverse=True)
+    bwd = _flip_valid(bwd, lengths).view(b, k, w, -1)
+    assert state is not None
+    return torch.cat([fwd, bwd], -1), state
+
+
+def _pyramid(windows: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, K, W, C) -> (B, K, W/2, 2C)`` within each window (W is even), valid frames halved."""
+    b, k, w, c = windows.shape
+    return windows.reshape(b, k, w // 2, 2 * c), torch.div(valid, 2, rounding_mode="floor")
+
+
+@dataclass
+class EncoderStream:
+    """One stream's place in :meth:`LCBLSTMEncoder.step`.
+
+    ``frames``: normalised feature frames from feature index ``consumed`` on (the encoded ones the
+    convolutional front end still needs as left context, then the new ones); ``state``: each layer's
+    forward ``(h, c)``; ``emitted``: encoder frames produced so far; ``finished``: no more features come."""
+
+    frames: Tensor
+    consumed: int = 0
+    state: list[tuple[Tensor, Tensor]] | None = None
+    emitted: int = 0
+    finished: bool = False
+
+    def push(self, feats: Tensor) -> None:
+        """Append normalised feature frames ``(T, n_mels)``."""
+        if self.finished:
+            raise RuntimeError("push() after finish(): the stream's features have ended")
+        self.frames = torch.cat([self.frames, feats.to(self.frames.dtype)], 0)
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+class LCBLSTMEncoder(PyramidalBLSTMEncoder):
+    """The pyramidal encoder with latency control; same parameters, so offline weights load as they are."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        if config.chunk_frames <= 0:
+            raise ValueError("LCBLSTMEncoder needs encoder.chunk_frames > 0; 0 means the offline encoder")
+        super().__init__(config)
+        self.scale = 2**config.pyramid_layers  # layer-0 frames per encoder frame
+        self.front_scale = 2 if self.front is not None else 1  # feature frames per layer-0 frame
+
+    # -- whole batches -------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        out_lengths = self.config.output_lengths(lengths)
+        if bool((out_lengths <= 0).any()):
+            return super().forward(x, lengths)  # raises the offline encoder's error
+        if self.front is not None:
+            x, lengths = self.front(x, lengths)
+        c0 = self.config.chunk_frames * self.scale
+        w0 = c0 + self.config.lookahead_frames * self.scale
+        k = -(-x.size(1) // c0)
+        x = nn.functional.pad(x, (0, 0, 0, k * c0 + w0 - c0 - x.size(1)))
+        windows = x.unfold(1, w0, c0).transpose(2, 3)  # (B, K, W, D)
+        starts = torch.arange(k, device=lengths.device) * c0
+        valid = (lengths[:, None] - starts[None, :]).clamp(0, w0)
+        out, _ = self._windows(windows, valid, None)
+        b = out.size(0)
+        chunk = self.config.chunk_frames
+        enc = out[:, :, :chunk].reshape(b, k * chunk, -1)[:, : int(out_lengths.max())]
+        return enc, out_lengths
+
+    def _windows(
+        self, windows: Tensor, valid: Tensor, states: list[tuple[Tensor, Tensor]] | None
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        chunk = self.config.chunk_frames * self.scale
+        new_states = []
+        for i, lstm in enumerate(self.layers):
+            if 1 <= i <= self.config.pyramid_layers:
+                windows, valid = _pyramid(windows, valid)
+                chunk //= 2
+            windows, state = lc_layer(lstm, windows, valid, chunk, None if states is None else states[i])
+            new_states.append(state)
+            windows = self.dropout(windows)
+        return windows, new_states
+
+    # -- streams -------------------------------------------------------------------------------------------
+    def new_stream(self) -> EncoderStream:
+        return EncoderStream(frames=torch.zeros(0, self.config.input_dim))
+
+    def ready(self, stream: EncoderStream) -> bool:
+        """Whether :meth:`step` would encode a chunk of ``stream`` now."""
+        start, exact = self._layer0_span(stream)
+        if stream.finished:
+            return stream.emitted < int(
+                self.config.output_lengths(torch.tensor(stream.consumed + stream.frames.size(0)))
+            )
+        return exact - start >= self.window0
+
+    @property
+    def window0(self) -> int:
+        """Layer-0 frames in a window: the chunk and its look-ahead."""
+        return (self.config.chunk_frames + self.config.lookahead_frames) * self.scale
+
+    def _layer0_span(self, s: EncoderStream) -> tuple[int, int]:
+        """Where the stream's next window starts among the layer-0 frames its buffer yields, and how many of
+        those frames are exact (the same as the whole utterance's front end would give)."""
+        n = s.frames.size(0)
+        start = s.emitted * self.scale - s.consumed // self.front_scale
+        if self.front is None:
+            return start, n
+        if s.finished:
+            return start, (n - 1) // 2 + 1 if n else 0
+        # layer-0 frame j needs features 2j-3 .. 2j+3: only those whose reach ends inside the buffer are exact
+        return start, max((n - 2) // 2, 0)
+
+    @torch.no_grad()
+    def step(self, streams: list[EncoderStream]) -> list[Tensor]:
+        """Encode the next chunk of each of ``streams`` (all :meth:`ready`) in one batched call.
+
+        Returns each stream's new encoder frames ``(n, D)``: ``chunk_frames`` of them, fewer at the end of a
+        finished stream; its state, position and buffer move on."""
+        windows, valid, sizes = [], [], []
+        for s in streams:
+            win, n_valid, n_out = self._front_window(s)
+            windows.append(win)
+            valid.append(n_valid)
+            sizes.append(n_out)
+        batch = torch.stack(windows, 0)[:, None]  # (N, 1, W, D)
+        states = self._stacked_states(streams, batch)
+        out, new_states = self._windows(batch, torch.tensor(valid)[:, None], states)
+        results = []
+        for j, s in enumerate(streams):
+            s.state = [(h[:, j : j + 1], c[:, j : j + 1]) for h, c in new_states]
+            s.emitted += sizes[j]
+            results.append(out[j, 0, : sizes[j]])
+            self._drop_encoded(s)
+        return results
+
+    def _stacked_states(self, streams: list[EncoderStream], like: Tensor) -> list[tuple[Tensor, Tensor]]:
+        zeros = like.new_zeros(1, 1, self.config.hidden_size)
+        per_stream = [s.state or [(zeros, zeros)] * len(self.layers) for s in streams]
+        return [
+            (torch.cat([p[i][0] for p in per_stream], 1), torch.cat([p[i][1] for p in per_stream], 1))
+            for i in range(len(self.layers))
+        ]
+
+    def _front_window(self, s: EncoderStream) -> tuple[Tensor, int, int]:
+        """The stream's next window of layer-0 frames ``(W0, D)``, how many of them are real, and how many
+        encoder frames it yields."""
+        start, exact = self._layer0_span(s)
+        if self.front is not None:
+            y, _ = self.front(s.frames[None], torch.tensor([s.frames.size(0)]))
+            layer0 = y[0, start:exact]
+        else:
+            layer0 = s.frames[start:exact]
+        w0 = self.window0
+        n_valid = min(w0, layer0.size(0))
+        window = nn.functional.pad(layer0[:w0], (0, 0, 0, w0 - n_valid))
+        return window, n_valid, min(self.config.chunk_frames, n_valid // self.scale)
+
+    def _drop_encoded(self, s: EncoderStream) -> None:
+        """Drop the features no later window needs (the front end keeps 4 frames of left context, from an
+        even feature index, so that its output is exact from the next window's first frame on)."""
+        first = s.emitted * self.scale * self.front_scale
+        keep_from = max(first - 4, 0) if self.front is not None else first
+        drop = max(keep_from - s.consumed, 0)
+        s.frames = s.frames[drop:]
+        s.consumed += drop
