@@ -32,7 +32,8 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.chunk_frames < 0 or self.lookahead_frames < 0:
             raise ValueError(
-                f"chunk_frames and lookahead_frames must be >= 0, got {self.chunk_frames}, {self.lookahead_frames}"
+                "chunk_frames and lookahead_frames must be >= 0, "
+                f"got {self.chunk_frames} and {self.lookahead_frames}"
             )
         if self.lookahead_frames and not self.chunk_frames:
             raise ValueError("lookahead_frames needs chunk_frames > 0 (streaming); set both or neither")

@@ -22,7 +22,7 @@ position and carried state in its own :class:`EncoderStream`. The two give the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn

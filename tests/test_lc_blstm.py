@@ -66,14 +66,12 @@ def test_one_window_over_the_whole_utterance_is_the_offline_encoder() -> None:
 
 def test_a_chunk_sees_only_its_look_ahead_of_the_future() -> None:
     lc, offline = _pair(_config())
-    enc, lengths = lc(X[:1], LENGTHS[:1])
+    enc, _ = lc(X[:1], LENGTHS[:1])
     ref, _ = offline(X[:1], LENGTHS[:1])
     assert not torch.allclose(enc, ref, atol=1e-3)  # truncated backward context changes the frames
     # changing the audio beyond chunk 0's window leaves chunk 0 alone, and changes later chunks
     later = X[:1].clone()
-    later[:, 40:] += (
-        1.0  # feature frame 40 is past window 0 (3 + 2 encoder frames = 20 feature frames + reach)
-    )
+    later[:, 40:] += 1.0  # past window 0: 3 + 2 encoder frames = 20 feature frames, + 3
     changed, _ = lc(later, LENGTHS[:1])
     torch.testing.assert_close(changed[:, :3], enc[:, :3])
     assert not torch.allclose(changed[:, 6:], enc[:, 6:], atol=1e-3)
