@@ -34,6 +34,9 @@ class EndpointConfig:
     min_speech_ms: int = 60  # consecutive speech that opens an utterance (ignores clicks)
     pre_speech_ms: int = 300  # audio kept before the speech onset
     min_level_db: float = -55.0  # frames quieter than this (dBFS) are never speech
+    # Models with a chunked encoder (asr.online): this long a run of CTC blank frames after the utterance's
+    # first token ends it, usually well before silence_ms of silence (which still applies); 0 disables.
+    blank_ms: int = 240
 
     def __post_init__(self) -> None:
         if not 100 <= self.silence_ms <= 10_000:
@@ -44,6 +47,8 @@ class EndpointConfig:
             raise ValueError(f"speech_threshold_db must be in [3, 40], got {self.speech_threshold_db}")
         if self.min_speech_ms < 0 or self.pre_speech_ms < 0:
             raise ValueError("min_speech_ms and pre_speech_ms must be >= 0")
+        if not 0 <= self.blank_ms <= 10_000:
+            raise ValueError(f"blank_ms must be in [0, 10000] (0 disables), got {self.blank_ms}")
         if self.final_tail_ms < 20:
             raise ValueError(f"final_tail_ms must be at least one 20 ms frame, got {self.final_tail_ms}")
 

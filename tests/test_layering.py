@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     # audio I/O, tokenizers, CTC word alignment, file writing, statistics
     ("foundations", {"asr.audio", "asr.tokenizer", "asr.alignment", "asr.files", "asr.significance"}),
     # front end, encoder, decoder, CTC loss, the model: knows nothing of search or recognition
-    ("network", {"asr.features", "asr.encoder", "asr.decoder", "asr.ctc", "asr.model"}),
+    ("network", {"asr.features", "asr.encoder", "asr.lc_blstm", "asr.decoder", "asr.ctc", "asr.model"}),
     # corpora, manifests, batches, augmentation
     ("data", {"asr.data"}),
     # search, language models, phrase biasing, test-time augmentation
@@ -30,7 +30,16 @@ LAYERS: list[tuple[str, set[str]]] = [
     # load_model, transcribe, streaming (the recognizer, per-stream state, endpointing)
     (
         "recognition",
-        {"asr", "asr.checkpoint", "asr.transcribe", "asr.streaming", "asr.stream_state", "asr.endpointing"},
+        {
+            "asr",
+            "asr.checkpoint",
+            "asr.transcribe",
+            "asr.streaming",
+            "asr.stream_state",
+            "asr.endpointing",
+            "asr.online",
+            "asr.online_stream",
+        },
     ),
     # training, evaluation, LM commands
     ("applications", {"asr.training", "asr.train", "asr.evaluate", "asr.lm_cli"}),

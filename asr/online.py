@@ -1,0 +1,295 @@
+"""Truly streaming recognition, for models whose encoder listens as the audio arrives (:mod:`asr.lc_blstm`,
+``encoder.chunk_frames > 0`` in the checkpoint).
+
+:class:`OnlineRecognizer` has :class:`asr.streaming.Recognizer`'s API (the server and the SDK drive both
+alike), but nothing is decoded twice:
+
+* **features** are computed as the audio arrives, frame by frame, exactly the frames offline
+  :class:`~asr.features.LogMel` gives for the same samples (frames are not centred, so each depends on its
+  own 512 samples only), normalised, and pushed into the open utterance's
+  :class:`~asr.lc_blstm.EncoderStream`;
+* **chunks**: each ``decode_streams`` call encodes the next chunk of every given stream that has one in a
+  single :meth:`~asr.lc_blstm.LCBLSTMEncoder.step` (the cross-stream batching, per chunk); each chunk is
+  encoded once;
+* **partials**: greedy CTC over each new chunk extends the utterance's token sequence; a partial goes out
+  whenever its text changes (at most once per chunk);
+* **endpoints**: a run of ``blank_ms`` of CTC blanks after the utterance's first token ends it (the model
+  hears the speech end), and so does the energy VAD's ``silence_ms`` of silence after speech; an utterance
+  reaching ``max_segment_seconds`` is cut there. An utterance in which greedy CTC heard nothing is dropped
+  (silence and noise give no finals), and one that has heard nothing for ``pre_speech_ms`` while the VAD
+  hears no speech starts again, so no utterance carries a long lead of silence;
+* **finals**: at the endpoint, the joint CTC/attention beam search (:func:`asr.transcribe.decode_encoded`,
+  what offline decoding uses) over the utterance's encoder frames, with the stream's decoding options,
+  n-best and word times from the stream start.
+
+An utterance ends on an encoder frame boundary (a whole number of feature frames): the next one starts there
+with a fresh encoder state, taking over the features the old one had not encoded yet and the audio not yet
+framed, so no audio is lost and none is encoded twice. Each utterance is encoded as the chunked model
+encodes the same samples offline (``model.encode``), up to the look-ahead of its last chunk.
+
+The API and the thread safety are :mod:`asr.streaming`'s: ``accept_audio`` may run on one thread while
+``decode_streams`` runs on another. Offline streams (:meth:`create_offline_stream`, the server's
+``Recognize``) are decoded as :class:`~asr.streaming.Recognizer` decodes them, ``model.encode`` running the
+chunked encoder over whole pieces.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from asr.alignment import voiced_span
+from asr.audio import SAMPLE_RATE
+from asr.decoding import DecodingOptions, LanguageModel
+from asr.lc_blstm import EncoderStream, LCBLSTMEncoder
+from asr.online_stream import ClosedUtterance, OnlineStream, Utterance
+from asr.stream_state import Stream, StreamOptions, StreamResult
+from asr.streaming import Recognizer, RecognizerConfig, _common_prefix
+from asr.transcribe import Alternative, decode_encoded, encode_views
+
+if TYPE_CHECKING:
+    from asr.model import ASRModel
+
+__all__ = ["OnlineRecognizer", "OnlineStream", "make_recognizer"]
+
+
+def make_recognizer(
+    model: ASRModel, config: RecognizerConfig | None = None, lm: LanguageModel | None = None
+) -> Recognizer:
+    """The recognizer for ``model``: :class:`OnlineRecognizer` for a chunked encoder, else the segment
+    :class:`~asr.streaming.Recognizer`."""
+    cls = OnlineRecognizer if model.config.encoder.streaming else Recognizer
+    return cls(model, config, lm)
+
+
+class OnlineRecognizer(Recognizer):
+    """Decodes many :class:`OnlineStream` objects chunk by chunk with a chunked-encoder model."""
+
+    def __init__(
+        self, model: ASRModel, config: RecognizerConfig | None = None, lm: LanguageModel | None = None
+    ) -> None:
+        if not isinstance(model.encoder, LCBLSTMEncoder):
+            raise ValueError(
+                "OnlineRecognizer needs a model with a chunked encoder (encoder.chunk_frames > 0); "
+                "use asr.streaming.Recognizer for this one"
+            )
+        super().__init__(model, config, lm)
+        self.encoder: LCBLSTMEncoder = model.encoder
+        feats = model.config.features
+        self.n_fft, self.hop = feats.n_fft, feats.hop_length
+        self.feats_per_frame = model.config.encoder.subsampling  # feature frames per encoder frame
+        self.samples_per_frame = self.hop * self.feats_per_frame
+        self.frame_ms = 1000.0 * self.samples_per_frame / SAMPLE_RATE
+        self.chunk_steps = 0  # encoder.step calls
+        self.frames_encoded = 0  # encoder frames they produced, all streams
+
+    # -- streams -------------------------------------------------------------------------------------------
+
+    def create_stream(self, options: StreamOptions | None = None) -> OnlineStream:
+        first = self._new_utterance(0)
+        short = self._frames_short(first.encoder)
+        return OnlineStream(options or self.config.default_options, first, short, self.n_fft, self.hop)
+
+    def _new_utterance(self, start: int) -> Utterance:
+        es = self.encoder.new_stream()
+        es.frames = es.frames.to(self.model.device)
+        return Utterance(es, start)
+
+    def _frames_short(self, es: EncoderStream) -> int:
+        """Feature frames ``es`` needs beyond those it holds before :meth:`LCBLSTMEncoder.ready` holds (0:
+        ready now). Found by asking ``ready`` of size-only copies, so it never second-guesses the encoder."""
+        n = es.frames.size(0)
+        limit = 2 * self.encoder.window0 * self.encoder.front_scale + 8
+        for extra in range(limit):
+            probe = EncoderStream(torch.empty(n + extra, 0), es.consumed, None, es.emitted, es.finished)
+            if self.encoder.ready(probe):
+                return extra
+            if es.finished:
+                break
+        return sys.maxsize if es.finished else limit  # finished: no more chunks
+
+    def has_final(self, stream: Stream) -> bool:
+        if not isinstance(stream, OnlineStream):
+            return super().has_final(stream)
+        with stream.lock:
+            return stream._final_due()
+
+    # -- decoding ------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def decode_streams(self, streams: list[Stream], *, interims: bool = True) -> None:
+        """Encode the ready chunks of the online ``streams`` (one batched encoder call per round), emit their
+        partials, close the utterances that ended and decode their finals; offline streams are decoded as
+        :class:`~asr.streaming.Recognizer` does. ``interims`` applies to offline streams only: partials here
+        cost nothing beyond the chunk steps that endpointing needs anyway."""
+        offline = [s for s in streams if not isinstance(s, OnlineStream)]
+        if offline:
+            super().decode_streams(offline, interims=interims)
+        online = [s for s in dict.fromkeys(streams) if isinstance(s, OnlineStream)]
+        if not online:
+            return
+        self._encode_ready(online)
+        for s in online:
+            with s.lock:
+                self._settle(s)
+        self._decode_closed(online)
+
+    def _encode_ready(self, streams: list[OnlineStream]) -> None:
+        """Round after round, the next chunk of every stream that has one, in one ``encoder.step`` each."""
+        while True:
+            ready = []
+            for s in streams:
+                with s.lock:
+                    if not s.ended and self._feed(s):
+                        ready.append(s)
+            if not ready:
+                return
+            outs = self.encoder.step([s.open.encoder for s in ready])
+            self.chunk_steps += 1
+            sizes = [o.size(0) for o in outs]
+            self.frames_encoded += sum(sizes)
+            ids = self.model.ctc(torch.cat(outs)).argmax(-1).cpu().split(sizes)  # greedy CTC labels
+            for s, out, labels in zip(ready, outs, ids, strict=True):
+                with s.lock:
+                    self._heard(s, out, labels.tolist())
+
+    def _feed(self, s: OnlineStream) -> bool:
+        """Turn the stream's whole feature frames into normalised features for its encoder (and end them at
+        the end of input); whether a chunk is ready."""
+        es = s.open.encoder
+        samples = s.take_samples()
+        if samples is not None:
+            wave = torch.from_numpy(samples).to(self.model.device)[None]
+            feats, _ = self.model.features(wave, torch.tensor([wave.size(1)], device=wave.device))
+            es.push(self.model.cmvn(feats[0]))
+        if s.input_done and not es.finished:
+            es.finish()
+        return self.encoder.ready(es)
+
+    def _heard(self, s: OnlineStream, out: Tensor, labels: list[int]) -> None:
+        """A chunk's encoder frames ``(n, D)`` and greedy labels: extend the utterance, send a partial if its
+        text changed, and end it at a blank endpoint or its length limit."""
+        utt, blank = s.open, self.model.tokenizer.blank_id
+        before = len(utt.tokens)
+        utt.frames.append(out)
+        utt.num_frames += out.size(0)
+        for label in labels:
+            if label != blank and label != utt.last_id:
+                utt.tokens.append(label)
+            utt.blank_run = utt.blank_run + 1 if label == blank else 0
+            utt.last_id = label
+        if len(utt.tokens) > before and s.options.interim_results:
+            s._add_result(self._partial(s))
+        ep = s.options.endpoint
+        blank_end = bool(utt.tokens) and ep.blank_ms > 0 and utt.blank_run * self.frame_ms >= ep.blank_ms
+        if blank_end or utt.num_frames * self.frame_ms >= ep.max_segment_seconds * 1000:
+            self._cut(s, final=True)
+            return
+        idle = not utt.tokens and not s.in_speech and not s.endpointer.speech_run
+        if idle and utt.num_frames * self.frame_ms >= max(ep.pre_speech_ms, self.frame_ms):
+            self._cut(s, final=False)  # nothing heard: start again, without the lead of silence
+
+    def _partial(self, s: OnlineStream) -> StreamResult:
+        utt = s.open
+        text = self.model.tokenizer.decode(utt.tokens)
+        common = len(_common_prefix(s._last_interim_text, text))
+        return StreamResult(
+            text=text,
+            alternatives=(Alternative(text, 0.0, 0.0),),
+            words=(),
+            is_final=False,
+            stability=min(0.9, common / len(text)) if text else 0.0,
+            start=utt.start / SAMPLE_RATE,
+            end=(utt.start + utt.num_frames * self.samples_per_frame) / SAMPLE_RATE,
+            utterance=s.utterance,
+        )
+
+    def _cut(self, s: OnlineStream, final: bool) -> None:
+        """End the open utterance where its encoder is; the next one takes over the features not encoded."""
+        old = s.open
+        es = old.encoder
+        cut = old.start + old.num_frames * self.samples_per_frame
+        nxt = self._new_utterance(cut)
+        if not es.finished:
+            first = old.num_frames * self.feats_per_frame - es.consumed
+            nxt.encoder.push(es.frames[first:])
+        s._cut(cut, nxt, final)
+
+    def _settle(self, s: OnlineStream) -> None:
+        """After the chunks: the energy endpoint and the end of input close the open utterance; then note what
+        the encoder needs before its next chunk (for :meth:`is_ready`)."""
+        if s.ended:
+            return
+        if s.input_done and not s.flushed and not self.encoder.ready(s.open.encoder):
+            self._cut(s, final=True)
+            s.flushed = True
+        elif s.energy_end:
+            self._cut(s, final=True)
+        s.short = self._frames_short(s.open.encoder)
+
+    def _decode_closed(self, streams: list[OnlineStream]) -> None:
+        """The finals of the closed utterances: one beam search per distinct decoding options."""
+        taken: list[tuple[OnlineStream, ClosedUtterance]] = []
+        for s in streams:
+            with s.lock:
+                taken += [(s, c) for c in s.closed]
+                s.closed.clear()
+        groups: dict[DecodingOptions, list[tuple[OnlineStream, ClosedUtterance]]] = {}
+        for item in taken:
+            groups.setdefault(item[0].options.decoding, []).append(item)
+        results: dict[int, StreamResult] = {}
+        try:
+            for opts, items in groups.items():
+                size = self.config.max_batch_size
+                for k in range(0, len(items), size):
+                    batch = items[k : k + size]
+                    results.update(zip((id(c) for _, c in batch), self._finals(batch, opts), strict=True))
+        except BaseException:
+            for s, c in reversed(taken):  # back to their streams, in order, for a retry
+                with s.lock:
+                    s.closed.appendleft(c)
+            raise
+        for s, c in taken:
+            with s.lock:
+                s._add_result(results[id(c)])
+
+    def _finals(
+        self, items: list[tuple[OnlineStream, ClosedUtterance]], opts: DecodingOptions
+    ) -> list[StreamResult]:
+        """Finals of closed utterances that share the decoding options ``opts``: one beam search."""
+        closed = [c for _, c in items]
+        lengths = torch.tensor([c.enc.size(0) for c in closed], device=self.model.device)
+        enc = torch.nn.utils.rnn.pad_sequence([c.enc for c in closed], batch_first=True)
+        word_times = any(s.options.word_times for s, _ in items)
+        audio = [c.audio for c in closed]
+        views = encode_views(self.model, audio, opts.tta_speeds) if opts.tta_speeds else ()
+        transcripts = decode_encoded(
+            self.model,
+            enc,
+            lengths,
+            opts,
+            offsets=[c.start / SAMPLE_RATE for c in closed],
+            durations=[len(a) / SAMPLE_RATE for a in audio],
+            word_times=word_times,
+            voiced=[voiced_span(a) for a in audio] if word_times else None,
+            lm=self.lm,
+            views=views,
+        )
+        return [
+            StreamResult(
+                text=t.text,
+                alternatives=t.alternatives,
+                words=t.words if s.options.word_times else (),
+                is_final=True,
+                stability=1.0,
+                start=c.start / SAMPLE_RATE,
+                end=(c.start + len(c.audio)) / SAMPLE_RATE,
+                utterance=c.utterance,
+                end_of_single_utterance=c.closes_stream,
+                closed_at=c.closed_at / SAMPLE_RATE,
+            )
+            for (s, c), t in zip(items, transcripts, strict=True)
+        ]

@@ -1,0 +1,150 @@
+"""The state of one stream of a chunk-streaming model (:mod:`asr.online`): its open utterance as encoder
+state, the audio not yet turned into features, the utterances closed and waiting for their finals.
+
+An :class:`OnlineStream` is a :class:`asr.stream_state.Stream` (same lock, clock, energy VAD, results and
+bookkeeping, so the server drives both alike) whose open utterance is not a segment of audio but an
+:class:`Utterance`: the :class:`asr.lc_blstm.EncoderStream` that has encoded it so far, its encoder frames and
+its greedy CTC tokens. Audio comes in through ``_accept`` (any thread, under the lock): it goes past the VAD
+and into ``samples``, the audio from the next feature frame on. The recognizer, on its model thread, turns
+``samples`` into features, encodes chunks, and closes utterances (``_cut``).
+
+The underscored methods and the fields below are the recognizer's side of the stream; callers hold
+``stream.lock``, except that the open utterance's ``EncoderStream`` belongs to the model thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from asr.lc_blstm import EncoderStream
+from asr.stream_state import Stream, StreamOptions
+
+__all__ = ["ClosedUtterance", "OnlineStream", "Utterance"]
+
+
+@dataclass
+class Utterance:
+    """The open utterance: encoder state, what it has encoded, and what greedy CTC heard in it."""
+
+    encoder: EncoderStream
+    start: int  # stream sample of its first feature frame (an utterance starts on a feature frame)
+    frames: list[Tensor] = field(default_factory=list)  # encoder frames, (n, D) per chunk
+    num_frames: int = 0
+    tokens: list[int] = field(default_factory=list)  # the greedy CTC path, collapsed, blanks removed
+    last_id: int = -1  # the path's last frame label (blank or token), for collapsing repeats
+    blank_run: int = 0  # blank frames since the last token frame
+
+
+@dataclass
+class ClosedUtterance:
+    """An utterance whose final is to be decoded: its encoder frames and its audio."""
+
+    enc: Tensor  # (T', D)
+    audio: np.ndarray  # the samples its frames cover, for voiced spans and TTA
+    start: int  # stream sample of its first sample
+    utterance: int
+    closes_stream: bool
+    closed_at: int  # stream samples accepted when it was closed
+
+
+class OnlineStream(Stream):
+    """All the state of one stream of a chunk-streaming model; created by
+    :meth:`asr.online.OnlineRecognizer.create_stream`."""
+
+    def __init__(self, options: StreamOptions, first: Utterance, short: int, n_fft: int, hop: int) -> None:
+        super().__init__(options)
+        self.n_fft, self.hop = n_fft, hop  # the front end's frame geometry, in samples
+        self.open = first
+        self.samples = np.zeros(0, dtype=np.float32)  # audio from the next feature frame on
+        self.audio: list[np.ndarray] = []  # audio from the open utterance's start on
+        self.audio_start = 0
+        self.short = short  # feature frames the encoder needs before its next chunk (model thread sets it)
+        self.energy_end = False  # the energy VAD heard silence_ms of silence after speech
+        self.flushed = False  # input done, and its last chunk encoded and closed
+        self.closed: deque[ClosedUtterance] = deque()
+        self.idle_restarts = 0  # utterances dropped with no token heard
+
+    # -- audio in (callers hold the lock) --------------------------------------------------------------------
+
+    def _accept(self, samples: np.ndarray) -> None:
+        if self.ended or self.input_done:
+            return
+        self.samples = np.concatenate([self.samples, samples])
+        self.audio.append(samples)
+        super()._accept(samples)  # the energy VAD, 20 ms frame by frame (self._frame)
+
+    def _frame(self, frame: np.ndarray) -> None:
+        vad = self.endpointer
+        _, speech = vad.push(frame)
+        if speech and not self.in_speech and vad.onset:
+            self.in_speech = True
+        if self.in_speech and vad.endpoint:
+            self.energy_end = True
+
+    def _finish(self) -> None:
+        self.input_done = True  # the residual under one VAD frame is in self.samples already
+
+    def frames_in_samples(self) -> int:
+        """Whole feature frames in ``samples``."""
+        return 0 if len(self.samples) < self.n_fft else 1 + (len(self.samples) - self.n_fft) // self.hop
+
+    def take_samples(self) -> np.ndarray | None:
+        """The samples of every whole feature frame in ``samples`` (None if there is none); those frames'
+        hops are dropped, so ``samples`` starts at the next frame."""
+        n = self.frames_in_samples()
+        if not n:
+            return None
+        out = self.samples[: self.n_fft + (n - 1) * self.hop]
+        self.samples = self.samples[n * self.hop :]
+        return out
+
+    # -- utterances (callers hold the lock) ------------------------------------------------------------------
+
+    def _cut(self, cut: int, nxt: Utterance, final: bool) -> None:
+        """End the open utterance at stream sample ``cut`` (where ``nxt`` starts). With ``final`` and a token
+        heard, it is queued for its final; otherwise it is dropped. The VAD starts a new utterance too."""
+        joined = np.concatenate(self.audio) if self.audio else np.zeros(0, dtype=np.float32)
+        k = cut - self.audio_start
+        assert 0 <= k <= len(joined), "an utterance cut beyond the audio accepted"
+        head, self.audio, self.audio_start = joined[:k], [joined[k:]], cut
+        old, self.open = self.open, nxt
+        if final and old.tokens:
+            closes = self.options.single_utterance
+            enc = torch.cat(old.frames, 0)  # a token was heard, so a chunk was encoded
+            self.closed.append(
+                ClosedUtterance(enc, head, old.start, self.utterance, closes, self.num_samples)
+            )
+            self.utterance += 1
+            self._last_interim_text = ""
+            self.ended = self.ended or closes
+        elif not final:
+            self.idle_restarts += 1
+        self.in_speech = False
+        self.energy_end = False
+        self.endpointer.utterance_ended()
+
+    # -- scheduling ------------------------------------------------------------------------------------------
+
+    def _has_open_utterance(self) -> bool:
+        return bool(self.open.tokens) and not self.ended
+
+    def _ready(self) -> bool:
+        if self.ended:
+            return bool(self.closed)
+        return self._final_due() or self.short <= self.frames_in_samples()
+
+    def _final_due(self) -> bool:
+        """Whether the next decode closes an utterance whatever the model hears (blank endpoints cannot be
+        known before the chunk is encoded)."""
+        return bool(self.closed) or self.energy_end or (self.input_done and not self.flushed)
+
+    @property
+    def is_done(self) -> bool:
+        """No audio will come and every final has been decoded."""
+        with self.lock:
+            return (self.flushed or self.ended) and not self.closed
