@@ -76,14 +76,16 @@ class RecognitionConfig(_message.Message):
     def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., audio_channel_count: _Optional[int] = ..., model: _Optional[str] = ..., max_alternatives: _Optional[int] = ..., enable_word_time_offsets: _Optional[bool] = ..., enable_word_confidence: _Optional[bool] = ..., decoding: _Optional[_Union[DecodingConfig, _Mapping]] = ..., language_code: _Optional[str] = ..., phrases: _Optional[_Iterable[str]] = ..., phrase_boost: _Optional[float] = ...) -> None: ...
 
 class EndpointConfig(_message.Message):
-    __slots__ = ("silence_ms", "max_segment_seconds", "speech_threshold_db")
+    __slots__ = ("silence_ms", "max_segment_seconds", "speech_threshold_db", "blank_ms")
     SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_SEGMENT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SPEECH_THRESHOLD_DB_FIELD_NUMBER: _ClassVar[int]
+    BLANK_MS_FIELD_NUMBER: _ClassVar[int]
     silence_ms: int
     max_segment_seconds: float
     speech_threshold_db: float
-    def __init__(self, silence_ms: _Optional[int] = ..., max_segment_seconds: _Optional[float] = ..., speech_threshold_db: _Optional[float] = ...) -> None: ...
+    blank_ms: int
+    def __init__(self, silence_ms: _Optional[int] = ..., max_segment_seconds: _Optional[float] = ..., speech_threshold_db: _Optional[float] = ..., blank_ms: _Optional[int] = ...) -> None: ...
 
 class StreamingRecognitionConfig(_message.Message):
     __slots__ = ("config", "interim_results", "single_utterance", "endpointing", "interim_interval_ms")
@@ -204,7 +206,7 @@ class StreamingRecognizeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[StreamingRecognitionResult, _Mapping]]] = ..., speech_event_type: _Optional[_Union[StreamingRecognizeResponse.SpeechEventType, str]] = ..., total_billed_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "sample_rate_hertz", "vocabulary_kind", "vocabulary_size", "is_default", "num_parameters", "device", "language_model")
+    __slots__ = ("name", "sample_rate_hertz", "vocabulary_kind", "vocabulary_size", "is_default", "num_parameters", "device", "language_model", "streaming")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
     VOCABULARY_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +215,7 @@ class ModelInfo(_message.Message):
     NUM_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
     name: str
     sample_rate_hertz: int
     vocabulary_kind: str
@@ -221,7 +224,8 @@ class ModelInfo(_message.Message):
     num_parameters: int
     device: str
     language_model: str
-    def __init__(self, name: _Optional[str] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_kind: _Optional[str] = ..., vocabulary_size: _Optional[int] = ..., is_default: _Optional[bool] = ..., num_parameters: _Optional[int] = ..., device: _Optional[str] = ..., language_model: _Optional[str] = ...) -> None: ...
+    streaming: bool
+    def __init__(self, name: _Optional[str] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_kind: _Optional[str] = ..., vocabulary_size: _Optional[int] = ..., is_default: _Optional[bool] = ..., num_parameters: _Optional[int] = ..., device: _Optional[str] = ..., language_model: _Optional[str] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

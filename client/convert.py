@@ -66,6 +66,8 @@ def streaming_config(config: StreamingConfig, sample_rate: int) -> pb.StreamingR
         max_segment_seconds=config.max_segment_seconds or 0.0,
         speech_threshold_db=config.speech_threshold_db or 0.0,
     )
+    if config.blank_ms is not None:
+        endpointing.blank_ms = config.blank_ms
     return pb.StreamingRecognizeRequest(
         streaming_config=pb.StreamingRecognitionConfig(
             config=recognition_config(config.recognition, pb.LINEAR16, sample_rate),
@@ -186,7 +188,16 @@ def transcript_from_finals(
 
 def models(resp: pb.ListModelsResponse) -> list[ModelInfo]:
     return [
-        ModelInfo(m.name, m.sample_rate_hertz, m.vocabulary_kind, m.vocabulary_size, m.is_default,
-                  m.num_parameters, m.device, m.language_model)
+        ModelInfo(
+            m.name,
+            m.sample_rate_hertz,
+            m.vocabulary_kind,
+            m.vocabulary_size,
+            m.is_default,
+            m.num_parameters,
+            m.device,
+            m.language_model,
+            m.streaming,
+        )
         for m in resp.models
     ]

@@ -76,6 +76,8 @@ class StreamingConfig:
     max_segment_seconds: float | None = None  # longest utterance before a forced cut
     speech_threshold_db: float | None = None  # energy above the noise floor that counts as speech
     interim_interval_ms: int | None = None  # least time between two interim results
+    # streaming models: CTC blanks after speech that end an utterance, in ms; 0 disables (energy rule only)
+    blank_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -178,3 +180,4 @@ class ModelInfo:
     num_parameters: int
     device: str
     language_model: str = ""  # the LM fused into its beam search; "" = none
+    streaming: bool = False  # a chunked encoder: streams are encoded as the audio arrives

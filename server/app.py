@@ -119,18 +119,22 @@ async def create_server(
 def _models_to_serve(
     config: ServerConfig, model: ASRModel | None, models: dict[str, ASRModel] | None
 ) -> dict[str, ASRModel]:
-    """``models`` as given, else ``model`` or ``config.model`` loaded from disk, under its name."""
+    """``models`` as given, else ``model``, else each of ``config.models`` loaded from disk by name."""
     if models is None:
         if model is None:
-            path = resolve_model_path(config.model)
-            log.info("loading model", extra={"path": str(path)})
-            model = load_model(path, device=config.device or None)
-            name = config.model_name or path.stem
+            models = {}
+            names = config.model_names or [None] * len(config.models)
+            for spec, name in zip(config.models, names, strict=True):
+                path = resolve_model_path(spec)
+                log.info("loading model", extra={"path": str(path)})
+                models[name or path.stem] = load_model(path, device=config.device or None).eval()
+            if len(models) < len(config.models):
+                raise ValueError(f"--model {config.model!r}: two models would share a name; set --model-name")
         else:
             name = config.model_name or "default"
             if config.device:
                 model = model.to(config.device)
-        models = {name: model.eval()}
+            models = {name: model.eval()}
     if not models:
         raise ValueError("create_server needs at least one model")
     return models
@@ -254,8 +258,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "host": "address to bind (default [::], all interfaces)",
         "port": "gRPC port (default 50051; 0 picks a free one)",
         "metrics_port": "Prometheus /metrics HTTP port (default 9090; -1 disables)",
-        "model": "model name under models/ or checkpoint path (default: default)",
-        "model_name": "name to serve the model under (default: the file's stem)",
+        "model": "model name under models/ or checkpoint path; several comma-separated, the first the "
+        "default, e.g. default,streaming (default: default)",
+        "model_name": "name(s) to serve the model(s) under, comma-separated (default: the files' stems)",
+        "blank_ms": "streams of chunked-encoder models: ms of CTC blanks after speech that end an utterance "
+        "(default 240; 0: the energy rule only)",
         "device": "cpu, cuda, cuda:1 (default: cuda when available)",
         "lm": "language model from 'asr lm train', fused into beam search (default: none)",
         "lm_weight": "default weight of --lm in beam search; requests may set their own (default 0.3)",
@@ -300,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     setup_logging(config)
     try:
-        resolve_model_path(config.model)
+        for spec in config.models:
+            resolve_model_path(spec)
     except FileNotFoundError as exc:
         raise FileNotFoundError(
             f"{exc}. Train one (asr train) or pass --model PATH / ASR_MODEL=PATH to a las-asr checkpoint."

@@ -30,8 +30,9 @@ class ServerConfig:
     port: int = 50051  # 0 picks a free port (tests)
     metrics_port: int = 9090  # Prometheus /metrics over HTTP; -1 disables, 0 picks a free port
     # model
-    model: str = "default"  # name under models/ or a path to a checkpoint
-    model_name: str = ""  # name in ListModels and RecognitionConfig.model; "" = the file's stem
+    # name under models/ or a path to a checkpoint; several comma-separated (the first is the default)
+    model: str = "default"
+    model_name: str = ""  # name(s) in ListModels and RecognitionConfig.model, as many; "" = the files' stems
     device: str = ""  # "" = cuda when available, else cpu
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     warmup: bool = True
@@ -55,6 +56,8 @@ class ServerConfig:
     # streams: silence an utterance keeps after its speech; its final is decoded once that much is in and
     # sent at the endpoint (early finals). At or above a stream's silence_ms, finals wait for the endpoint
     final_tail_ms: int = 300
+    # streams of chunked-encoder models: CTC blanks after speech that end an utterance; 0 = energy rule only
+    blank_ms: int = EndpointConfig.blank_ms
     # security
     tls_cert: str = ""  # PEM server certificate chain; with tls_key enables TLS
     tls_key: str = ""
@@ -78,6 +81,13 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.final_tail_ms < 20:
             raise ValueError(f"final_tail_ms must be at least 20 (one VAD frame), got {self.final_tail_ms}")
+        if not 0 <= self.blank_ms <= 10_000:
+            raise ValueError(f"blank_ms must be in [0, 10000] (0 disables), got {self.blank_ms}")
+        if len(self.model_names) != len(self.models) and self.model_name:
+            raise ValueError(
+                f"model_name {self.model_name!r} names {len(self.model_names)} models, "
+                f"model {self.model!r} has {len(self.models)}"
+            )
         if self.beam_size > self.max_beam_size:
             raise ValueError(
                 f"beam_size ({self.beam_size}) must not exceed max_beam_size ({self.max_beam_size})"
@@ -107,6 +117,16 @@ class ServerConfig:
             raise ValueError(f"tta_speeds {self.tta_speeds!r}: {exc}") from None
 
     @property
+    def models(self) -> tuple[str, ...]:
+        """``model`` split at commas: the checkpoints to serve, the default first."""
+        return tuple(m.strip() for m in self.model.split(",") if m.strip()) or ("default",)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """``model_name`` split at commas ("" names none)."""
+        return tuple(n.strip() for n in self.model_name.split(",") if n.strip())
+
+    @property
     def tokens(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.token.split(",") if t.strip())
 
@@ -133,7 +153,7 @@ def default_stream_options(config: ServerConfig, lm_weight: float = 0.0) -> Stre
             lm_weight=lm_weight,
             tta_speeds=config.tta_speed_values,
         ),
-        endpoint=EndpointConfig(final_tail_ms=config.final_tail_ms),
+        endpoint=EndpointConfig(final_tail_ms=config.final_tail_ms, blank_ms=config.blank_ms),
     )
 
 

@@ -104,6 +104,10 @@ def stream_options(
     """A StreamingRecognize call's options: decoding, endpointing and interim results."""
     cfg = sc.config
     default = default_stream_options(config)
+    if sc.endpointing.HasField("blank_ms") and not 0 <= sc.endpointing.blank_ms <= 10_000:
+        raise ValueError(
+            f"endpointing.blank_ms must be in [0, 10000] (0 disables), got {sc.endpointing.blank_ms}"
+        )
     ep, dep = sc.endpointing, default.endpoint
     seconds = ep.max_segment_seconds
     if seconds != 0.0 and not 1.0 <= seconds <= MAX_SEGMENT_SECONDS:  # where offline decoding cuts, too
@@ -116,6 +120,7 @@ def stream_options(
         silence_ms=ep.silence_ms or dep.silence_ms,
         max_segment_seconds=ep.max_segment_seconds or dep.max_segment_seconds,
         speech_threshold_db=ep.speech_threshold_db or dep.speech_threshold_db,
+        blank_ms=ep.blank_ms if ep.HasField("blank_ms") else dep.blank_ms,
     )
     return StreamOptions(
         decoding=decoding_options(cfg, model, config),

@@ -11,6 +11,7 @@ import numpy as np
 from asr.audio import SAMPLE_RATE
 from asr.lm import NGramLM
 from asr.model import ASRModel
+from asr.online import make_recognizer
 from asr.streaming import Recognizer, RecognizerConfig
 from asr_grpc import asr_pb2
 from server.batcher import Batcher
@@ -46,7 +47,7 @@ async def start_models(
             except ValueError as exc:
                 raise ValueError(f"--lm {config.lm} cannot decode model {name!r}: {exc}") from None
         defaults = default_stream_options(config, lm_weight)
-        rec = Recognizer(m, RecognizerConfig(config.max_batch_size, defaults), lm=lm)
+        rec = make_recognizer(m, RecognizerConfig(config.max_batch_size, defaults), lm=lm)
         batcher = Batcher(
             rec, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms, metrics=metrics
         )
@@ -72,12 +73,19 @@ def model_info(name: str, model: ASRModel, default: bool, lm: NGramLM | None) ->
         is_default=default,
         num_parameters=model.num_parameters(),
         device=str(model.device),
+        streaming=model.config.encoder.streaming,
     )
 
 
 def warm_up(recognizer: Recognizer) -> None:
-    """One greedy interim and one beam final on noise, so the first real call pays no lazy initialisation."""
-    rng = np.random.default_rng(0)
-    s = recognizer.create_offline_stream((rng.standard_normal(SAMPLE_RATE) * 0.05).astype(np.float32))
+    """One beam final on noise, and a stream of it, so the first real call pays no lazy initialisation."""
+    noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.05).astype(np.float32)
+    s = recognizer.create_offline_stream(noise)
     recognizer.decode_streams([s])
+    recognizer.pop_results(s)
+    s = recognizer.create_stream()
+    recognizer.accept_audio(s, noise)
+    recognizer.input_finished(s)
+    while recognizer.is_ready(s):
+        recognizer.decode_streams([s])
     recognizer.pop_results(s)

@@ -1,6 +1,6 @@
 """Health probe for containers and load balancers: exit 0 when the gRPC health service answers SERVING.
 
-    python -m server.probe --address 127.0.0.1:50051 [--service asr.v1.Recognizer] [--tls-ca ca.pem]
+python -m server.probe --address 127.0.0.1:50051 [--service asr.v1.Recognizer] [--tls-ca ca.pem]
 """
 
 from __future__ import annotations
