@@ -1,0 +1,235 @@
+"""asr.online without the server: partials that grow chunk by chunk, blank endpoints, each chunk encoded once,
+finals equal to offline decoding of the same utterance by the chunked model.
+
+The model is the bundled default's weights run as a latency-controlled encoder (160 ms chunks, 80 ms
+look-ahead), which is what models/streaming.pt is before its fine-tuning: real speech, real blanks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+
+from asr import ASRModel, Transcriber, load_model
+from asr.alignment import voiced_span
+from asr.audio import SAMPLE_RATE, load_audio
+from asr.decoding import DecodingOptions
+from asr.endpointing import EndpointConfig
+from asr.online import OnlineRecognizer, OnlineStream, make_recognizer
+from asr.streaming import Recognizer, StreamOptions, StreamResult
+from asr.transcribe import decode_encoded, transcribe
+
+CHUNK = SAMPLE_RATE // 10  # 100 ms messages
+OPTS = StreamOptions(decoding=DecodingOptions(beam_size=4))
+
+
+def chunked(model: ASRModel, chunk: int = 4, lookahead: int = 2) -> Transcriber:
+    enc = dataclasses.replace(model.config.encoder, chunk_frames=chunk, lookahead_frames=lookahead)
+    out = Transcriber(dataclasses.replace(model.config, encoder=enc), model.tokenizer)
+    out.load_state_dict(model.state_dict())
+    return out.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> Transcriber:
+    return chunked(load_model("default", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def speech(speech_dir: Path) -> list[np.ndarray]:
+    return [load_audio(speech_dir / f"utt{i}.wav") for i in range(4)]
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+def feed(
+    rec: Recognizer, s: OnlineStream, audio: np.ndarray, chunk: int = CHUNK
+) -> list[tuple[float, StreamResult]]:
+    """Real-time-like: accept a message, decode when ready; each result with the stream time it came at
+    (``inf``: after the end of input)."""
+    out: list[tuple[float, StreamResult]] = []
+    for i in range(0, len(audio), chunk):
+        rec.accept_audio(s, audio[i : i + chunk])
+        while rec.is_ready(s):
+            rec.decode_streams([s])
+        out += [(min(i + chunk, len(audio)) / SAMPLE_RATE, r) for r in rec.pop_results(s)]
+    rec.input_finished(s)
+    while rec.is_ready(s):
+        rec.decode_streams([s])
+    out += [(float("inf"), r) for r in rec.pop_results(s)]
+    assert s.is_done
+    return out
+
+
+def speech_end(audio: np.ndarray) -> float:
+    """Seconds at which the voice in ``audio`` ends."""
+    return voiced_span(audio)[1]
+
+
+@pytest.fixture(scope="module")
+def conversation(speech: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([silence(0.6), speech[3], silence(1.5), speech[2], silence(1.5)])
+
+
+@pytest.fixture(scope="module")
+def streamed(model: Transcriber, conversation: np.ndarray) -> tuple[OnlineRecognizer, list]:
+    rec = OnlineRecognizer(model)
+    return rec, feed(rec, rec.create_stream(OPTS), conversation)
+
+
+def test_partials_grow_chunk_by_chunk_before_the_final(streamed: tuple[OnlineRecognizer, list]) -> None:
+    _, results = streamed
+    finals = [r for _, r in results if r.is_final]
+    assert [f.utterance for f in finals] == [0, 1]
+    for k in (0, 1):
+        mine = [(t, r) for t, r in results if r.utterance == k]
+        partials = [r for _, r in mine if not r.is_final]
+        assert len(partials) >= 3 and mine[-1][1].is_final
+        for a, b in itertools.pairwise(partials):  # greedy CTC extended, never redone
+            assert b.text.startswith(a.text) and len(b.text) > len(a.text) and a.end < b.end
+        assert all(r.stability < 1.0 for r in partials) and mine[-1][1].stability == 1.0
+        assert all(t < float("inf") for t, _ in mine)  # all before the input ended, the final too
+
+
+def test_blank_endpoint_ends_the_utterance_sooner_than_the_energy_rule(
+    model: Transcriber, speech: list[np.ndarray]
+) -> None:
+    audio = np.concatenate([silence(0.5), speech[3], silence(2.0)])
+    end = 0.5 + speech_end(speech[3])
+
+    def final_at(blank_ms: int) -> float:
+        rec = OnlineRecognizer(model)
+        opts = dataclasses.replace(OPTS, endpoint=EndpointConfig(blank_ms=blank_ms, silence_ms=800))
+        return next(t for t, r in feed(rec, rec.create_stream(opts), audio) if r.is_final)
+
+    by_blanks, by_energy = final_at(240), final_at(0)
+    assert by_energy - end >= 0.8  # the energy rule waits for its silence
+    assert by_blanks - end < 0.6  # the model hears the speech end: blanks + look-ahead + one message
+    assert by_energy - by_blanks >= 0.3
+
+
+def test_each_chunk_is_encoded_once(
+    streamed: tuple[OnlineRecognizer, list], conversation: np.ndarray
+) -> None:
+    rec, _ = streamed
+    frames = len(conversation) / rec.samples_per_frame
+    # every encoder frame of the stream once (utterances start where the last one's encoder stopped); only
+    # the end of input loses the few frames the front end cannot fill
+    assert frames - 3 <= rec.frames_encoded <= frames
+    chunk = rec.encoder.config.chunk_frames
+    assert rec.chunk_steps <= frames / chunk + 20  # whole chunks, but for the last of each utterance
+
+
+def test_streams_share_one_encoder_step_per_chunk(model: Transcriber, speech: list[np.ndarray]) -> None:
+    audios = [np.concatenate([silence(0.3), speech[i], silence(0.8)]) for i in (0, 1, 2)]
+    alone = []
+    for a in audios:
+        rec = OnlineRecognizer(model)
+        alone.append([r.text for _, r in feed(rec, rec.create_stream(OPTS), a)])
+    rec = OnlineRecognizer(model)
+    sizes: list[int] = []
+    step = rec.encoder.step
+    rec.encoder.step = lambda streams: sizes.append(len(streams)) or step(streams)  # type: ignore[method-assign]
+    streams = [rec.create_stream(OPTS) for _ in audios]
+    texts: list[list[str]] = [[] for _ in audios]
+    n = max(len(a) for a in audios)
+    for i in range(0, n + CHUNK, CHUNK):
+        for s, a in zip(streams, audios, strict=True):
+            if i < len(a):
+                rec.accept_audio(s, a[i : i + CHUNK])
+            else:
+                rec.input_finished(s)
+        rec.decode_streams(list(streams))
+        for k, s in enumerate(streams):
+            texts[k] += [r.text for r in rec.pop_results(s)]
+    assert texts == alone
+    assert max(sizes) == 3 and sum(sizes) > 2 * len(sizes)  # mostly all three streams in one call
+
+
+def words(ws: tuple) -> list[tuple[str, float, float]]:
+    return [(w.word, round(w.start, 4), round(w.end, 4)) for w in ws]
+
+
+def test_finals_equal_offline_decoding_of_the_utterance(
+    model: Transcriber, streamed: tuple[OnlineRecognizer, list], conversation: np.ndarray
+) -> None:
+    rec, results = streamed
+    for f in [r for _, r in results if r.is_final]:
+        start = round(f.start * SAMPLE_RATE)
+        n = (round(f.end * SAMPLE_RATE) - start) // rec.samples_per_frame
+        wave = torch.from_numpy(conversation[start:])[None]
+        feats, lengths = model.features(wave, torch.tensor([wave.size(1)]))
+        enc, _ = model.encode(feats, lengths)  # the chunked encoder over the rest of the stream
+        seg = conversation[start : round(f.end * SAMPLE_RATE)]
+        want = decode_encoded(
+            model,
+            enc[:, :n],
+            torch.tensor([n]),
+            OPTS.decoding,
+            offsets=[f.start],
+            durations=[len(seg) / SAMPLE_RATE],
+            voiced=[voiced_span(seg)],
+        )[0]
+        assert [a.text for a in f.alternatives] == [a.text for a in want.alternatives]
+        assert [a.score for a in f.alternatives] == pytest.approx(
+            [a.score for a in want.alternatives], abs=1e-4
+        )
+        assert words(f.words) == words(want.words)
+        for p in [r for _, r in results if r.utterance == f.utterance and not r.is_final]:
+            m = (round(p.end * SAMPLE_RATE) - start) // rec.samples_per_frame
+            greedy = decode_encoded(model, enc[:, :m], torch.tensor([m]), DecodingOptions(method="greedy"))
+            assert p.text == greedy[0].text  # partials: greedy CTC over the utterance so far
+    assert "THANK" in next(r.text for _, r in results if r.is_final)
+
+
+def test_silence_and_noise_give_nothing(model: Transcriber) -> None:
+    rec = OnlineRecognizer(model)
+    noise = (np.random.default_rng(0).standard_normal(4 * SAMPLE_RATE) * 1e-3).astype(np.float32)
+    s = rec.create_stream(OPTS)
+    assert feed(rec, s, np.concatenate([silence(1.0), noise])) == []
+    assert s.idle_restarts >= 5  # no utterance keeps a long lead of silence
+    assert sum(len(a) for a in s.audio) < SAMPLE_RATE
+
+
+def test_input_finished_flushes_the_last_utterance(model: Transcriber, speech: list[np.ndarray]) -> None:
+    rec = OnlineRecognizer(model)
+    results = feed(
+        rec, rec.create_stream(OPTS), np.concatenate([silence(0.3), speech[0][: -SAMPLE_RATE // 10]])
+    )
+    finals = [r for t, r in results if r.is_final]
+    assert len(finals) == 1 and finals[0].text
+
+
+def test_single_utterance_stops_after_its_final(model: Transcriber, speech: list[np.ndarray]) -> None:
+    rec = OnlineRecognizer(model)
+    s = rec.create_stream(dataclasses.replace(OPTS, single_utterance=True))
+    audio = np.concatenate([silence(0.3), speech[0], silence(1.0), speech[1], silence(1.0)])
+    finals = [r for _, r in feed(rec, s, audio) if r.is_final]
+    assert len(finals) == 1 and finals[0].end_of_single_utterance and s.ended
+
+
+def test_offline_streams_on_a_chunked_model_equal_transcribe(
+    model: Transcriber, speech: list[np.ndarray]
+) -> None:
+    rec = make_recognizer(model)
+    assert isinstance(rec, OnlineRecognizer)
+    s = rec.create_offline_stream(speech[1], OPTS)
+    rec.decode_streams([s])
+    assert [r.text for r in rec.pop_results(s)] == [transcribe(model, speech[1], OPTS.decoding).text]
+
+
+def test_options_and_models_are_checked() -> None:
+    with pytest.raises(ValueError, match="blank_ms"):
+        EndpointConfig(blank_ms=-1)
+    with pytest.raises(ValueError, match="chunked encoder"):
+        OnlineRecognizer(tiny_model())
+    assert type(make_recognizer(tiny_model())) is Recognizer
+    assert isinstance(make_recognizer(chunked(tiny_model())), OnlineRecognizer)
