@@ -1,0 +1,135 @@
+"""A streaming (chunked-encoder) model beside an offline one in one real server on 127.0.0.1:
+StreamingRecognize gets partials while its audio is still coming and finals equal to the library's, Recognize
+works, bad input gets the right status."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from conftest import tiny_model
+from test_online import OPTS, chunked, feed
+from test_server import CHUNK, code_of, config, pcm_roundtrip, stream_config
+
+from asr import Transcriber, load_model
+from asr.audio import SAMPLE_RATE, float_to_pcm16, load_audio
+from asr.online import OnlineRecognizer
+from asr.transcribe import transcribe
+from asr_grpc import asr_pb2, asr_pb2_grpc
+from server.app import create_server
+
+
+class Served:
+    """A server with two models (``offline``, the default, and ``streaming``) on its own event loop thread."""
+
+    def __init__(self, models: dict[str, Any]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        cfg = config(beam_size=4, idle_timeout_s=5.0)
+        self.server, port = asyncio.run_coroutine_threadsafe(
+            create_server(cfg, models=models), self.loop
+        ).result(120)
+        self.stub = asr_pb2_grpc.RecognizerStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(1.0), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def streaming_model() -> Transcriber:
+    return chunked(load_model("default", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def served(streaming_model: Transcriber) -> Iterator[Served]:
+    s = Served({"offline": tiny_model(), "streaming": streaming_model})
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def audio(speech_dir: Path) -> np.ndarray:
+    sil = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    speech = [load_audio(speech_dir / f"utt{i}.wav") for i in (3, 2)]
+    return pcm_roundtrip(np.concatenate([sil[: SAMPLE_RATE // 2], speech[0], sil, sil, speech[1], sil]))
+
+
+def paced(audio: np.ndarray, sc: Any, sent: list[float], delay: float) -> Iterator[Any]:
+    """The config, then 100 ms messages every ``delay`` s; ``sent`` gets the time the audio ended."""
+    yield asr_pb2.StreamingRecognizeRequest(streaming_config=sc)
+    for i in range(0, len(audio), CHUNK):
+        time.sleep(delay)
+        yield asr_pb2.StreamingRecognizeRequest(audio_content=float_to_pcm16(audio[i : i + CHUNK]))
+    sent.append(time.monotonic())
+
+
+def test_list_models_marks_the_streaming_model(served: Served) -> None:
+    models = {m.name: m for m in served.stub.ListModels(asr_pb2.ListModelsRequest()).models}
+    assert models["streaming"].streaming and not models["offline"].streaming
+    assert models["offline"].is_default
+
+
+def test_stream_gets_partials_before_its_audio_ends_then_finals(
+    served: Served, streaming_model: Transcriber, audio: np.ndarray
+) -> None:
+    sc = stream_config(interim=True)
+    sc.config.model = "streaming"
+    sent: list[float] = []
+    arrivals = []
+    for resp in served.stub.StreamingRecognize(paced(audio, sc, sent, delay=0.03)):
+        arrivals += [(time.monotonic(), r) for r in resp.results]
+    end = sent[0]
+    partials = [r for t, r in arrivals if not r.is_final and t < end]
+    assert len(partials) >= 4  # partials while the audio was still being sent
+    finals = [r for _, r in arrivals if r.is_final]
+    rec = OnlineRecognizer(streaming_model)
+    want = [r for _, r in feed(rec, rec.create_stream(OPTS), audio) if r.is_final]
+    assert [f.alternatives[0].transcript for f in finals] == [w.text for w in want]
+    assert [f.utterance_index for f in finals] == [0, 1]
+    assert finals[0].alternatives[0].words  # word times asked for and given
+    assert any(t < end for t, r in arrivals if r.is_final)  # the first final came before the audio ended
+
+
+def test_recognize_on_the_streaming_model_equals_transcribe(
+    served: Served, streaming_model: Transcriber, audio: np.ndarray
+) -> None:
+    cfg = asr_pb2.RecognitionConfig(
+        encoding=asr_pb2.LINEAR16, sample_rate_hertz=SAMPLE_RATE, model="streaming"
+    )
+    seg = audio[: 3 * SAMPLE_RATE]
+    resp = served.stub.Recognize(
+        asr_pb2.RecognizeRequest(config=cfg, audio=asr_pb2.RecognitionAudio(content=float_to_pcm16(seg)))
+    )
+    assert resp.model == "streaming"
+    assert resp.results[0].alternatives[0].transcript == transcribe(streaming_model, seg, OPTS.decoding).text
+
+
+def test_bad_streaming_input_gets_invalid_argument(served: Served, audio: np.ndarray) -> None:
+    sc = stream_config()
+    sc.config.model = "streaming"
+    sc.endpointing.blank_ms = -5
+    reqs = [asr_pb2.StreamingRecognizeRequest(streaming_config=sc)]
+    assert (
+        code_of(lambda: list(served.stub.StreamingRecognize(iter(reqs)))) == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    sc.endpointing.blank_ms = 0  # 0 is allowed: the energy rule only
+    sc.config.model = "nonesuch"
+    reqs = [asr_pb2.StreamingRecognizeRequest(streaming_config=sc)]
+    assert (
+        code_of(lambda: list(served.stub.StreamingRecognize(iter(reqs)))) == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    audio_first = [asr_pb2.StreamingRecognizeRequest(audio_content=float_to_pcm16(audio[:CHUNK]))]
+    assert (
+        code_of(lambda: list(served.stub.StreamingRecognize(iter(audio_first))))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
