@@ -79,37 +79,41 @@ def recordings(data: Path, n: int) -> list[tuple[np.ndarray, float, float]]:
     return out
 
 
+def paced_chunks(audio: np.ndarray, sent: list[float]) -> Iterator[np.ndarray]:
+    """``audio`` as ``CHUNK_S`` chunks at wall-clock pace (chunk k due ``k * CHUNK_S`` after the first);
+    the ``time.perf_counter()`` at which each chunk left is appended to ``sent``."""
+    step = int(CHUNK_S * SAMPLE_RATE)
+    t0 = time.perf_counter()
+    for k, i in enumerate(range(0, len(audio), step)):
+        delay = t0 + k * CHUNK_S - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent.append(time.perf_counter())
+        yield audio[i : i + step]
+
+
+def sent_at(sent: list[float], seconds: float) -> float:
+    """When the chunk holding the sample at ``seconds`` (stream time) was sent."""
+    return sent[max(0, min(len(sent) - 1, int(seconds / CHUNK_S - 1e-9)))]
+
+
 def one_stream(
     target: str, audio: np.ndarray, onset: float, end: float, config: Any, out: list[dict], lag: float
 ) -> None:
     """Play one recording; ``lag``: seconds from a final's ``end`` to its endpoint."""
     from client import ASRError, Client
 
-    step = int(CHUNK_S * SAMPLE_RATE)
     sent: list[float] = []
-
-    def chunks() -> Iterator[np.ndarray]:
-        t0 = time.perf_counter()
-        for k, i in enumerate(range(0, len(audio), step)):
-            delay = t0 + k * CHUNK_S - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            sent.append(time.perf_counter())
-            yield audio[i : i + step]
-
-    def sent_at(seconds: float) -> float:
-        return sent[max(0, min(len(sent) - 1, int(seconds / CHUNK_S - 1e-9)))]
-
     row: dict[str, Any] = {"first_partial": None, "final_after_speech": None, "final_after_endpoint": None}
     try:
         with Client(target, timeout=60 + len(audio) / SAMPLE_RATE, retries=0) as client:
-            for r in client.stream(chunks(), config):
+            for r in client.stream(paced_chunks(audio, sent), config):
                 now = time.perf_counter()
                 if not r.is_final and row["first_partial"] is None:
-                    row["first_partial"] = now - sent_at(onset)
+                    row["first_partial"] = now - sent_at(sent, onset)
                 if r.is_final and row["final_after_speech"] is None:
-                    row["final_after_speech"] = now - sent_at(end)
-                    row["final_after_endpoint"] = now - sent_at(r.end + lag)
+                    row["final_after_speech"] = now - sent_at(sent, end)
+                    row["final_after_endpoint"] = now - sent_at(sent, r.end + lag)
         row["error"] = None
     except ASRError as exc:
         row["error"] = f"{exc.code}: {exc}"

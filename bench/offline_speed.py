@@ -5,11 +5,11 @@
     python bench/offline_speed.py /work/shared/data/speechocean762/test --every 20
     python bench/offline_speed.py so762_test.jsonl --model models/default.pt exp/a.pt --no-whisper
 
-The argument is a JSONL manifest, a Kaldi data folder (``wav.scp`` + ``text``) or a Common Voice folder
-(``SPLIT.tsv`` + ``clips/``; ``--split``, default ``test`` where there is one, else ``validated``), read
-through the project's importers. ``--every N`` keeps every N-th utterance, ``--limit N`` then N spread evenly
-over the set (all speakers, not the first few). Audio is decoded to 16 kHz before timing starts, so only
-recognition is timed.
+The argument is a JSONL manifest, a Kaldi data folder (``wav.scp`` + ``text``), a Common Voice folder
+(``SPLIT.tsv`` + ``clips/``; ``--split``, default ``test`` where there is one, else ``validated``) or a folder
+of recordings with a ``.txt`` beside each in ``data/`` (cathy), read through the project's importers.
+``--every N`` keeps every N-th utterance, ``--limit N`` then N spread evenly over the set (all speakers, not
+the first few). Audio is decoded to 16 kHz before timing starts, so only recognition is timed.
 
 Systems (:mod:`bench.peers`): each ``--model`` checkpoint with greedy CTC and the joint CTC/attention beam
 search (``--beam``, default 10); PocketSphinx 5 with its bundled US English models; Whisper tiny.en through
@@ -63,9 +63,11 @@ def read_utterances(source: Path, split: str | None = None) -> list[Utterance]:
     if (source / "clips").is_dir() and list(source.glob("*.tsv")):
         split = split or ("test" if (source / "test.tsv").is_file() else "validated")
         return import_corpus("commonvoice", source, split=split)
+    if (source / "data").is_dir() and next((source / "data").glob("*.txt"), None):
+        return import_corpus("arctic", source)  # one .txt per recording, as cathy/
     raise ValueError(
-        f"{source} is neither a JSONL manifest, a Kaldi data folder (wav.scp + text) "
-        "nor a Common Voice folder (SPLIT.tsv + clips/)"
+        f"{source} is neither a JSONL manifest, a Kaldi data folder (wav.scp + text), "
+        "a Common Voice folder (SPLIT.tsv + clips/) nor a folder of recordings with .txt transcripts (data/)"
     )
 
 

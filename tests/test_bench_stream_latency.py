@@ -1,0 +1,107 @@
+"""bench/stream_latency.py's pure helpers: reference times, word matching, latencies, lag, table cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asr.audio import SAMPLE_RATE
+from bench.stream_latency import (
+    Clip,
+    Piece,
+    StreamLog,
+    cell,
+    compose,
+    continuous,
+    end_of_speech,
+    final_latency,
+    first_seen,
+    hypotheses,
+    lag_growth,
+    ratio,
+    send_delay,
+    trim_bounds,
+    word_latencies,
+)
+
+
+def piece(seconds: float, words: tuple[tuple[str, float], ...], end: float) -> Piece:
+    return Piece(np.ones(round(seconds * SAMPLE_RATE), np.float32), words, end)
+
+
+def test_end_of_speech_prefers_the_voiced_span_then_the_last_word() -> None:
+    assert end_of_speech((0.2, 2.5), (("A", 2.0),), 3.0) == 2.5
+    assert end_of_speech(None, (("A", 1.0), ("B", 2.0)), 3.0) == 2.0
+    assert end_of_speech(None, (), 3.0) == 3.0
+    assert trim_bounds((0.05, 2.5), 2.55) == (0.0, 2.55)
+    assert trim_bounds((1.0, 2.0), 3.0) == pytest.approx((0.9, 2.1))
+    assert trim_bounds(None, 3.0) == (0.0, 3.0)
+
+
+def test_compose_moves_words_and_speech_end_to_stream_time() -> None:
+    a, b = piece(2.0, (("A", 1.0),), 1.8), piece(1.0, (("B", 0.5),), 0.9)
+    clip = compose([a, b], gap_s=1.5, lead_s=0.5, trail_s=1.0)
+    assert clip.seconds == pytest.approx(0.5 + 2.0 + 1.5 + 1.0 + 1.0)
+    assert [w for w, _ in clip.words] == ["A", "B"]
+    assert [e for _, e in clip.words] == pytest.approx([1.5, 4.5])
+    assert clip.speech_end == pytest.approx(4.0 + 0.9)
+    assert np.count_nonzero(clip.audio) == 3 * SAMPLE_RATE  # only the pieces are sound
+    long = continuous([a, b, a], 4.0)
+    assert long.words == () and long.speech_end == pytest.approx(0.5 + 4.0)
+
+
+def test_first_seen_matches_words_in_order_and_keeps_the_first_time() -> None:
+    ref = ["THE", "CAT", "SAT", "ON", "THE", "MAT"]
+    hyps = [
+        (1.0, ["THE", "KAT"]),
+        (2.0, ["THE", "CAT", "SAT"]),
+        (3.0, ["A", "CAT", "SAT", "ON", "THE", "MAP"]),
+    ]
+    assert first_seen(ref, hyps) == [1.0, 2.0, 2.0, 3.0, 3.0, None]
+    # a word counts once, in its place: the first THE does not stand for the second
+    assert first_seen(["THE", "CAT", "THE", "MAT"], [(1.0, ["THE", "CAT"])]) == [1.0, 1.0, None, None]
+    swapped = first_seen(["CAT", "MAT"], [(1.0, ["MAT", "CAT"])])
+    assert sorted(swapped, key=str) == [1.0, None]  # out of order: only one of the two
+
+
+def test_hypotheses_put_earlier_finals_before_each_result() -> None:
+    results = [(1.0, False, "hello", 0.5), (2.0, True, "hello world", 1.0), (3.0, False, "again", 1.5)]
+    assert hypotheses(results) == [
+        (1.0, ["HELLO"]),
+        (2.0, ["HELLO", "WORLD"]),
+        (3.0, ["HELLO", "WORLD", "AGAIN"]),
+    ]
+
+
+def test_latencies_run_from_the_send_of_the_chunk_holding_the_instant() -> None:
+    clip = Clip(np.zeros(3 * SAMPLE_RATE, np.float32), (("HELLO", 0.95), ("WORLD", 1.55)), 1.6)
+    log = StreamLog(sent=[10.0 + 0.1 * k for k in range(30)])
+    log.results = [(11.3, False, "hello", 1.2), (12.5, True, "hello world", 1.9), (13.0, True, "", 2.9)]
+    words, seen = word_latencies(clip, log)
+    assert seen == 2 and words == pytest.approx([11.3 - 10.9, 12.5 - 11.5])
+    assert final_latency(clip, log) == pytest.approx(13.0 - 11.5)  # the last final; 1.6 s ends chunk 15
+    assert final_latency(clip, StreamLog(sent=log.sent)) is None
+
+
+def test_send_delay_and_lag_growth_show_a_stream_falling_behind() -> None:
+    sent = [0.1 * k for k in range(10)]
+    assert send_delay(sent) == pytest.approx(0.0, abs=1e-9)
+    assert send_delay([*sent[:5], 0.9, 1.0]) == pytest.approx(0.4)
+    steady = StreamLog(sent=sent, results=[(0.1 * k + 0.05, False, "x", 0.1 * k) for k in range(1, 9)])
+    assert lag_growth(steady) == pytest.approx(0.0, abs=1e-9)
+    late = StreamLog(
+        sent=sent, results=[(0.1 * k + 0.05, False, "x", 0.1 * k - 0.05 * k) for k in range(1, 9)]
+    )
+    assert (lag_growth(late) or 0.0) > 0.2
+    assert lag_growth(StreamLog(sent=sent, results=[(0.5, False, "x", 0.3)])) is None
+
+
+def test_table_cells_and_ratios() -> None:
+    assert [cell(None), cell(float("nan")), cell(3), cell(812.4), cell(0.523)] == [
+        "-",
+        "-",
+        "3",
+        "812",
+        "0.52",
+    ]
+    assert ratio(400.0, 800.0) == 0.5 and ratio(1.0, 0.0) is None and ratio(None, 1.0) is None
