@@ -8,7 +8,8 @@ For each of ``--models`` (names under models/ or checkpoint paths) the bench sta
 on loopback with ``--server-threads`` torch threads (the machine's 2 cores, as bench/load.py), one server at a
 time so that the models never share the CPU, and plays real speech to it through the SDK
 (:class:`client.Client`) in 100 ms chunks at wall-clock pace, interim results on, each server's default
-endpointing and interim interval (``--interim-ms`` sets the interval for both).
+endpointing (segments: 800 ms of energy silence; chunked models also a run of CTC blanks, ``blank_ms``) and
+interim interval (``--interim-ms`` sets the segment path's).
 
 Test audio, from ``--data`` (default cathy/ and commonvoice-sample/ of /work/shared/data, in turn): 2-8 s
 recordings, each trimmed to its voiced span (asr.alignment.voiced_span) with 0.1 s either side, streamed with
@@ -26,19 +27,21 @@ microphone that delivers 100 ms chunks adds up to 100 ms to each. Measures (``--
 latency  *final*: the arrival of the stream's last final - the end of speech. *word partial*: for each
          reference word, the first result whose words (the stream's earlier finals, then its text) contain it
          in order (difflib alignment of the word lists; an interim, or the final when no interim had it) - the
-         word's end; *words seen*: the share of reference words that ever appear. p50/p95 at each of
-         ``--streams`` concurrent real-time streams (default 1 and 8).
+         word's end; *words seen*: the share of reference words that ever appear; *word covered*: the first
+         result whose audio reaches the word's end (its ``end``), whatever its text - the word's end (how
+         closely results follow the audio, apart from accuracy). p50/p95 at each of ``--streams`` concurrent
+         real-time streams (default 1 and 8).
 cpu      server CPU time (user + system of its process, less its idle rate) per second of audio sent, for
          one stream of continuous speech (recordings joined at their voiced spans, no pause long enough for an
          endpoint) of each of ``--cpu-seconds`` (default 5 and 60; with the silence before and after). The
          target is a cost independent of length: the ratio of the longest to the shortest.
 load     ``--load-streams`` (default 32) concurrent real-time streams of about ``--load-seconds`` (default 20)
-         each, several utterances 1.5 s apart: final and word partial latency (of each stream's last
-         utterance and of every word), *lag growth*: how much the interims' lag (audio sent by a result's
-         arrival - the audio it covers, its ``end``) grew from the first to the last third of a stream
-         (worst stream), *send delay*: the worst delay of a chunk's send against its schedule (the SDK's send
-         blocked), server CPU in cores, and *behind*: streams with an error, no final, lag growth or send
-         delay over 0.5 s.
+         each, several utterances 1.5 s apart: final (each stream's last utterance), word partial and word
+         covered latency, *lag growth*: how much the interims' lag (audio sent by a result's arrival - the
+         audio it covers, its ``end``) grew from the first to the last third of a stream (worst stream),
+         *send delay*: the worst delay of a chunk's send against its schedule (the SDK's send blocked), server
+         CPU in cores (and the bench's own), and *behind*: streams with an error, no final, lag growth or
+         send delay over 0.5 s.
 
 The table has one column per model and, for each later model, its ratio to the first. ``--json`` writes every
 number. The bench's own clients share the 2 cores with the server, and so does anything else running.
@@ -197,6 +200,17 @@ def word_latencies(clip: Clip, log: StreamLog) -> tuple[list[float], int]:
     return out, len(out)
 
 
+def covered_latencies(clip: Clip, log: StreamLog) -> list[float]:
+    """Seconds from each reference word's end to the first result whose audio reaches it (its ``end``),
+    whatever its text: how closely results follow the audio, apart from the model's accuracy."""
+    out = []
+    for _, end in clip.words:
+        arrival = next((a for a, _, _, covered in log.results if covered >= end), None)
+        if arrival is not None:
+            out.append(arrival - sent_at(log.sent, end))
+    return out
+
+
 def final_latency(clip: Clip, log: StreamLog) -> float | None:
     """Seconds from the end of speech to the stream's last final; ``None`` without a final."""
     finals = [arrival for arrival, is_final, _, _ in log.results if is_final]
@@ -288,7 +302,9 @@ def prepare(args: argparse.Namespace) -> TestAudio:
     import torch
 
     torch.set_num_threads(args.server_threads)
-    count = args.utterances if set(args.measures) == {"latency"} else max(args.utterances, 24)
+    count = (
+        args.utterances if set(args.measures) == {"latency"} else max(args.utterances, args.load_streams, 24)
+    )
     pieces = load_pieces(args.data, count, args.align_model)
     if not pieces:
         raise SystemExit(f"skipped: no {MIN_S:g}-{MAX_S:g} s recordings with a transcript in {args.data}")
@@ -298,7 +314,7 @@ def prepare(args: argparse.Namespace) -> TestAudio:
         for s in args.cpu_seconds
     }
     load = [
-        compose(take(pieces, 3 * k, args.load_seconds, TRAIL_S), TRAIL_S) for k in range(args.load_streams)
+        compose(take(pieces, 7 * k, args.load_seconds, TRAIL_S), TRAIL_S) for k in range(args.load_streams)
     ]
     return TestAudio(latency, cpu, load)
 
@@ -344,6 +360,9 @@ def summarise(clips: Sequence[Clip], logs: Sequence[StreamLog]) -> dict[str, Any
         "streams": len(logs),
         "final": percentiles([f for f in finals if f is not None]),
         "word_partial": percentiles([x for w, _ in words for x in w]),
+        "word_covered": percentiles(
+            [x for c, log in zip(clips, logs, strict=True) for x in covered_latencies(c, log)]
+        ),
         "words_seen_pct": 100 * sum(n for _, n in words) / total if total else None,
         "errors": sum(log.error is not None for log in logs),
         "no_final": sum(f is None for f in finals),
@@ -386,9 +405,10 @@ def measure_cpu(target: str, pid: int, cpu: dict[int, list[Clip]], config: Any, 
 
 
 def measure_load(target: str, pid: int, clips: Sequence[Clip], config: Any) -> dict:
-    c0, w0 = cpu_seconds(pid), time.perf_counter()
+    c0, w0, own = cpu_seconds(pid), time.perf_counter(), time.process_time()
     logs = play_together(target, clips, config)
-    cores = (cpu_seconds(pid) - c0) / (time.perf_counter() - w0)
+    wall = time.perf_counter() - w0
+    cores, client_cores = (cpu_seconds(pid) - c0) / wall, (time.process_time() - own) / wall
     out = summarise(clips, logs)
     growth = [lag_growth(log) for log in logs]
     delays = [send_delay(log.sent) for log in logs]
@@ -399,6 +419,7 @@ def measure_load(target: str, pid: int, clips: Sequence[Clip], config: Any) -> d
     ]
     out.update(
         server_cpu_cores=cores,
+        client_cpu_cores=client_cores,
         lag_growth_ms=1000 * max((g for g in growth if g is not None), default=float("nan")),
         send_delay_ms=1000 * max(delays, default=0.0),
         behind=sum(behind),
@@ -437,6 +458,11 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
 
 # ---- the table ----
 
+WHATS = (
+    ("final", "final after end of speech"),
+    ("word_partial", "word partial"),
+    ("word_covered", "word covered"),
+)
 Row = tuple[str, tuple[str, ...]]  # label, and the keys to the number in a model's results
 
 
@@ -453,7 +479,7 @@ def table_rows(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     if "latency" in args.measures:
         for n in map(str, args.streams):
-            for key, what in (("final", "final after end of speech"), ("word_partial", "word partial")):
+            for key, what in WHATS:
                 rows += [
                     (f"{what}, {n} stream(s), p{q} ms", ("latency", n, key, f"p{q}_ms")) for q in (50, 95)
                 ]
@@ -470,9 +496,12 @@ def table_rows(args: argparse.Namespace) -> list[Row]:
             (("final", "p95_ms"), "final after end of speech, p95 ms"),
             (("word_partial", "p50_ms"), "word partial, p50 ms"),
             (("word_partial", "p95_ms"), "word partial, p95 ms"),
+            (("word_covered", "p50_ms"), "word covered, p50 ms"),
+            (("word_covered", "p95_ms"), "word covered, p95 ms"),
             (("lag_growth_ms",), "interim lag growth, worst stream, ms"),
             (("send_delay_ms",), "send delay, worst chunk, ms"),
             (("server_cpu_cores",), "server CPU, cores"),
+            (("client_cpu_cores",), "the bench's clients' CPU, cores"),
             (("errors",), "errors"),
             (("behind",), "streams behind"),
         ):

@@ -13,6 +13,7 @@ from bench.stream_latency import (
     cell,
     compose,
     continuous,
+    covered_latencies,
     end_of_speech,
     final_latency,
     first_seen,
@@ -81,6 +82,8 @@ def test_latencies_run_from_the_send_of_the_chunk_holding_the_instant() -> None:
     assert seen == 2 and words == pytest.approx([11.3 - 10.9, 12.5 - 11.5])
     assert final_latency(clip, log) == pytest.approx(13.0 - 11.5)  # the last final; 1.6 s ends chunk 15
     assert final_latency(clip, StreamLog(sent=log.sent)) is None
+    # covered: the first result whose end reaches the word, whatever it says (1.2 s covers HELLO, not WORLD)
+    assert covered_latencies(clip, log) == pytest.approx([11.3 - 10.9, 12.5 - 11.5])
 
 
 def test_send_delay_and_lag_growth_show_a_stream_falling_behind() -> None:
