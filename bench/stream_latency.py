@@ -301,7 +301,7 @@ def take(pieces: Sequence[Piece], start: int, seconds: float, gap_s: float) -> l
 def prepare(args: argparse.Namespace) -> TestAudio:
     import torch
 
-    torch.set_num_threads(args.server_threads)
+    torch.set_num_threads(1)  # alignment only; more threads spin against each other on a busy machine
     count = (
         args.utterances if set(args.measures) == {"latency"} else max(args.utterances, args.load_streams, 24)
     )
