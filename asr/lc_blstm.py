@@ -105,7 +105,7 @@ class EncoderStream:
         """Append normalised feature frames ``(T, n_mels)``."""
         if self.finished:
             raise RuntimeError("push() after finish(): the stream's features have ended")
-        self.frames = torch.cat([self.frames, feats.to(self.frames.dtype)], 0)
+        self.frames = torch.cat([self.frames, feats.to(self.frames)], 0)
 
     def finish(self) -> None:
         self.finished = True
@@ -150,6 +150,7 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
             if 1 <= i <= self.config.pyramid_layers:
                 windows, valid = _pyramid(windows, valid)
                 chunk //= 2
+            assert isinstance(lstm, nn.LSTM)
             windows, state = lc_layer(lstm, windows, valid, chunk, None if states is None else states[i])
             new_states.append(state)
             windows = self.dropout(windows)
@@ -157,7 +158,7 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
 
     # -- streams -------------------------------------------------------------------------------------------
     def new_stream(self) -> EncoderStream:
-        return EncoderStream(frames=torch.zeros(0, self.config.input_dim))
+        return EncoderStream(frames=self.layers[0].weight_ih_l0.new_zeros(0, self.config.input_dim))
 
     def ready(self, stream: EncoderStream) -> bool:
         """Whether :meth:`step` would encode a chunk of ``stream`` now."""
@@ -199,7 +200,7 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
             sizes.append(n_out)
         batch = torch.stack(windows, 0)[:, None]  # (N, 1, W, D)
         states = self._stacked_states(streams, batch)
-        out, new_states = self._windows(batch, torch.tensor(valid)[:, None], states)
+        out, new_states = self._windows(batch, torch.tensor(valid, device=batch.device)[:, None], states)
         results = []
         for j, s in enumerate(streams):
             s.state = [(h[:, j : j + 1], c[:, j : j + 1]) for h, c in new_states]
@@ -221,7 +222,7 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
         encoder frames it yields."""
         start, exact = self._layer0_span(s)
         if self.front is not None:
-            y, _ = self.front(s.frames[None], torch.tensor([s.frames.size(0)]))
+            y, _ = self.front(s.frames[None], torch.tensor([s.frames.size(0)], device=s.frames.device))
             layer0 = y[0, start:exact]
         else:
             layer0 = s.frames[start:exact]
