@@ -158,7 +158,7 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
 
     # -- streams -------------------------------------------------------------------------------------------
     def new_stream(self) -> EncoderStream:
-        return EncoderStream(frames=self.layers[0].weight_ih_l0.new_zeros(0, self.config.input_dim))
+        return EncoderStream(frames=next(self.parameters()).new_zeros(0, self.config.input_dim))
 
     def ready(self, stream: EncoderStream) -> bool:
         """Whether :meth:`step` would encode a chunk of ``stream`` now."""
