@@ -85,6 +85,11 @@ def register(subparsers: Any) -> None:
         help="finals also decoded at these speeds, the views voting (e.g. 0.9,1.1: ~5x their decoding time)",
     )
     dec.add_argument("--silence-ms", type=int, help="silence that ends an utterance (server default: 800)")
+    dec.add_argument(
+        "--blank-ms", type=int,
+        help="streaming models: a run of CTC blanks this long after speech ends an utterance; 0 turns it off "
+        "(server default: 240)",
+    )
     dec.add_argument("--single-utterance", action="store_true", help="stop after the first utterance")
     add_phrase_args(dec)
     p.set_defaults(func=run)
@@ -190,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         interim_results=tty or args.interim,
         single_utterance=args.single_utterance,
         silence_ms=args.silence_ms,
+        blank_ms=args.blank_ms,
     )
     printer = Printer(
         sys.stdout, tty=tty, interim=args.interim, as_json=args.json, timestamps=args.timestamps

@@ -132,3 +132,12 @@ def test_errors_are_one_line(
     assert main(["stream", "-", "--raw", "-s", f"127.0.0.1:{port}", "--retries", "0"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 3, err
+
+
+def test_blank_ms_reaches_the_server(
+    server: ServerThread, hello_wav: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["stream", str(hello_wav), "-s", server.target, "--blank-ms", "20000"]) == 1
+    err = capsys.readouterr().err
+    assert "blank_ms" in err and "Traceback" not in err, err
+    assert main(["stream", str(hello_wav), "-s", server.target, "--blank-ms", "0"]) == 0
