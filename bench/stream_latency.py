@@ -37,11 +37,12 @@ cpu      server CPU time (user + system of its process, less its idle rate) per 
          target is a cost independent of length: the ratio of the longest to the shortest.
 load     ``--load-streams`` (default 32) concurrent real-time streams of about ``--load-seconds`` (default 20)
          each, several utterances 1.5 s apart: final (each stream's last utterance), word partial and word
-         covered latency, *lag growth*: how much the interims' lag (audio sent by a result's arrival - the
-         audio it covers, its ``end``) grew from the first to the last third of a stream (worst stream),
-         *send delay*: the worst delay of a chunk's send against its schedule (the SDK's send blocked), server
-         CPU in cores (and the bench's own), and *behind*: streams with an error, no final, lag growth or
-         send delay over 0.5 s.
+         covered latency, *interim lag*: audio sent by an interim's arrival - the audio it covers (its
+         ``end``), *lag growth*: how much a stream's median interim lag grew from the first to the last third
+         of its interims (worst stream), *send delay*: the worst delay of a chunk's send against its schedule
+         (the SDK's send blocked), server CPU in cores (and the bench's own), and *behind*: streams with an
+         error, no final, a final over 2 s after the end of speech, a median interim lag over 1 s, lag growth
+         or send delay over 0.5 s.
 
 The table has one column per model and, for each later model, its ratio to the first. ``--json`` writes every
 number. The bench's own clients share the 2 cores with the server, and so does anything else running.
@@ -80,6 +81,8 @@ LEAD_S, TRAIL_S = 0.5, 1.5  # silence before and after each utterance
 MARGIN_S = 0.1  # kept either side of a recording's voiced span
 MIN_S, MAX_S = 2.0, 8.0  # recordings used
 BEHIND_S = 0.5  # lag growth or send delay that counts as falling behind
+BEHIND_LAG_S = 1.0  # so does a stream's median interim lag over this
+BEHIND_FINAL_S = 2.0  # or a final this long after the end of speech
 STAGGER_S = 0.037  # clients do not all start on the same millisecond (as bench/load.py)
 CPU_AUDIO_S = 15.0  # least audio per length in the CPU measure (short ones are played several times)
 IDLE_S = 3.0  # how long the idle server's CPU rate is measured
@@ -222,19 +225,38 @@ def send_delay(sent: Sequence[float]) -> float:
     return max((t - sent[0] - k * CHUNK_S for k, t in enumerate(sent)), default=0.0)
 
 
-def lag_growth(log: StreamLog) -> float | None:
-    """Median interim lag (audio sent by its arrival - its ``end``) in the last third of the stream's
-    interims less that in the first third; ``None`` with fewer than three interims."""
+def interim_lags(log: StreamLog) -> list[float]:
+    """Each interim's lag: the audio sent by its arrival - the audio it covers (its ``end``), seconds."""
     sent = np.array(log.sent)
-    lags = [
-        np.searchsorted(sent, arrival, side="right") * CHUNK_S - end
+    return [
+        float(np.searchsorted(sent, arrival, side="right") * CHUNK_S - end)
         for arrival, is_final, _, end in log.results
         if not is_final
     ]
+
+
+def lag_growth(lags: Sequence[float]) -> float | None:
+    """Median lag of the last third of a stream's interims less that of the first third; ``None`` with
+    fewer than three."""
     if len(lags) < 3:
         return None
     third = len(lags) // 3
     return float(np.median(lags[-third:]) - np.median(lags[:third]))
+
+
+def fell_behind(log: StreamLog, final: float | None) -> bool:
+    """An error, no final, a final more than ``BEHIND_FINAL_S`` after the end of speech, interims more than
+    ``BEHIND_LAG_S`` behind the audio (median) or ``BEHIND_S`` further behind at the end than at the start,
+    or a chunk sent ``BEHIND_S`` late."""
+    lags = interim_lags(log)
+    return (
+        log.error is not None
+        or final is None
+        or final > BEHIND_FINAL_S
+        or send_delay(log.sent) > BEHIND_S
+        or (lag_growth(lags) or 0.0) > BEHIND_S
+        or (bool(lags) and float(np.median(lags)) > BEHIND_LAG_S)
+    )
 
 
 # ---- test audio ----
@@ -410,19 +432,16 @@ def measure_load(target: str, pid: int, clips: Sequence[Clip], config: Any) -> d
     wall = time.perf_counter() - w0
     cores, client_cores = (cpu_seconds(pid) - c0) / wall, (time.process_time() - own) / wall
     out = summarise(clips, logs)
-    growth = [lag_growth(log) for log in logs]
-    delays = [send_delay(log.sent) for log in logs]
+    lags = [interim_lags(log) for log in logs]
+    growth = [g for g in map(lag_growth, lags) if g is not None]
     finals = [final_latency(c, log) for c, log in zip(clips, logs, strict=True)]
-    behind = [
-        log.error is not None or f is None or (g or 0.0) > BEHIND_S or d > BEHIND_S
-        for log, f, g, d in zip(logs, finals, growth, delays, strict=True)
-    ]
     out.update(
         server_cpu_cores=cores,
         client_cpu_cores=client_cores,
-        lag_growth_ms=1000 * max((g for g in growth if g is not None), default=float("nan")),
-        send_delay_ms=1000 * max(delays, default=0.0),
-        behind=sum(behind),
+        interim_lag=percentiles([x for stream in lags for x in stream]),
+        lag_growth_ms=1000 * max(growth, default=float("nan")),
+        send_delay_ms=1000 * max((send_delay(log.sent) for log in logs), default=0.0),
+        behind=sum(fell_behind(log, f) for log, f in zip(logs, finals, strict=True)),
     )
     print(f"  load: {out}", file=sys.stderr, flush=True)
     return out
@@ -498,6 +517,8 @@ def table_rows(args: argparse.Namespace) -> list[Row]:
             (("word_partial", "p95_ms"), "word partial, p95 ms"),
             (("word_covered", "p50_ms"), "word covered, p50 ms"),
             (("word_covered", "p95_ms"), "word covered, p95 ms"),
+            (("interim_lag", "p50_ms"), "interim lag, p50 ms"),
+            (("interim_lag", "p95_ms"), "interim lag, p95 ms"),
             (("lag_growth_ms",), "interim lag growth, worst stream, ms"),
             (("send_delay_ms",), "send delay, worst chunk, ms"),
             (("server_cpu_cores",), "server CPU, cores"),

@@ -15,9 +15,11 @@ from bench.stream_latency import (
     continuous,
     covered_latencies,
     end_of_speech,
+    fell_behind,
     final_latency,
     first_seen,
     hypotheses,
+    interim_lags,
     lag_growth,
     ratio,
     send_delay,
@@ -86,17 +88,24 @@ def test_latencies_run_from_the_send_of_the_chunk_holding_the_instant() -> None:
     assert covered_latencies(clip, log) == pytest.approx([11.3 - 10.9, 12.5 - 11.5])
 
 
-def test_send_delay_and_lag_growth_show_a_stream_falling_behind() -> None:
-    sent = [0.1 * k for k in range(10)]
+def test_send_delay_lag_and_falling_behind() -> None:
+    sent = [0.1 * k for k in range(30)]
     assert send_delay(sent) == pytest.approx(0.0, abs=1e-9)
     assert send_delay([*sent[:5], 0.9, 1.0]) == pytest.approx(0.4)
-    steady = StreamLog(sent=sent, results=[(0.1 * k + 0.05, False, "x", 0.1 * k) for k in range(1, 9)])
-    assert lag_growth(steady) == pytest.approx(0.0, abs=1e-9)
-    late = StreamLog(
-        sent=sent, results=[(0.1 * k + 0.05, False, "x", 0.1 * k - 0.05 * k) for k in range(1, 9)]
-    )
-    assert (lag_growth(late) or 0.0) > 0.2
-    assert lag_growth(StreamLog(sent=sent, results=[(0.5, False, "x", 0.3)])) is None
+    steady = StreamLog(sent=sent, results=[(0.1 * k + 0.05, False, "x", 0.1 * k - 0.2) for k in range(1, 29)])
+    assert interim_lags(steady) == pytest.approx(
+        [0.3] * 28
+    )  # chunk k, sent at 0.1 k, holds audio to 0.1 (k + 1)
+    assert lag_growth(interim_lags(steady)) == pytest.approx(0.0, abs=1e-9)
+    assert lag_growth([0.1, 0.5]) is None
+    assert not fell_behind(steady, final=0.8)
+    assert fell_behind(steady, final=None) and fell_behind(steady, final=2.5)
+    # interims losing 50 ms per 100 ms of audio: the lag grows
+    late = StreamLog(sent=sent, results=[(0.1 * k + 0.05, False, "x", 0.05 * k) for k in range(1, 29)])
+    assert (lag_growth(interim_lags(late)) or 0.0) > 0.5 and fell_behind(late, final=0.8)
+    # a constant lag of 1.5 s does not grow, but it is behind all the same
+    far = StreamLog(sent=sent, results=[(0.1 * k + 0.05, False, "x", 0.1 * k - 1.5) for k in range(1, 29)])
+    assert lag_growth(interim_lags(far)) == pytest.approx(0.0, abs=1e-9) and fell_behind(far, final=0.8)
 
 
 def test_table_cells_and_ratios() -> None:
