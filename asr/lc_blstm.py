@@ -22,6 +22,7 @@ position and carried state in its own :class:`EncoderStream`. The two give the s
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -52,13 +53,20 @@ def _flip_valid(x: Tensor, lengths: Tensor) -> Tensor:
 
 
 def lc_layer(
-    lstm: nn.LSTM, windows: Tensor, valid: Tensor, chunk: int, state: tuple[Tensor, Tensor] | None
+    lstm: nn.LSTM,
+    windows: Tensor,
+    valid: Tensor,
+    chunk: int,
+    state: tuple[Tensor, Tensor] | None,
+    ahead: bool = True,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """One LC-BLSTM layer over ``windows (B, K, W, D)``: K consecutive windows of each of B sequences,
     each ``chunk`` frames plus ``W - chunk`` look-ahead frames, ``valid (B, K)`` of them real.
 
     ``state``: the forward direction's ``(h, c)``, each ``(1, B, H)``, before window 0 (None: zeros).
-    Returns ``(B, K, W, 2H)`` and the forward state after the last chunk."""
+    Returns ``(B, K, W, 2H)`` and the forward state after the last chunk; without ``ahead`` only the chunks'
+    frames, ``(B, K, chunk, 2H)`` (the last layer: nothing reads its look-ahead, so the forward direction
+    does not run over it)."""
     b, k, w, d = windows.shape
     fwd_chunks, heads = [], []
     for i in range(k):  # the forward direction carries its state from chunk to chunk
@@ -67,16 +75,16 @@ def lc_layer(
         heads.append((h, c))
         state = (h, c)
     fwd = torch.stack(fwd_chunks, 1)  # (B, K, chunk, H)
-    if w > chunk:  # the look-ahead: on from each chunk's end state, all windows in one call
+    if w > chunk and ahead:  # the look-ahead: on from each chunk's end state, all windows in one call
         h0 = torch.cat([h for h, _ in heads], 1)  # (1, K * B, H), window-major like ``ahead``
         c0 = torch.cat([c for _, c in heads], 1)
-        ahead = windows[:, :, chunk:].transpose(0, 1).reshape(k * b, w - chunk, d)
-        la, _, _ = _run(lstm, ahead, (h0, c0), reverse=False)
+        la_in = windows[:, :, chunk:].transpose(0, 1).reshape(k * b, w - chunk, d)
+        la, _, _ = _run(lstm, la_in, (h0, c0), reverse=False)
         fwd = torch.cat([fwd, la.view(k, b, w - chunk, -1).transpose(0, 1)], 2)
     flat = windows.reshape(b * k, w, d)
     lengths = valid.reshape(b * k)
     bwd, _, _ = _run(lstm, _flip_valid(flat, lengths), None, reverse=True)
-    bwd = _flip_valid(bwd, lengths).view(b, k, w, -1)
+    bwd = _flip_valid(bwd, lengths).view(b, k, w, -1)[:, :, : fwd.size(2)]
     assert state is not None
     return torch.cat([fwd, bwd], -1), state
 
@@ -151,7 +159,9 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
                 windows, valid = _pyramid(windows, valid)
                 chunk //= 2
             assert isinstance(lstm, nn.LSTM)
-            windows, state = lc_layer(lstm, windows, valid, chunk, None if states is None else states[i])
+            last = i == len(self.layers) - 1
+            state0 = None if states is None else states[i]
+            windows, state = lc_layer(lstm, windows, valid, chunk, state0, ahead=not last)
             new_states.append(state)
             windows = self.dropout(windows)
         return windows, new_states
@@ -162,12 +172,22 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
 
     def ready(self, stream: EncoderStream) -> bool:
         """Whether :meth:`step` would encode a chunk of ``stream`` now."""
-        start, exact = self._layer0_span(stream)
         if stream.finished:
             return stream.emitted < int(
                 self.config.output_lengths(torch.tensor(stream.consumed + stream.frames.size(0)))
             )
-        return exact - start >= self.window0
+        return self.frames_short(stream) == 0
+
+    def frames_short(self, stream: EncoderStream) -> int:
+        """Feature frames ``stream`` needs beyond those it holds before :meth:`ready` (0: ready now;
+        ``sys.maxsize`` for a finished stream that is not ready: no more chunks come)."""
+        if stream.finished:
+            return 0 if self.ready(stream) else sys.maxsize
+        start = stream.emitted * self.scale - stream.consumed // self.front_scale
+        end = start + self.window0  # one past the window's last layer-0 frame
+        # with the front end, layer-0 frame j is exact once the buffer holds features to 2j+3 (_layer0_span)
+        need = 2 * end + 2 if self.front is not None else end
+        return max(need - stream.frames.size(0), 0)
 
     @property
     def window0(self) -> int:
@@ -192,15 +212,11 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
 
         Returns each stream's new encoder frames ``(n, D)``: ``chunk_frames`` of them, fewer at the end of a
         finished stream; its state, position and buffer move on."""
-        windows, valid, sizes = [], [], []
-        for s in streams:
-            win, n_valid, n_out = self._front_window(s)
-            windows.append(win)
-            valid.append(n_valid)
-            sizes.append(n_out)
-        batch = torch.stack(windows, 0)[:, None]  # (N, 1, W, D)
+        batch, valid, sizes = self._front_windows(streams)
         states = self._stacked_states(streams, batch)
-        out, new_states = self._windows(batch, torch.tensor(valid, device=batch.device)[:, None], states)
+        out, new_states = self._windows(
+            batch[:, None], torch.tensor(valid, device=batch.device)[:, None], states
+        )
         results = []
         for j, s in enumerate(streams):
             s.state = [(h[:, j : j + 1], c[:, j : j + 1]) for h, c in new_states]
@@ -217,19 +233,26 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
             for i in range(len(self.layers))
         ]
 
-    def _front_window(self, s: EncoderStream) -> tuple[Tensor, int, int]:
-        """The stream's next window of layer-0 frames ``(W0, D)``, how many of them are real, and how many
-        encoder frames it yields."""
-        start, exact = self._layer0_span(s)
-        if self.front is not None:
-            y, _ = self.front(s.frames[None], torch.tensor([s.frames.size(0)], device=s.frames.device))
-            layer0 = y[0, start:exact]
-        else:
-            layer0 = s.frames[start:exact]
+    def _front_windows(self, streams: list[EncoderStream]) -> tuple[Tensor, list[int], list[int]]:
+        """The streams' next windows of layer-0 frames ``(N, W0, D)``, how many frames of each are real, and
+        how many encoder frames each yields. The front end runs once for all of them, each over the features
+        its window reaches (they are zero-padded to the longest, and it masks the padding): every frame is
+        the one the stream's own buffer alone would give."""
         w0 = self.window0
-        n_valid = min(w0, layer0.size(0))
-        window = nn.functional.pad(layer0[:w0], (0, 0, 0, w0 - n_valid))
-        return window, n_valid, min(self.config.chunk_frames, n_valid // self.scale)
+        spans = [self._layer0_span(s) for s in streams]
+        if self.front is None:
+            layer0 = [s.frames[start:exact] for s, (start, exact) in zip(streams, spans, strict=True)]
+        else:
+            # layer-0 frames start .. start+w0-1 reach features up to 2(start+w0)+1 (see _layer0_span)
+            feats = [s.frames[: 2 * (start + w0) + 2] for s, (start, _) in zip(streams, spans, strict=True)]
+            lengths = torch.tensor([f.size(0) for f in feats], device=feats[0].device)
+            y, _ = self.front(nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths)
+            layer0 = [y[j, start : min(exact, start + w0)] for j, (start, exact) in enumerate(spans)]
+        valid = [min(w0, x.size(0)) for x in layer0]
+        pads = zip(layer0, valid, strict=True)
+        windows = torch.stack([nn.functional.pad(x[:w0], (0, 0, 0, w0 - v)) for x, v in pads])
+        sizes = [min(self.config.chunk_frames, v // self.scale) for v in valid]
+        return windows, valid, sizes
 
     def _drop_encoded(self, s: EncoderStream) -> None:
         """Drop the features no later window needs (the front end keeps 4 frames of left context, from an

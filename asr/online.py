@@ -35,7 +35,6 @@ chunked encoder over whole pieces.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 import torch
@@ -99,17 +98,8 @@ class OnlineRecognizer(Recognizer):
         return Utterance(es, start)
 
     def _frames_short(self, es: EncoderStream) -> int:
-        """Feature frames ``es`` needs beyond those it holds before :meth:`LCBLSTMEncoder.ready` holds (0:
-        ready now). Found by asking ``ready`` of size-only copies, so it never second-guesses the encoder."""
-        n = es.frames.size(0)
-        limit = 2 * self.encoder.window0 * self.encoder.front_scale + 8
-        for extra in range(limit):
-            probe = EncoderStream(torch.empty(n + extra, 0), es.consumed, None, es.emitted, es.finished)
-            if self.encoder.ready(probe):
-                return extra
-            if es.finished:
-                break
-        return sys.maxsize if es.finished else limit  # finished: no more chunks
+        """Feature frames ``es`` needs beyond those it holds before its next chunk (0: ready now)."""
+        return self.encoder.frames_short(es)
 
     def has_final(self, stream: Stream) -> bool:
         if not isinstance(stream, OnlineStream):

@@ -46,7 +46,7 @@ from asr.audio import SAMPLE_RATE  # noqa: E402
 from asr.checkpoint import load_model  # noqa: E402
 from asr.decoding import DecodingOptions  # noqa: E402
 from asr.online import OnlineRecognizer  # noqa: E402
-from asr.stream_state import StreamOptions, StreamResult  # noqa: E402
+from asr.stream_state import Stream, StreamOptions, StreamResult  # noqa: E402
 from asr.streaming import RecognizerConfig  # noqa: E402
 from bench.stream_latency import DEFAULT_DATA, read_sources  # noqa: E402
 
@@ -125,7 +125,7 @@ class Timers:
 
 def play(rec: OnlineRecognizer, clips: Sequence[np.ndarray]) -> list[list[StreamResult]]:
     """Every clip on its own stream, 100 ms at a time in lockstep; each stream's results."""
-    streams = [rec.create_stream(OPTIONS) for _ in clips]
+    streams: list[Stream] = [rec.create_stream(OPTIONS) for _ in clips]
     results: list[list[StreamResult]] = [[] for _ in clips]
     n = max(len(c) for c in clips)
     for i in range(0, n + CHUNK, CHUNK):
@@ -157,7 +157,8 @@ def profiled(top: int) -> Iterator[None]:
         yield
     finally:
         prof.disable()
-        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(top)
+        for key in ("tottime", "cumulative"):
+            pstats.Stats(prof, stream=sys.stdout).sort_stats(key).print_stats(top)
 
 
 def measure(model: Any, speech: Sequence[np.ndarray], n: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -4,12 +4,13 @@ agree where they must, and differ where the look-ahead is all the future a frame
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 import torch
 
 from asr.encoder import EncoderConfig, PyramidalBLSTMEncoder
-from asr.lc_blstm import LCBLSTMEncoder
+from asr.lc_blstm import EncoderStream, LCBLSTMEncoder
 
 
 def _config(**kw: int) -> EncoderConfig:
@@ -122,3 +123,57 @@ def test_config_rejects_look_ahead_without_chunks() -> None:
         EncoderConfig(lookahead_frames=2)
     with pytest.raises(ValueError, match="chunk_frames > 0"):
         LCBLSTMEncoder(EncoderConfig())
+
+
+def _front_window_alone(lc: LCBLSTMEncoder, s: EncoderStream) -> torch.Tensor:
+    """The stream's next window as one stream's whole buffer through the front end gives it."""
+    start, exact = lc._layer0_span(s)
+    assert lc.front is not None
+    y, _ = lc.front(s.frames[None], torch.tensor([s.frames.size(0)]))
+    layer0 = y[0, start:exact][: lc.window0]
+    return torch.nn.functional.pad(layer0, (0, 0, 0, lc.window0 - layer0.size(0)))
+
+
+def test_front_end_of_many_streams_in_one_call_equals_each_alone() -> None:
+    """Streams at different places, with buffers of different lengths, some finished: the batched front end
+    gives each window what the stream's own buffer alone gives (up to rounding: the convolution's kernels
+    differ with the input's shape, as they did before between buffers of different lengths)."""
+    lc, _ = _pair(_config())
+    streams = [lc.new_stream() for _ in range(5)]
+    gen = torch.Generator().manual_seed(3)
+    for k, s in enumerate(streams):
+        s.push(X[k % 3, : 40 + 13 * k])
+        for _ in range(k):  # move on k chunks
+            lc.step([s])
+        s.push(torch.randn(int(torch.randint(0, 9, (), generator=gen)), 16, generator=gen))
+        if k % 2:
+            s.finish()
+    ready = [s for s in streams if lc.ready(s)]
+    assert len(ready) >= 4
+    windows, valid, _ = lc._front_windows(ready)
+    for j, s in enumerate(ready):
+        torch.testing.assert_close(windows[j], _front_window_alone(lc, s), atol=1e-6, rtol=1e-6)
+        start, exact = lc._layer0_span(s)
+        assert valid[j] == min(lc.window0, exact - start)
+
+
+@pytest.mark.parametrize("conv", [8, 0])
+def test_frames_short_is_exactly_what_ready_waits_for(conv: int) -> None:
+    lc, _ = _pair(_config(conv_channels=conv))
+    s = lc.new_stream()
+    feats = X[0]
+    t = 0
+    while t + lc.frames_short(s) <= feats.size(0):
+        short = lc.frames_short(s)
+        if short:
+            s.push(feats[t : t + short - 1])
+            assert not lc.ready(s) and lc.frames_short(s) == 1
+            s.push(feats[t + short - 1 : t + short])
+            t += short
+        assert lc.ready(s) and lc.frames_short(s) == 0
+        lc.step([s])
+    s.finish()
+    while lc.ready(s):
+        assert lc.frames_short(s) == 0
+        lc.step([s])
+    assert lc.frames_short(s) == sys.maxsize
