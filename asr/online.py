@@ -9,8 +9,9 @@ alike), but nothing is decoded twice:
   own 512 samples only), normalised, and pushed into the open utterance's
   :class:`~asr.lc_blstm.EncoderStream`;
 * **chunks**: each ``decode_streams`` call encodes the next chunk of every given stream that has one in a
-  single :meth:`~asr.lc_blstm.LCBLSTMEncoder.step` (the cross-stream batching, per chunk); each chunk is
-  encoded once;
+  single :meth:`~asr.lc_blstm.LCBLSTMEncoder.step` (the cross-stream batching, per chunk), one chunk per
+  stream per call until its input ends (a stream that is behind stays ready for the next call); each chunk
+  is encoded once;
 * **partials**: greedy CTC over each new chunk extends the utterance's token sequence; a partial goes out
   whenever its text changes (at most once per chunk);
 * **endpoints**: a run of ``blank_ms`` of CTC blanks after the utterance's first token ends it (the model
@@ -128,7 +129,10 @@ class OnlineRecognizer(Recognizer):
         self._decode_closed(online)
 
     def _encode_ready(self, streams: list[OnlineStream]) -> None:
-        """Round after round, the next chunk of every stream that has one, in one ``encoder.step`` each."""
+        """The next chunk of every stream that has one, in one ``encoder.step``; further rounds only for the
+        streams whose input has ended, so that their last final comes in this call. A stream that has fallen
+        behind encodes one chunk per call: it stays ready and its next chunk goes in the next call, batched
+        with the other streams' (whose partials would otherwise wait for its backlog)."""
         while True:
             ready = []
             for s in streams:
@@ -145,6 +149,7 @@ class OnlineRecognizer(Recognizer):
             for s, out, labels in zip(ready, outs, ids, strict=True):
                 with s.lock:
                     self._heard(s, out, labels.tolist())
+            streams = [s for s in ready if s.input_done]
 
     def _feed(self, s: OnlineStream) -> bool:
         """Turn the stream's whole feature frames into normalised features for its encoder (and end them at

@@ -128,6 +128,24 @@ def test_each_chunk_is_encoded_once(
     assert rec.chunk_steps <= frames / chunk + 20  # whole chunks, but for the last of each utterance
 
 
+def test_a_stream_behind_encodes_one_chunk_per_call_until_its_input_ends(
+    model: Transcriber, speech: list[np.ndarray]
+) -> None:
+    """A second of audio at once: each call encodes one chunk of it (the stream stays ready, and a stream
+    that keeps up is not held up by the backlog); after ``input_finished`` one call encodes the rest."""
+    rec = OnlineRecognizer(model)
+    behind, live = rec.create_stream(OPTS), rec.create_stream(OPTS)
+    rec.accept_audio(behind, speech[0][:SAMPLE_RATE])
+    rec.accept_audio(live, speech[1][: 3 * CHUNK])
+    rec.decode_streams([behind, live])
+    assert rec.chunk_steps == 1 and rec.is_ready(behind) and not rec.is_ready(live)
+    rec.decode_streams([behind])
+    assert rec.chunk_steps == 2 and rec.is_ready(behind)
+    rec.input_finished(behind)
+    rec.decode_streams([behind])
+    assert not rec.is_ready(behind) and behind.is_done
+
+
 def test_streams_share_one_encoder_step_per_chunk(model: Transcriber, speech: list[np.ndarray]) -> None:
     audios = [np.concatenate([silence(0.3), speech[i], silence(0.8)]) for i in (0, 1, 2)]
     alone = []
