@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -134,11 +135,7 @@ class OnlineRecognizer(Recognizer):
         behind encodes one chunk per call: it stays ready and its next chunk goes in the next call, batched
         with the other streams' (whose partials would otherwise wait for its backlog)."""
         while True:
-            ready = []
-            for s in streams:
-                with s.lock:
-                    if not s.ended and self._feed(s):
-                        ready.append(s)
+            ready = self._feed(streams)
             if not ready:
                 return
             outs = self.encoder.step([s.open.encoder for s in ready])
@@ -151,18 +148,37 @@ class OnlineRecognizer(Recognizer):
                     self._heard(s, out, labels.tolist())
             streams = [s for s in ready if s.input_done]
 
-    def _feed(self, s: OnlineStream) -> bool:
-        """Turn the stream's whole feature frames into normalised features for its encoder (and end them at
-        the end of input); whether a chunk is ready."""
-        es = s.open.encoder
-        samples = s.take_samples()
-        if samples is not None:
-            wave = torch.from_numpy(samples).to(self.model.device)[None]
-            feats, _ = self.model.features(wave, torch.tensor([wave.size(1)], device=wave.device))
-            es.push(self.model.cmvn(feats[0]))
-        if s.input_done and not es.finished:
-            es.finish()
-        return self.encoder.ready(es)
+    def _feed(self, streams: list[OnlineStream]) -> list[OnlineStream]:
+        """Turn the streams' whole feature frames into normalised features for their encoders (and end them
+        at the end of input); the streams with a chunk ready."""
+        taken = []
+        for s in streams:
+            with s.lock:
+                if not s.ended:
+                    taken.append((s, s.take_samples()))
+        fed = [(s, x) for s, x in taken if x is not None]
+        for (s, _), feats in zip(fed, self._features([x for _, x in fed]), strict=True):
+            s.open.encoder.push(feats)
+        ready = []
+        for s, _ in taken:
+            with s.lock:
+                es = s.open.encoder
+                if s.input_done and not es.finished:
+                    es.finish()
+                if self.encoder.ready(es):
+                    ready.append(s)
+        return ready
+
+    def _features(self, samples: list[np.ndarray]) -> list[Tensor]:
+        """Normalised log-mel frames ``(T_i, n_mels)`` of each of ``samples`` (whole frames), in one call:
+        zero-padded to the longest, each keeps its own frames (a frame reads its own samples only)."""
+        if not samples:
+            return []
+        lengths = torch.tensor([len(x) for x in samples], device=self.model.device)
+        wave = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(x) for x in samples], batch_first=True)
+        feats, n = self.model.features(wave.to(self.model.device), lengths)
+        feats = self.model.cmvn(feats)
+        return [feats[i, :k] for i, k in enumerate(n.tolist())]
 
     def _heard(self, s: OnlineStream, out: Tensor, labels: list[int]) -> None:
         """A chunk's encoder frames ``(n, D)`` and greedy labels: extend the utterance, send a partial if its

@@ -57,6 +57,7 @@ OPTIONS = StreamOptions(decoding=DecodingOptions(beam_size=8))  # server.config'
 # overlap their parents
 PARTS = (
     ("accept (VAD)", "rec", "accept_audio"),
+    ("features", "rec", "_features"),
     ("features", "model.frontend", "forward"),
     ("features", "model.cmvn", "forward"),
     ("front end", "encoder", "_front_window"),
