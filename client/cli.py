@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP threads that spin while they wait cost 30-60x the CPU when the cores are shared (a server beside
+    # other work; bench/online_cpu.py measured it); sleeping ones cost nothing. It must be set before torch
+    # is first imported, which build_parser does. An explicit OMP_WAIT_POLICY wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
