@@ -4,11 +4,13 @@
     python bench/stream_wer.py exp/data/so762/valid.jsonl --tail-ms 300 800 --silence-ms 800 3000
 
 Offline, each recording is decoded whole (``asr.transcribe``). Streamed, it gets ``--lead`` seconds of
-silence before and ``--trail`` after and goes through :class:`asr.streaming.Recognizer` as one stream (all
+silence before and ``--trail`` after and goes through the model's streaming recognizer as one stream (all
 audio at once: the endpointer's decisions do not depend on chunking), whose finals are joined. The endpointer
 cuts where a speaker pauses for ``silence_ms``, drops the audio more than ``pre_speech_ms`` before an onset,
 and (early finals) keeps ``final_tail_ms`` of silence after the speech: each pair of ``--silence-ms`` and
-``--tail-ms`` is one row, with the WER, CER and segments per recording. Default decoding (beam 10) for all.
+``--tail-ms`` is one row, with the WER, CER and segments per recording. A streaming model
+(:mod:`asr.online`) also ends an utterance after ``blank_ms`` of CTC blanks and has no early finals: its rows
+pair ``--silence-ms`` with ``--blank-ms``. Default decoding (beam 10) for all.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="first N utterances (0: all)")
     p.add_argument("--silence-ms", type=int, nargs="+", default=[800], help="endpoint silences to try")
     p.add_argument("--tail-ms", type=int, nargs="+", default=[300, 800], help="final tails to try")
+    p.add_argument(
+        "--blank-ms",
+        type=int,
+        nargs="+",
+        default=[240],
+        help="streaming models (asr.online): CTC blank runs ending an utterance (0: energy rule only)",
+    )
     p.add_argument("--lead", type=float, default=0.5, help="seconds of silence before each recording")
     p.add_argument("--trail", type=float, default=1.0, help="seconds of silence after each recording")
     p.add_argument("--batch", type=int, default=16, help="streams per decode call")
@@ -55,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from asr.checkpoint import load_model
     from asr.data.dataset import load_utterance
-    from asr.streaming import EndpointConfig, Recognizer, StreamOptions
+    from asr.online import make_recognizer
+    from asr.streaming import EndpointConfig, StreamOptions
     from asr.transcribe import transcribe_batch
 
     torch.set_num_threads(args.threads)
@@ -74,12 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     row = "{:<38} | {:6.2%} | {:6.2%} | {:12.2f} | {:7.1f}"
     print(row.format("offline (whole recordings)", wer, cer, 1.0, time.perf_counter() - t0), flush=True)
 
-    rec = Recognizer(model)
+    rec = make_recognizer(model)
+    online = model.config.encoder.streaming  # chunk by chunk: the blank rule, no early finals (no tails)
     lead = np.zeros(int(args.lead * SAMPLE_RATE), np.float32)
     trail = np.zeros(int(args.trail * SAMPLE_RATE), np.float32)
-    for silence, tail in itertools.product(args.silence_ms, args.tail_ms):
+    for silence, tail in itertools.product(args.silence_ms, args.blank_ms if online else args.tail_ms):
         t0 = time.perf_counter()
-        ep = EndpointConfig(silence_ms=silence, final_tail_ms=tail)
+        ep = (
+            EndpointConfig(silence_ms=silence, blank_ms=tail)
+            if online
+            else EndpointConfig(silence_ms=silence, final_tail_ms=tail)
+        )
         opts = StreamOptions(endpoint=ep, interim_results=False)
         streams = []
         for w in waves:
@@ -93,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         hyps = [" ".join(r.text for r in f if r.text) for f in finals]
         wer, cer = scores(refs, hyps)
         segs = sum(map(len, finals)) / len(finals)
-        name = f"streamed, silence {silence} ms, tail {min(tail, silence)} ms"
+        name = f"streamed, silence {silence} ms, " + (
+            f"blank {tail} ms" if online else f"tail {min(tail, silence)} ms"
+        )
         print(row.format(name, wer, cer, segs, time.perf_counter() - t0), flush=True)
     return 0
 
