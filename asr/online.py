@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 
 __all__ = ["OnlineRecognizer", "OnlineStream", "make_recognizer"]
 
+MIN_FINAL_MS = 200  # shorter utterances get no final
+
 
 def make_recognizer(
     model: ASRModel, config: RecognizerConfig | None = None, lm: LanguageModel | None = None
@@ -195,11 +197,14 @@ class OnlineRecognizer(Recognizer):
         if len(utt.tokens) > before and s.options.interim_results:
             s._add_result(self._partial(s))
         ep = s.options.endpoint
+        pos = utt.start + utt.num_frames * self.samples_per_frame  # the stream sample encoded up to
         blank_end = bool(utt.tokens) and ep.blank_ms > 0 and utt.blank_run * self.frame_ms >= ep.blank_ms
-        if blank_end or utt.num_frames * self.frame_ms >= ep.max_segment_seconds * 1000:
+        energy_end = bool(s.energy_ends) and pos >= s.energy_ends[0]
+        if blank_end or energy_end or utt.num_frames * self.frame_ms >= ep.max_segment_seconds * 1000:
             self._cut(s, final=True)
             return
-        idle = not utt.tokens and not s.in_speech and not s.endpointer.speech_run
+        ahead = self.encoder.window0 * self.encoder.front_scale * self.hop  # the audio the last window read
+        idle = not utt.tokens and not s._heard_speech(utt.start, pos + ahead)
         if idle and utt.num_frames * self.frame_ms >= max(ep.pre_speech_ms, self.frame_ms):
             self._cut(s, final=False)  # nothing heard: start again, without the lead of silence
 
@@ -224,10 +229,12 @@ class OnlineRecognizer(Recognizer):
         es = old.encoder
         cut = old.start + old.num_frames * self.samples_per_frame
         nxt = self._new_utterance(cut)
-        if not es.finished:
-            first = old.num_frames * self.feats_per_frame - es.consumed
-            nxt.encoder.push(es.frames[first:])
-        s._cut(cut, nxt, final)
+        rest = es.frames[old.num_frames * self.feats_per_frame - es.consumed :]
+        if rest.size(0):  # also when the input has ended: a blank endpoint may come before the last chunk
+            nxt.encoder.push(rest)
+        # A fragment (the end of input a few frames after a blank endpoint) gets no final: the attention
+        # decoder invents words for a few frames of audio.
+        s._cut(cut, nxt, final and old.num_frames * self.frame_ms >= MIN_FINAL_MS)
 
     def _settle(self, s: OnlineStream) -> None:
         """After the chunks: the energy endpoint and the end of input close the open utterance; then note what
@@ -237,8 +244,6 @@ class OnlineRecognizer(Recognizer):
         if s.input_done and not s.flushed and not self.encoder.ready(s.open.encoder):
             self._cut(s, final=True)
             s.flushed = True
-        elif s.energy_end:
-            self._cut(s, final=True)
         s.short = self._frames_short(s.open.encoder)
 
     def _decode_closed(self, streams: list[OnlineStream]) -> None:

@@ -64,7 +64,12 @@ class OnlineStream(Stream):
         self.audio: list[np.ndarray] = []  # audio from the open utterance's start on
         self.audio_start = 0
         self.short = short  # feature frames the encoder needs before its next chunk (model thread sets it)
-        self.energy_end = False  # the energy VAD heard silence_ms of silence after speech
+        # Where the energy VAD's endpoints fall (stream samples: the end of the speech plus the segment tail),
+        # in order. The VAD looks at audio as it is accepted, which may be far ahead of the encoder (a client
+        # sending faster than real time): the recognizer cuts when its encoder passes each of them.
+        self.energy_ends: deque[int] = deque()
+        self.vad_samples = 0  # samples the VAD has looked at
+        self.speech_spans: deque[list[int]] = deque()  # [start, end) of the VAD's speech frames, in samples
         self.flushed = False  # input done, and its last chunk encoded and closed
         self.closed: deque[ClosedUtterance] = deque()
         self.idle_restarts = 0  # utterances dropped with no token heard
@@ -81,10 +86,19 @@ class OnlineStream(Stream):
     def _frame(self, frame: np.ndarray) -> None:
         vad = self.endpointer
         _, speech = vad.push(frame)
+        start, self.vad_samples = self.vad_samples, self.vad_samples + len(frame)
+        if speech:
+            if self.speech_spans and self.speech_spans[-1][1] == start:
+                self.speech_spans[-1][1] = self.vad_samples
+            else:
+                self.speech_spans.append([start, self.vad_samples])
         if speech and not self.in_speech and vad.onset:
             self.in_speech = True
         if self.in_speech and vad.endpoint:
-            self.energy_end = True
+            speech_end = self.vad_samples - vad.silence_run * len(frame)
+            self.energy_ends.append(speech_end + self.options.endpoint.tail_frames * len(frame))
+            self.in_speech = False
+            vad.utterance_ended()
 
     def _finish(self) -> None:
         self.input_done = True  # the residual under one VAD frame is in self.samples already
@@ -107,7 +121,7 @@ class OnlineStream(Stream):
 
     def _cut(self, cut: int, nxt: Utterance, final: bool) -> None:
         """End the open utterance at stream sample ``cut`` (where ``nxt`` starts). With ``final`` and a token
-        heard, it is queued for its final; otherwise it is dropped. The VAD starts a new utterance too."""
+        heard, it is queued for its final; otherwise dropped. Energy endpoints up to ``cut`` are spent."""
         joined = np.concatenate(self.audio) if self.audio else np.zeros(0, dtype=np.float32)
         k = cut - self.audio_start
         assert 0 <= k <= len(joined), "an utterance cut beyond the audio accepted"
@@ -124,9 +138,14 @@ class OnlineStream(Stream):
             self.ended = self.ended or closes
         elif not final:
             self.idle_restarts += 1
-        self.in_speech = False
-        self.energy_end = False
-        self.endpointer.utterance_ended()
+        while self.energy_ends and self.energy_ends[0] <= cut:  # endpoints of the audio just closed
+            self.energy_ends.popleft()
+        while self.speech_spans and self.speech_spans[0][1] <= cut:
+            self.speech_spans.popleft()
+
+    def _heard_speech(self, start: int, end: int) -> bool:
+        """Whether the energy VAD heard speech in stream samples ``[start, end)``."""
+        return any(a < end and b > start for a, b in self.speech_spans)
 
     # -- scheduling ------------------------------------------------------------------------------------------
 
@@ -141,7 +160,7 @@ class OnlineStream(Stream):
     def _final_due(self) -> bool:
         """Whether the next decode closes an utterance whatever the model hears (blank endpoints cannot be
         known before the chunk is encoded)."""
-        return bool(self.closed) or self.energy_end or (self.input_done and not self.flushed)
+        return bool(self.closed) or (self.input_done and not self.flushed)
 
     @property
     def is_done(self) -> bool:

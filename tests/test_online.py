@@ -251,3 +251,26 @@ def test_options_and_models_are_checked() -> None:
         OnlineRecognizer(tiny_model())
     assert type(make_recognizer(tiny_model())) is Recognizer
     assert isinstance(make_recognizer(chunked(tiny_model())), OnlineRecognizer)
+
+
+@pytest.mark.parametrize("blank_ms", [0, 240])
+def test_audio_sent_at_once_cuts_where_real_time_audio_does(
+    model: Transcriber, conversation: np.ndarray, streamed: tuple[OnlineRecognizer, list], blank_ms: int
+) -> None:
+    """A client faster than real time (a file sent whole): the energy VAD runs ahead of the encoder, and no
+    audio after a cut is lost, the input having ended before the last chunk was encoded."""
+    opts = dataclasses.replace(OPTS, endpoint=dataclasses.replace(OPTS.endpoint, blank_ms=blank_ms))
+    rec = OnlineRecognizer(model)
+    paced = [r for _, r in feed(rec, rec.create_stream(opts), conversation) if r.is_final]
+    s = rec.create_stream(opts)
+    rec.accept_audio(s, conversation)
+    rec.input_finished(s)
+    while not s.is_done:
+        rec.decode_streams([s])
+    at_once = [r for r in rec.pop_results(s) if r.is_final]
+    assert len(paced) == 2
+    assert [r.text for r in at_once] == [r.text for r in paced]
+    # a real-time stream learns of an energy endpoint silence_ms after the speech, when its encoder has passed
+    # the cut that audio sent at once gets: up to a chunk, its look-ahead and a message later
+    for a, p in zip(at_once, paced, strict=True):
+        assert abs(a.start - p.start) <= 0.4 and abs(a.end - p.end) <= 0.4, (a, p)
