@@ -3,6 +3,7 @@
     python bench/stream_latency.py                                   # default,streaming; every measure
     python bench/stream_latency.py --json exp/stream_latency.json
     python bench/stream_latency.py --models default --measures latency --utterances 3 --streams 1
+    python bench/stream_latency.py --models default,streaming,streaming@480 --measures latency  # blank 480
 
 For each of ``--models`` (names under models/ or checkpoint paths) the bench starts ``asr serve --model NAME``
 on loopback with ``--server-threads`` torch threads (the machine's 2 cores, as bench/load.py), one server at a
@@ -448,12 +449,14 @@ def measure_load(target: str, pid: int, clips: Sequence[Clip], config: Any) -> d
 
 
 def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any) -> dict[str, Any]:
-    """Start a server for ``name``, run the chosen measures on it, stop it."""
+    """Start a server for ``name``, run the chosen measures on it, stop it. ``NAME@MS``: the server's
+    default blank endpoint (``--blank-ms``) set to MS, e.g. ``streaming@480``."""
     from asr.checkpoint import resolve_model_path
 
+    model, _, blank = name.partition("@")
     try:
-        resolve_model_path(name)
-        proc, target = start_server(name, args.server_threads)
+        resolve_model_path(model)
+        proc, target = start_server(model, args.server_threads, {"ASR_BLANK_MS": blank} if blank else None)
     except (FileNotFoundError, SystemExit) as exc:
         print(f"  {name}: {exc}", file=sys.stderr)
         return {"error": str(exc)}

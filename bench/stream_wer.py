@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[240],
         help="streaming models (asr.online): CTC blank runs ending an utterance (0: energy rule only)",
     )
+    p.add_argument("--ctc-weight", type=float, help="CTC weight of the joint search, offline and streamed")
     p.add_argument("--lead", type=float, default=0.5, help="seconds of silence before each recording")
     p.add_argument("--trail", type=float, default=1.0, help="seconds of silence after each recording")
     p.add_argument("--batch", type=int, default=16, help="streams per decode call")
@@ -80,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(utts)} utterances, {sum(len(w) for w in waves) / SAMPLE_RATE / 3600:.2f} h", flush=True)
     print(f"{'decoding':<38} | {'WER':>6} | {'CER':>6} | segments/utt | seconds")
     t0 = time.perf_counter()
-    wer, cer = scores(refs, [t.text for t in transcribe_batch(model, waves, batch_size=args.batch)])
+    from asr.decoding import DecodingOptions
+
+    dec = DecodingOptions() if args.ctc_weight is None else DecodingOptions(ctc_weight=args.ctc_weight)
+    texts = [t.text for t in transcribe_batch(model, waves, dec, batch_size=args.batch)]
+    wer, cer = scores(refs, texts)
     row = "{:<38} | {:6.2%} | {:6.2%} | {:12.2f} | {:7.1f}"
     print(row.format("offline (whole recordings)", wer, cer, 1.0, time.perf_counter() - t0), flush=True)
 
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             if online
             else EndpointConfig(silence_ms=silence, final_tail_ms=tail)
         )
-        opts = StreamOptions(endpoint=ep, interim_results=False)
+        opts = StreamOptions(decoding=dec, endpoint=ep, interim_results=False)
         streams = []
         for w in waves:
             s = rec.create_stream(opts)
