@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh Debian machine with Python 3.11:
-#   make serve   -> the gRPC server on the bundled default model (port 50051, metrics on 9090)
+#   make serve   -> the gRPC server on the bundled models, default and streaming (port 50051, metrics on 9090)
 #   make test    -> the test suite (CPU only; slow and GPU tests are deselected)
 VENV    ?= .venv
 PYTHON  ?= python3
@@ -36,8 +36,9 @@ synth-deps: $(STAMP)
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYNTH_APT) >/dev/null
 	$(PY) -m pip install -q -e '.[dev,bench,synth]'
 
+# Both bundled models: requests get the default one unless they name `streaming` (RecognitionConfig.model).
 serve: $(STAMP)
-	$(VENV)/bin/asr serve $(SERVE_ARGS)
+	$(VENV)/bin/asr serve --model default,streaming $(SERVE_ARGS)
 
 # One BLAS/OpenMP thread per process: the tests run servers, clients and DDP workers side by side.
 test: $(STAMP) sysdeps

@@ -133,3 +133,18 @@ def test_bad_streaming_input_gets_invalid_argument(served: Served, audio: np.nda
         code_of(lambda: list(served.stub.StreamingRecognize(iter(audio_first))))
         == grpc.StatusCode.INVALID_ARGUMENT
     )
+
+
+def test_the_bundled_models_serve_together_from_disk() -> None:
+    """``make serve`` (``--model default,streaming``): both bundled checkpoints load by name, the streaming
+    one is chunked (its chunk and look-ahead in its checkpoint), within the 25 MB a bundled model may take."""
+    from asr.checkpoint import resolve_model_path
+    from server.app import _models_to_serve
+    from server.config import ServerConfig
+
+    assert resolve_model_path("streaming").stat().st_size < 25_000_000
+    models = _models_to_serve(ServerConfig(model="default,streaming"), None, None)
+    assert list(models) == ["default", "streaming"]
+    assert not models["default"].config.encoder.streaming
+    enc = models["streaming"].config.encoder
+    assert (enc.chunk_frames, enc.lookahead_frames) == (4, 4)
