@@ -197,7 +197,7 @@ class OnlineRecognizer(Recognizer):
         if len(utt.tokens) > before and s.options.interim_results:
             s._add_result(self._partial(s))
         ep = s.options.endpoint
-        pos = utt.start + utt.num_frames * self.samples_per_frame  # the stream sample encoded up to
+        pos = s.encoded_to = utt.start + utt.num_frames * self.samples_per_frame  # the sample encoded up to
         blank_end = bool(utt.tokens) and ep.blank_ms > 0 and utt.blank_run * self.frame_ms >= ep.blank_ms
         energy_end = bool(s.energy_ends) and pos >= s.energy_ends[0]
         if blank_end or energy_end or utt.num_frames * self.frame_ms >= ep.max_segment_seconds * 1000:
@@ -244,6 +244,8 @@ class OnlineRecognizer(Recognizer):
         if s.input_done and not s.flushed and not self.encoder.ready(s.open.encoder):
             self._cut(s, final=True)
             s.flushed = True
+        elif s.energy_ends and s.encoded_to >= s.energy_ends[0]:  # the VAD heard the end after the encoder
+            self._cut(s, final=True)
         s.short = self._frames_short(s.open.encoder)
 
     def _decode_closed(self, streams: list[OnlineStream]) -> None:

@@ -70,6 +70,7 @@ class OnlineStream(Stream):
         self.energy_ends: deque[int] = deque()
         self.vad_samples = 0  # samples the VAD has looked at
         self.speech_spans: deque[list[int]] = deque()  # [start, end) of the VAD's speech frames, in samples
+        self.encoded_to = 0  # the stream sample the open utterance is encoded up to (model thread sets it)
         self.flushed = False  # input done, and its last chunk encoded and closed
         self.closed: deque[ClosedUtterance] = deque()
         self.idle_restarts = 0  # utterances dropped with no token heard
@@ -160,7 +161,8 @@ class OnlineStream(Stream):
     def _final_due(self) -> bool:
         """Whether the next decode closes an utterance whatever the model hears (blank endpoints cannot be
         known before the chunk is encoded)."""
-        return bool(self.closed) or (self.input_done and not self.flushed)
+        energy_end = bool(self.energy_ends) and self.encoded_to >= self.energy_ends[0]
+        return bool(self.closed) or energy_end or (self.input_done and not self.flushed)
 
     @property
     def is_done(self) -> bool:
