@@ -198,8 +198,7 @@ def test_synth_speed_bench_reports_audio_per_cpu_second(capsys: pytest.CaptureFi
     assert bench.main(["--engines", "espeak-ng", "--utterances", "2", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["engine"] == "espeak-ng" and row["utterances"] == 2
-    assert (
-        row["audio_s"] > 1.0
-        and row["cpu_s"] > 0
-        and row["speed"] == pytest.approx(row["audio_s"] / row["cpu_s"], rel=0.1)
-    )
+    assert row["audio_s"] > 1.0 and row["cpu_s"] > 0
+    # cpu_s is printed to 2 decimals: a fast engine's few hundredths of a second bound the speed only so far
+    lo, hi = row["audio_s"] / (row["cpu_s"] + 0.005), row["audio_s"] / max(row["cpu_s"] - 0.005, 1e-3)
+    assert lo * 0.99 <= row["speed"] <= hi * 1.01, row
