@@ -88,7 +88,7 @@ def register(subparsers: Any) -> None:
     dec.add_argument(
         "--blank-ms", type=int,
         help="streaming models: a run of CTC blanks this long after speech ends an utterance; 0 turns it off "
-        "(server default: 240)",
+        "(server default: 0; 240 suits fluent speakers)",
     )
     dec.add_argument("--single-utterance", action="store_true", help="stop after the first utterance")
     add_phrase_args(dec)
