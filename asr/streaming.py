@@ -43,8 +43,9 @@ called from ``decode_streams``; call that from one thread at a time.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -61,6 +62,16 @@ if TYPE_CHECKING:
     from asr.model import ASRModel
 
 __all__ = ["EndpointConfig", "Recognizer", "RecognizerConfig", "Stream", "StreamOptions", "StreamResult"]
+
+
+class FinalPiece(Protocol):
+    """What a final is decoded from: a closed segment (:class:`Job`) or utterance (:mod:`asr.online`)."""
+
+    audio: np.ndarray
+    start: int  # stream sample of audio[0]
+    utterance: int
+    closes_stream: bool
+    closed_at: int  # stream samples accepted when it closed
 
 
 @dataclass(frozen=True)
@@ -235,44 +246,55 @@ class Recognizer:
     ) -> list[StreamResult]:
         """Finals of ``jobs[i] for i in idx``, which share the decoding options ``opts``: one beam search."""
         lengths = enc_lengths[idx]
-        sub = enc[idx, : int(lengths.max())]
-        starts = [jobs[i].start / SAMPLE_RATE for i in idx]
-        durations = [len(jobs[i].audio) / SAMPLE_RATE for i in idx]
-        word_times = any(jobs[i].stream.options.word_times for i in idx)
-        voiced = [voiced_span(jobs[i].audio) for i in idx] if word_times else None
-        audio = [jobs[i].audio for i in idx]
+        chosen = [jobs[i] for i in idx]
+        word_times = [j.stream.options.word_times for j in chosen]
+        return self._final_results(
+            chosen, word_times, opts, enc[idx, : int(lengths.max())], lengths, short=[short[i] for i in idx]
+        )
+
+    def _final_results(
+        self,
+        pieces: Sequence[FinalPiece],
+        word_times: list[bool],
+        opts: DecodingOptions,
+        enc: Tensor,
+        lengths: Tensor,
+        short: list[bool] | None = None,
+    ) -> list[StreamResult]:
+        """The finals of closed pieces of streams (encoder outputs ``enc`` with ``lengths``) that share the
+        decoding options ``opts``: one beam search, words timed from the stream start where ``word_times``;
+        a ``short`` piece gets an empty final."""
+        audio = [p.audio for p in pieces]
+        timed = any(word_times)
         views = encode_views(self.model, audio, opts.tta_speeds) if opts.tta_speeds else ()
         transcripts = decode_encoded(
             self.model,
-            sub,
+            enc,
             lengths,
             opts,
-            offsets=starts,
-            durations=durations,
-            word_times=word_times,
-            voiced=voiced,
+            offsets=[p.start / SAMPLE_RATE for p in pieces],
+            durations=[len(a) / SAMPLE_RATE for a in audio],
+            word_times=timed,
+            voiced=[voiced_span(a) for a in audio] if timed else None,
             lm=self.lm,
             views=views,
         )
-        out = []
-        for i, t in zip(idx, transcripts, strict=True):
-            j = jobs[i]
-            empty = short[i]
-            out.append(
-                StreamResult(
-                    text="" if empty else t.text,
-                    alternatives=() if empty else t.alternatives,
-                    words=() if empty or not j.stream.options.word_times else t.words,
-                    is_final=True,
-                    stability=1.0,
-                    start=j.start / SAMPLE_RATE,
-                    end=(j.start + len(j.audio)) / SAMPLE_RATE,
-                    utterance=j.utterance,
-                    end_of_single_utterance=j.closes_stream,
-                    closed_at=j.closed_at / SAMPLE_RATE,
-                )
+        short = short or [False] * len(pieces)
+        return [
+            StreamResult(
+                text="" if empty else t.text,
+                alternatives=() if empty else t.alternatives,
+                words=() if empty or not times else t.words,
+                is_final=True,
+                stability=1.0,
+                start=p.start / SAMPLE_RATE,
+                end=(p.start + len(p.audio)) / SAMPLE_RATE,
+                utterance=p.utterance,
+                end_of_single_utterance=p.closes_stream,
+                closed_at=p.closed_at / SAMPLE_RATE,
             )
-        return out
+            for p, t, times, empty in zip(pieces, transcripts, word_times, short, strict=True)
+        ]
 
     @staticmethod
     def _interim_result(job: Job, text: str) -> StreamResult:

@@ -43,6 +43,16 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.fixture(scope="module")
+def speech(speech_dir: Path) -> list[np.ndarray]:
+    """The four espeak-ng utterances of ``speech_dir`` as 16 kHz float32 arrays."""
+    return [load_audio(speech_dir / f"utt{i}.wav") for i in range(4)]
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
 @pytest.fixture(scope="session")
 def hello_wav(speech_dir: Path) -> Path:
     return speech_dir / "utt0.wav"

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import silence, tiny_model
 
 from asr import ASRModel, Transcriber, load_model
 from asr.alignment import voiced_span
-from asr.audio import SAMPLE_RATE, load_audio
+from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions
 from asr.endpointing import EndpointConfig
 from asr.online import OnlineRecognizer, OnlineStream, make_recognizer
@@ -39,15 +38,6 @@ def chunked(model: ASRModel, chunk: int = 4, lookahead: int = 2) -> Transcriber:
 @pytest.fixture(scope="module")
 def model() -> Transcriber:
     return chunked(load_model("default", device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def speech(speech_dir: Path) -> list[np.ndarray]:
-    return [load_audio(speech_dir / f"utt{i}.wav") for i in range(4)]
-
-
-def silence(seconds: float) -> np.ndarray:
-    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
 
 
 def feed(

@@ -30,7 +30,7 @@ from conftest import tiny_model
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from asr import ASRModel, save_checkpoint
-from asr.audio import SAMPLE_RATE, float_to_pcm16, load_audio, resample
+from asr.audio import SAMPLE_RATE, float_to_pcm16, resample
 from asr.decoding import DecodingOptions
 from asr.transcribe import decode_waveforms, transcribe
 from asr_grpc import asr_pb2, asr_pb2_grpc
@@ -84,11 +84,6 @@ def server(model: ASRModel) -> Iterator[ServerThread]:
     )
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="module")
-def speech(speech_dir: Path) -> list[np.ndarray]:
-    return [load_audio(speech_dir / f"utt{i}.wav") for i in range(4)]
 
 
 def conversation(speech: list[np.ndarray]) -> np.ndarray:

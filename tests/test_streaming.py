@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_model
+from conftest import silence, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asr import ASRModel
-from asr.audio import SAMPLE_RATE, AudioError, load_audio
+from asr.audio import SAMPLE_RATE, AudioError
 from asr.decoding import DecodingOptions
 from asr.streaming import EndpointConfig, Recognizer, RecognizerConfig, Stream, StreamOptions, StreamResult
 from asr.transcribe import decode_waveforms, transcribe
@@ -25,15 +24,6 @@ FAST = 0.3  # random weights never say <eos>: cap the beam search at 0.3 tokens 
 @pytest.fixture(scope="module")
 def model() -> ASRModel:
     return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def speech(speech_dir: Path) -> list[np.ndarray]:
-    return [load_audio(speech_dir / f"utt{i}.wav") for i in range(4)]
-
-
-def silence(seconds: float) -> np.ndarray:
-    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
 
 
 def feed(
