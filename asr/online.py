@@ -42,14 +42,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asr.alignment import voiced_span
 from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions, LanguageModel
 from asr.lc_blstm import EncoderStream, LCBLSTMEncoder
 from asr.online_stream import ClosedUtterance, OnlineStream, Utterance
 from asr.stream_state import Stream, StreamOptions, StreamResult
 from asr.streaming import Recognizer, RecognizerConfig, _common_prefix
-from asr.transcribe import Alternative, decode_encoded, encode_views
+from asr.transcribe import Alternative
 
 if TYPE_CHECKING:
     from asr.model import ASRModel
@@ -223,8 +222,11 @@ class OnlineRecognizer(Recognizer):
             utterance=s.utterance,
         )
 
-    def _cut(self, s: OnlineStream, final: bool) -> None:
-        """End the open utterance where its encoder is; the next one takes over the features not encoded."""
+    def _cut(self, s: OnlineStream, final: bool, at: int | None = None) -> None:
+        """End the open utterance where its encoder is; the next one takes over the features not encoded.
+        ``at``: a stream sample the encoder has passed (an energy endpoint heard late); the final keeps the
+        utterance up to the first chunk boundary at or after it, as if the cut had come there, so that
+        where an utterance ends does not depend on when the model thread got to it."""
         old = s.open
         es = old.encoder
         cut = old.start + old.num_frames * self.samples_per_frame
@@ -232,9 +234,16 @@ class OnlineRecognizer(Recognizer):
         rest = es.frames[old.num_frames * self.feats_per_frame - es.consumed :]
         if rest.size(0):  # also when the input has ended: a blank endpoint may come before the last chunk
             nxt.encoder.push(rest)
+        keep = old.num_frames
+        if at is not None:
+            chunk = self.encoder.config.chunk_frames
+            keep = min(keep, -(-max(at - old.start, 0) // (self.samples_per_frame * chunk)) * chunk)
+            if keep < old.num_frames and old.frames:
+                old.frames = [torch.cat(old.frames)[:keep]]
         # A fragment (the end of input a few frames after a blank endpoint) gets no final: the attention
         # decoder invents words for a few frames of audio.
-        s._cut(cut, nxt, final and old.num_frames * self.frame_ms >= MIN_FINAL_MS)
+        final_end = old.start + keep * self.samples_per_frame
+        s._cut(cut, nxt, final and keep * self.frame_ms >= MIN_FINAL_MS, final_end)
 
     def _settle(self, s: OnlineStream) -> None:
         """After the chunks: the energy endpoint and the end of input close the open utterance; then note what
@@ -245,7 +254,7 @@ class OnlineRecognizer(Recognizer):
             self._cut(s, final=True)
             s.flushed = True
         elif s.energy_ends and s.encoded_to >= s.energy_ends[0]:  # the VAD heard the end after the encoder
-            self._cut(s, final=True)
+            self._cut(s, final=True, at=s.energy_ends[0])
         s.short = self._frames_short(s.open.encoder)
 
     def _decode_closed(self, streams: list[OnlineStream]) -> None:
@@ -281,33 +290,4 @@ class OnlineRecognizer(Recognizer):
         closed = [c for _, c in items]
         lengths = torch.tensor([c.enc.size(0) for c in closed], device=self.model.device)
         enc = torch.nn.utils.rnn.pad_sequence([c.enc for c in closed], batch_first=True)
-        word_times = any(s.options.word_times for s, _ in items)
-        audio = [c.audio for c in closed]
-        views = encode_views(self.model, audio, opts.tta_speeds) if opts.tta_speeds else ()
-        transcripts = decode_encoded(
-            self.model,
-            enc,
-            lengths,
-            opts,
-            offsets=[c.start / SAMPLE_RATE for c in closed],
-            durations=[len(a) / SAMPLE_RATE for a in audio],
-            word_times=word_times,
-            voiced=[voiced_span(a) for a in audio] if word_times else None,
-            lm=self.lm,
-            views=views,
-        )
-        return [
-            StreamResult(
-                text=t.text,
-                alternatives=t.alternatives,
-                words=t.words if s.options.word_times else (),
-                is_final=True,
-                stability=1.0,
-                start=c.start / SAMPLE_RATE,
-                end=(c.start + len(c.audio)) / SAMPLE_RATE,
-                utterance=c.utterance,
-                end_of_single_utterance=c.closes_stream,
-                closed_at=c.closed_at / SAMPLE_RATE,
-            )
-            for (s, c), t in zip(items, transcripts, strict=True)
-        ]
+        return self._final_results(closed, [s.options.word_times for s, _ in items], opts, enc, lengths)

@@ -120,13 +120,15 @@ class OnlineStream(Stream):
 
     # -- utterances (callers hold the lock) ------------------------------------------------------------------
 
-    def _cut(self, cut: int, nxt: Utterance, final: bool) -> None:
+    def _cut(self, cut: int, nxt: Utterance, final: bool, final_end: int | None = None) -> None:
         """End the open utterance at stream sample ``cut`` (where ``nxt`` starts). With ``final`` and a token
-        heard, it is queued for its final; otherwise dropped. Energy endpoints up to ``cut`` are spent."""
+        heard, it is queued for its final (its audio up to ``final_end`` when given); otherwise dropped.
+        Energy endpoints up to ``cut`` are spent."""
         joined = np.concatenate(self.audio) if self.audio else np.zeros(0, dtype=np.float32)
         k = cut - self.audio_start
         assert 0 <= k <= len(joined), "an utterance cut beyond the audio accepted"
-        head, self.audio, self.audio_start = joined[:k], [joined[k:]], cut
+        end = k if final_end is None else min(final_end - self.audio_start, k)  # the final's last sample
+        head, self.audio, self.audio_start = joined[:end], [joined[k:]], cut
         old, self.open = self.open, nxt
         if final and old.tokens:
             closes = self.options.single_utterance
