@@ -150,8 +150,13 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
         return enc, out_lengths
 
     def _windows(
-        self, windows: Tensor, valid: Tensor, states: list[tuple[Tensor, Tensor]] | None
+        self,
+        windows: Tensor,
+        valid: Tensor,
+        states: list[tuple[Tensor, Tensor]] | None,
+        ahead: bool = False,
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """All layers over ``windows``; the last layer's look-ahead frames only with ``ahead``."""
         chunk = self.config.chunk_frames * self.scale
         new_states = []
         for i, lstm in enumerate(self.layers):
@@ -161,7 +166,7 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
             assert isinstance(lstm, nn.LSTM)
             last = i == len(self.layers) - 1
             state0 = None if states is None else states[i]
-            windows, state = lc_layer(lstm, windows, valid, chunk, state0, ahead=not last)
+            windows, state = lc_layer(lstm, windows, valid, chunk, state0, ahead=ahead or not last)
             new_states.append(state)
             windows = self.dropout(windows)
         return windows, new_states
@@ -212,18 +217,30 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
 
         Returns each stream's new encoder frames ``(n, D)``: ``chunk_frames`` of them, fewer at the end of a
         finished stream; its state, position and buffer move on."""
+        return self._step(streams, ahead=False)[0]
+
+    @torch.no_grad()
+    def step_ahead(self, streams: list[EncoderStream]) -> tuple[list[Tensor], list[Tensor]]:
+        """:meth:`step`, and also each stream's *provisional* frames ``(m, D)``: the top layer's output over
+        the look-ahead (up to ``lookahead_frames``), which the next chunk will encode again with more
+        future. They are what a recognizer can read ``lookahead_frames`` sooner (partials, endpoints); the
+        last layer's forward direction runs on over the look-ahead for them, nothing else is extra."""
+        return self._step(streams, ahead=True)
+
+    def _step(self, streams: list[EncoderStream], ahead: bool) -> tuple[list[Tensor], list[Tensor]]:
         batch, valid, sizes = self._front_windows(streams)
         states = self._stacked_states(streams, batch)
         out, new_states = self._windows(
-            batch[:, None], torch.tensor(valid, device=batch.device)[:, None], states
+            batch[:, None], torch.tensor(valid, device=batch.device)[:, None], states, ahead=ahead
         )
-        results = []
+        results, provisional = [], []
         for j, s in enumerate(streams):
             s.state = [(h[:, j : j + 1], c[:, j : j + 1]) for h, c in new_states]
             s.emitted += sizes[j]
             results.append(out[j, 0, : sizes[j]])
+            provisional.append(out[j, 0, sizes[j] : valid[j] // self.scale])
             self._drop_encoded(s)
-        return results
+        return results, provisional
 
     def _stacked_states(self, streams: list[EncoderStream], like: Tensor) -> list[tuple[Tensor, Tensor]]:
         zeros = like.new_zeros(1, 1, self.config.hidden_size)

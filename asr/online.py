@@ -139,14 +139,21 @@ class OnlineRecognizer(Recognizer):
             ready = self._feed(streams)
             if not ready:
                 return
-            outs = self.encoder.step([s.open.encoder for s in ready])
+            encoders = [s.open.encoder for s in ready]
+            if any(s.options.lookahead_results for s in ready):
+                outs, aheads = self.encoder.step_ahead(encoders)
+            else:
+                outs, aheads = self.encoder.step(encoders), []
             self.chunk_steps += 1
             sizes = [o.size(0) for o in outs]
             self.frames_encoded += sum(sizes)
-            ids = self.model.ctc(torch.cat(outs)).argmax(-1).cpu().split(sizes)  # greedy CTC labels
-            for s, out, labels in zip(ready, outs, ids, strict=True):
+            labels = self.model.ctc(torch.cat(outs + aheads)).argmax(-1).cpu()  # greedy CTC
+            ids = labels.split(sizes + [a.size(0) for a in aheads])
+            ahead_ids = ids[len(outs) :] or [None] * len(outs)
+            for s, out, chunk_ids, la_ids in zip(ready, outs, ids, ahead_ids, strict=False):
+                ahead = la_ids.tolist() if la_ids is not None and s.options.lookahead_results else []
                 with s.lock:
-                    self._heard(s, out, labels.tolist())
+                    self._heard(s, out, chunk_ids.tolist(), ahead)
             streams = [s for s in ready if s.input_done]
 
     def _feed(self, streams: list[OnlineStream]) -> list[OnlineStream]:
@@ -181,11 +188,11 @@ class OnlineRecognizer(Recognizer):
         feats = self.model.cmvn(feats)
         return [feats[i, :k] for i, k in enumerate(n.tolist())]
 
-    def _heard(self, s: OnlineStream, out: Tensor, labels: list[int]) -> None:
-        """A chunk's encoder frames ``(n, D)`` and greedy labels: extend the utterance, send a partial if its
-        text changed, and end it at a blank endpoint or its length limit."""
+    def _heard(self, s: OnlineStream, out: Tensor, labels: list[int], ahead: list[int]) -> None:
+        """A chunk's encoder frames ``(n, D)``, their greedy labels and those of the provisional look-ahead
+        frames after them (empty when not read): extend the utterance, send a partial if its text changed,
+        and end it at a blank endpoint or its length limit."""
         utt, blank = s.open, self.model.tokenizer.blank_id
-        before = len(utt.tokens)
         utt.frames.append(out)
         utt.num_frames += out.size(0)
         for label in labels:
@@ -193,23 +200,34 @@ class OnlineRecognizer(Recognizer):
                 utt.tokens.append(label)
             utt.blank_run = utt.blank_run + 1 if label == blank else 0
             utt.last_id = label
-        if len(utt.tokens) > before and s.options.interim_results:
-            s._add_result(self._partial(s))
+        utt.tentative, last = [], utt.last_id
+        for label in ahead:
+            if label != blank and label != last:
+                utt.tentative.append(label)
+            last = label
+        shown = utt.tokens + utt.tentative
+        if shown != utt.shown and shown and s.options.interim_results:
+            utt.shown = shown
+            s._add_result(self._partial(s, len(ahead)))
+        # a run of blanks that goes on through the look-ahead counts its frames too
+        run = utt.blank_run + (len(ahead) if all(label == blank for label in ahead) else 0)
         ep = s.options.endpoint
         pos = s.encoded_to = utt.start + utt.num_frames * self.samples_per_frame  # the sample encoded up to
-        blank_end = bool(utt.tokens) and ep.blank_ms > 0 and utt.blank_run * self.frame_ms >= ep.blank_ms
+        blank_end = bool(utt.tokens) and ep.blank_ms > 0 and run * self.frame_ms >= ep.blank_ms
         energy_end = bool(s.energy_ends) and pos >= s.energy_ends[0]
         if blank_end or energy_end or utt.num_frames * self.frame_ms >= ep.max_segment_seconds * 1000:
             self._cut(s, final=True)
             return
-        ahead = self.encoder.window0 * self.encoder.front_scale * self.hop  # the audio the last window read
-        idle = not utt.tokens and not s._heard_speech(utt.start, pos + ahead)
+        reach = self.encoder.window0 * self.encoder.front_scale * self.hop  # the audio the last window read
+        idle = not utt.tokens and not s._heard_speech(utt.start, pos + reach)
         if idle and utt.num_frames * self.frame_ms >= max(ep.pre_speech_ms, self.frame_ms):
             self._cut(s, final=False)  # nothing heard: start again, without the lead of silence
 
-    def _partial(self, s: OnlineStream) -> StreamResult:
+    def _partial(self, s: OnlineStream, ahead: int) -> StreamResult:
+        """The open utterance's partial: its tokens and tentative tokens, covering its frames and ``ahead``
+        provisional ones."""
         utt = s.open
-        text = self.model.tokenizer.decode(utt.tokens)
+        text = self.model.tokenizer.decode(utt.shown)
         common = len(_common_prefix(s._last_interim_text, text))
         return StreamResult(
             text=text,
@@ -218,7 +236,7 @@ class OnlineRecognizer(Recognizer):
             is_final=False,
             stability=min(0.9, common / len(text)) if text else 0.0,
             start=utt.start / SAMPLE_RATE,
-            end=(utt.start + utt.num_frames * self.samples_per_frame) / SAMPLE_RATE,
+            end=(utt.start + (utt.num_frames + ahead) * self.samples_per_frame) / SAMPLE_RATE,
             utterance=s.utterance,
         )
 

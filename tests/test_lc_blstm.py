@@ -92,6 +92,26 @@ def test_forward_state_is_carried_across_chunks() -> None:
     assert first.shape == second.shape == (3, 16)
 
 
+def test_step_ahead_adds_the_look_ahead_frames_and_keeps_the_chunks() -> None:
+    """The provisional frames are the window's look-ahead seen as if it were part of the chunk: window 0 of
+    chunk 3 + look-ahead 2 is a 5-frame chunk without look-ahead. The chunks (and so the carried state) are
+    the ones ``step`` gives."""
+    lc, _ = _pair(_config())
+    whole = LCBLSTMEncoder(_config(chunk_frames=5, lookahead_frames=0)).eval()
+    whole.load_state_dict(lc.state_dict())
+    expected, _ = whole(X[:1], LENGTHS[:1])
+    a, b = lc.new_stream(), lc.new_stream()
+    a.push(X[0])
+    b.push(X[0])
+    chunk, provisional = (x[0] for x in lc.step_ahead([a]))
+    assert provisional.shape == (2, 16)
+    torch.testing.assert_close(torch.cat([chunk, provisional]), expected[0, :5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunk, lc.step([b])[0])
+    for _ in range(3):
+        (x,), _ = lc.step_ahead([a])
+        torch.testing.assert_close(x, lc.step([b])[0])
+
+
 def test_many_streams_in_one_step_equal_one_at_a_time() -> None:
     lc, _ = _pair(_config())
     alone = [_streamed(lc, X[b, : LENGTHS[b]], seed=0) for b in range(3)]

@@ -26,6 +26,7 @@ from asr.transcribe import decode_encoded, transcribe
 
 CHUNK = SAMPLE_RATE // 10  # 100 ms messages
 OPTS = StreamOptions(decoding=DecodingOptions(beam_size=4))
+CONFIRMED = dataclasses.replace(OPTS, lookahead_results=False)  # partials from encoded chunks only
 
 
 def chunked(model: ASRModel, chunk: int = 4, lookahead: int = 2) -> Transcriber:
@@ -72,7 +73,13 @@ def conversation(speech: list[np.ndarray]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def streamed(model: Transcriber, conversation: np.ndarray) -> tuple[OnlineRecognizer, list]:
     rec = OnlineRecognizer(model)
-    return rec, feed(rec, rec.create_stream(OPTS), conversation)
+    return rec, feed(rec, rec.create_stream(CONFIRMED), conversation)
+
+
+@pytest.fixture(scope="module")
+def streamed_ahead(model: Transcriber, conversation: np.ndarray) -> list[tuple[float, StreamResult]]:
+    rec = OnlineRecognizer(model)
+    return feed(rec, rec.create_stream(OPTS), conversation)
 
 
 def test_partials_grow_chunk_by_chunk_before_the_final(streamed: tuple[OnlineRecognizer, list]) -> None:
@@ -89,21 +96,42 @@ def test_partials_grow_chunk_by_chunk_before_the_final(streamed: tuple[OnlineRec
         assert all(t < float("inf") for t, _ in mine)  # all before the input ended, the final too
 
 
+def test_lookahead_partials_come_sooner_and_finals_are_the_same(
+    streamed: tuple[OnlineRecognizer, list], streamed_ahead: list[tuple[float, StreamResult]]
+) -> None:
+    """Greedy CTC over the provisional look-ahead frames shows what a partial from encoded chunks only will
+    show, as soon or sooner (and it may change there); the finals do not read the look-ahead."""
+    _, confirmed = streamed
+    finals = [r.text for _, r in confirmed if r.is_final]
+    assert finals == [r.text for _, r in streamed_ahead if r.is_final]
+    ahead = [(t, r) for t, r in streamed_ahead if not r.is_final]
+    sooner = 0
+    for t, r in confirmed:
+        if r.is_final:
+            continue
+        shown = [u for u, a in ahead if a.utterance == r.utterance and a.text.startswith(r.text)]
+        assert shown and min(shown) <= t, f"{r.text!r} at {t} s"
+        sooner += min(shown) < t
+    assert sooner >= 2
+
+
 def test_blank_endpoint_ends_the_utterance_sooner_than_the_energy_rule(
     model: Transcriber, speech: list[np.ndarray]
 ) -> None:
     audio = np.concatenate([silence(0.5), speech[3], silence(2.0)])
     end = 0.5 + speech_end(speech[3])
 
-    def final_at(blank_ms: int) -> float:
+    def final_at(blank_ms: int, ahead: bool = False) -> float:
         rec = OnlineRecognizer(model)
-        opts = dataclasses.replace(OPTS, endpoint=EndpointConfig(blank_ms=blank_ms, silence_ms=800))
+        endpoint = EndpointConfig(blank_ms=blank_ms, silence_ms=800)
+        opts = dataclasses.replace(OPTS, endpoint=endpoint, lookahead_results=ahead)
         return next(t for t, r in feed(rec, rec.create_stream(opts), audio) if r.is_final)
 
     by_blanks, by_energy = final_at(240), final_at(0)
     assert by_energy - end >= 0.8  # the energy rule waits for its silence
     assert by_blanks - end < 0.6  # the model hears the speech end: blanks + look-ahead + one message
     assert by_energy - by_blanks >= 0.3
+    assert final_at(240, ahead=True) <= by_blanks  # blanks read in the look-ahead count
 
 
 def test_each_chunk_is_encoded_once(
@@ -144,8 +172,8 @@ def test_streams_share_one_encoder_step_per_chunk(model: Transcriber, speech: li
         alone.append([r.text for _, r in feed(rec, rec.create_stream(OPTS), a)])
     rec = OnlineRecognizer(model)
     sizes: list[int] = []
-    step = rec.encoder.step
-    rec.encoder.step = lambda streams: sizes.append(len(streams)) or step(streams)  # type: ignore[method-assign]
+    step = rec.encoder._step
+    rec.encoder._step = lambda streams, ahead: sizes.append(len(streams)) or step(streams, ahead)  # type: ignore[method-assign]
     streams = [rec.create_stream(OPTS) for _ in audios]
     texts: list[list[str]] = [[] for _ in audios]
     n = max(len(a) for a in audios)
