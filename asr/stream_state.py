@@ -41,8 +41,8 @@ class StreamOptions:
     interim_growth: float = 0.25
     single_utterance: bool = False  # stop after the first final
     word_times: bool = True  # align words on finals
-    # Chunk-streaming models (asr.online): partials and blank endpoints also read greedy CTC over the encoder's
-    # provisional look-ahead frames, which come a look-ahead sooner; a word seen there may still change.
+    # Chunk-streaming models (asr.online): partials and blank endpoints also read greedy CTC over the
+    # encoder's provisional look-ahead frames, which come a look-ahead sooner; a word seen there may change.
     lookahead_results: bool = True
 
     def __post_init__(self) -> None:
