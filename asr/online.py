@@ -36,6 +36,7 @@ chunked encoder over whole pieces.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -216,12 +217,12 @@ class OnlineRecognizer(Recognizer):
         blank_end = bool(utt.tokens) and ep.blank_ms > 0 and run * self.frame_ms >= ep.blank_ms
         energy_end = bool(s.energy_ends) and pos >= s.energy_ends[0]
         if blank_end or energy_end or utt.num_frames * self.frame_ms >= ep.max_segment_seconds * 1000:
-            self._cut(s, final=True)
+            self._cut(s, final=True, sentence_end=not blank_end or energy_end)
             return
         reach = self.encoder.window0 * self.encoder.front_scale * self.hop  # the audio the last window read
         idle = not utt.tokens and not s._heard_speech(utt.start, pos + reach)
         if idle and utt.num_frames * self.frame_ms >= max(ep.pre_speech_ms, self.frame_ms):
-            self._cut(s, final=False)  # nothing heard: start again, without the lead of silence
+            self._cut(s, final=False, sentence_end=False)  # nothing heard: again, without the silence
 
     def _partial(self, s: OnlineStream, ahead: int) -> StreamResult:
         """The open utterance's partial: its tokens and tentative tokens, covering its frames and ``ahead``
@@ -240,11 +241,15 @@ class OnlineRecognizer(Recognizer):
             utterance=s.utterance,
         )
 
-    def _cut(self, s: OnlineStream, final: bool, at: int | None = None) -> None:
+    def _cut(
+        self, s: OnlineStream, final: bool, at: int | None = None, sentence_end: bool = True
+    ) -> None:
         """End the open utterance where its encoder is; the next one takes over the features not encoded.
         ``at``: a stream sample the encoder has passed (an energy endpoint heard late); the final keeps the
         utterance up to the first chunk boundary at or after it, as if the cut had come there, so that
-        where an utterance ends does not depend on when the model thread got to it."""
+        where an utterance ends does not depend on when the model thread got to it. Without
+        ``sentence_end`` (a blank endpoint, a restart on silence) the utterance is context for the next
+        final (``RecognizerConfig.final_context_seconds``)."""
         old = s.open
         es = old.encoder
         cut = old.start + old.num_frames * self.samples_per_frame
@@ -261,7 +266,9 @@ class OnlineRecognizer(Recognizer):
         # A fragment (the end of input a few frames after a blank endpoint) gets no final: the attention
         # decoder invents words for a few frames of audio.
         final_end = old.start + keep * self.samples_per_frame
-        s._cut(cut, nxt, final and keep * self.frame_ms >= MIN_FINAL_MS, final_end)
+        context = int(self.config.final_context_seconds * SAMPLE_RATE)
+        final = final and keep * self.frame_ms >= MIN_FINAL_MS
+        s._cut(cut, nxt, final, final_end, sentence_end=sentence_end, context_samples=context)
 
     def _settle(self, s: OnlineStream) -> None:
         """After the chunks: the energy endpoint and the end of input close the open utterance; then note what
@@ -304,8 +311,44 @@ class OnlineRecognizer(Recognizer):
     def _finals(
         self, items: list[tuple[OnlineStream, ClosedUtterance]], opts: DecodingOptions
     ) -> list[StreamResult]:
-        """Finals of closed utterances that share the decoding options ``opts``: one beam search."""
-        closed = [c for _, c in items]
-        lengths = torch.tensor([c.enc.size(0) for c in closed], device=self.model.device)
-        enc = torch.nn.utils.rnn.pad_sequence([c.enc for c in closed], batch_first=True)
-        return self._final_results(closed, [s.options.word_times for s, _ in items], opts, enc, lengths)
+        """Finals of closed utterances that share the decoding options ``opts``: one beam search, each
+        utterance decoded after its context (the sentence's earlier utterances) and keeping its own words."""
+        joined = [c.joined() for _, c in items]
+        lengths = torch.tensor([c.enc.size(0) for c in joined], device=self.model.device)
+        enc = torch.nn.utils.rnn.pad_sequence([c.enc for c in joined], batch_first=True)
+        word_times = [s.options.word_times or bool(c.context) for s, c in items]
+        results = self._final_results(joined, word_times, opts, enc, lengths)
+        return [
+            _own_words(r, c, s.options.word_times) if c.context else r
+            for (s, c), r in zip(items, results, strict=True)
+        ]
+
+
+def _own_words(result: StreamResult, c: ClosedUtterance, word_times: bool) -> StreamResult:
+    """The final of ``c`` from the ``result`` of decoding it after its context: the words aligned to its own
+    audio (their middle on or after its start), timed from the stream start (the joined audio leaves out
+    what fell between the utterances); the n-best alternatives lose as many leading words as the best did."""
+    start = c.start / SAMPLE_RATE
+    joined_start = (c.context[0].start + sum(len(x.audio) for x in c.context)) / SAMPLE_RATE
+    shift = start - joined_start  # stream time - joined time, over c's own audio
+    words = tuple(
+        dataclasses.replace(w, start=max(w.start + shift, start), end=w.end + shift)
+        for w in result.words
+        if (w.start + w.end) / 2 + shift >= start
+    )
+    dropped = len(result.words) - len(words)
+    text = " ".join(w.word for w in words)
+    confidence = sum(w.confidence for w in words) / len(words) if words else 0.0
+    alternatives = tuple(
+        Alternative(" ".join(a.text.split()[dropped:]), a.score, a.confidence) for a in result.alternatives
+    )
+    if alternatives:
+        alternatives = (Alternative(text, alternatives[0].score, confidence), *alternatives[1:])
+    return dataclasses.replace(
+        result,
+        text=text,
+        alternatives=alternatives if text else (),
+        words=words if word_times else (),
+        start=start,
+        end=(c.start + len(c.audio)) / SAMPLE_RATE,
+    )

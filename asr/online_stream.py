@@ -14,6 +14,7 @@ The underscored methods and the fields below are the recognizer's side of the st
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -52,6 +53,18 @@ class ClosedUtterance:
     utterance: int
     closes_stream: bool
     closed_at: int  # stream samples accepted when it was closed
+    # The utterances a blank endpoint cut from the same sentence before this one (oldest first, whole
+    # encoder frames and audio of each): its final is decoded over them and itself, and keeps its own words.
+    context: tuple[ClosedUtterance, ...] = ()
+
+    def joined(self) -> ClosedUtterance:
+        """This utterance with its context before it, as one (frames and audio end to end)."""
+        if not self.context:
+            return self
+        parts = (*self.context, self)
+        enc = torch.cat([c.enc for c in parts])
+        audio = np.concatenate([c.audio for c in parts])
+        return ClosedUtterance(enc, audio, parts[0].start, self.utterance, self.closes_stream, self.closed_at)
 
 
 class OnlineStream(Stream):
@@ -75,6 +88,7 @@ class OnlineStream(Stream):
         self.encoded_to = 0  # the stream sample the open utterance is encoded up to (model thread sets it)
         self.flushed = False  # input done, and its last chunk encoded and closed
         self.closed: deque[ClosedUtterance] = deque()
+        self.context: list[ClosedUtterance] = []  # the sentence's utterances so far, cut by blank endpoints
         self.idle_restarts = 0  # utterances dropped with no token heard
 
     # -- audio in (callers hold the lock) --------------------------------------------------------------------
@@ -122,10 +136,21 @@ class OnlineStream(Stream):
 
     # -- utterances (callers hold the lock) ------------------------------------------------------------------
 
-    def _cut(self, cut: int, nxt: Utterance, final: bool, final_end: int | None = None) -> None:
+    def _cut(
+        self,
+        cut: int,
+        nxt: Utterance,
+        final: bool,
+        final_end: int | None = None,
+        *,
+        sentence_end: bool = True,
+        context_samples: int = 0,
+    ) -> None:
         """End the open utterance at stream sample ``cut`` (where ``nxt`` starts). With ``final`` and a token
-        heard, it is queued for its final (its audio up to ``final_end`` when given); otherwise dropped.
-        Energy endpoints up to ``cut`` are spent."""
+        heard, it is queued for its final (its audio up to ``final_end`` when given), with the sentence's
+        earlier utterances as its context; otherwise dropped. Unless ``sentence_end`` (a blank endpoint, or
+        a restart on silence), the next final reads it as context too, while the context stays within
+        ``context_samples`` (0: no context). Energy endpoints up to ``cut`` are spent."""
         joined = np.concatenate(self.audio) if self.audio else np.zeros(0, dtype=np.float32)
         k = cut - self.audio_start
         assert 0 <= k <= len(joined), "an utterance cut beyond the audio accepted"
@@ -135,14 +160,19 @@ class OnlineStream(Stream):
         if final and old.tokens:
             closes = self.options.single_utterance
             enc = torch.cat(old.frames, 0)  # a token was heard, so a chunk was encoded
-            self.closed.append(
-                ClosedUtterance(enc, head, old.start, self.utterance, closes, self.num_samples)
-            )
+            closed = ClosedUtterance(enc, head, old.start, self.utterance, closes, self.num_samples)
+            self.closed.append(dataclasses.replace(closed, context=tuple(self.context)))
             self.utterance += 1
             self._last_interim_text = ""
             self.ended = self.ended or closes
+            if not sentence_end and context_samples > 0:
+                self.context.append(closed)
+                while sum(len(c.audio) for c in self.context) > context_samples:
+                    self.context.pop(0)
         elif not final:
             self.idle_restarts += 1
+        if sentence_end:
+            self.context.clear()
         while self.energy_ends and self.energy_ends[0] <= cut:  # endpoints of the audio just closed
             self.energy_ends.popleft()
         while self.speech_spans and self.speech_spans[0][1] <= cut:

@@ -82,10 +82,16 @@ class RecognizerConfig:
     # later call (the streams that waited longest go first), which keeps each call short, so a final that
     # arrives meanwhile waits little. At least one due interim is always decoded.
     max_interim_seconds: float = 12.0
+    # Chunk-streaming models (asr.online): the final of an utterance that a blank endpoint cut from its
+    # sentence is decoded after the sentence's earlier utterances, up to this many seconds of them, and keeps
+    # its own words; 0 decodes each utterance alone.
+    final_context_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if not 0.0 <= self.final_context_seconds <= 60.0:
+            raise ValueError(f"final_context_seconds must be in [0, 60], got {self.final_context_seconds}")
         if self.max_interim_seconds <= 0:
             raise ValueError(f"max_interim_seconds must be positive, got {self.max_interim_seconds}")
 

@@ -10,7 +10,8 @@ cuts where a speaker pauses for ``silence_ms``, drops the audio more than ``pre_
 and (early finals) keeps ``final_tail_ms`` of silence after the speech: each pair of ``--silence-ms`` and
 ``--tail-ms`` is one row, with the WER, CER and segments per recording. A streaming model
 (:mod:`asr.online`) also ends an utterance after ``blank_ms`` of CTC blanks and has no early finals: its rows
-pair ``--silence-ms`` with ``--blank-ms``. Default decoding (beam 10) for all.
+pair ``--silence-ms`` with ``--blank-ms``, and the finals of utterances cut by blanks are decoded after their
+sentence so far, up to each of ``--context-s`` seconds of it (0: alone). Default decoding (beam 10) for all.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[240],
         help="streaming models (asr.online): CTC blank runs ending an utterance (0: energy rule only)",
     )
+    p.add_argument(
+        "--context-s",
+        type=float,
+        nargs="+",
+        default=[10.0],
+        help="streaming models: seconds of the sentence a blank-cut final is decoded after (0: alone)",
+    )
     p.add_argument("--ctc-weight", type=float, help="CTC weight of the joint search, offline and streamed")
     p.add_argument("--lead", type=float, default=0.5, help="seconds of silence before each recording")
     p.add_argument("--trail", type=float, default=1.0, help="seconds of silence after each recording")
@@ -66,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from asr.checkpoint import load_model
     from asr.data.dataset import load_utterance
     from asr.online import make_recognizer
-    from asr.streaming import EndpointConfig, StreamOptions
+    from asr.streaming import EndpointConfig, RecognizerConfig, StreamOptions
     from asr.transcribe import transcribe_batch
 
     torch.set_num_threads(args.threads)
@@ -79,21 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     refs = [normalize_text(u.text) for u in utts]
     waves = [load_utterance(u) for u in utts]
     print(f"{len(utts)} utterances, {sum(len(w) for w in waves) / SAMPLE_RATE / 3600:.2f} h", flush=True)
-    print(f"{'decoding':<38} | {'WER':>6} | {'CER':>6} | segments/utt | seconds")
+    print(f"{'decoding':<50} | {'WER':>6} | {'CER':>6} | segments/utt | seconds")
     t0 = time.perf_counter()
     from asr.decoding import DecodingOptions
 
     dec = DecodingOptions() if args.ctc_weight is None else DecodingOptions(ctc_weight=args.ctc_weight)
     texts = [t.text for t in transcribe_batch(model, waves, dec, batch_size=args.batch)]
     wer, cer = scores(refs, texts)
-    row = "{:<38} | {:6.2%} | {:6.2%} | {:12.2f} | {:7.1f}"
+    row = "{:<50} | {:6.2%} | {:6.2%} | {:12.2f} | {:7.1f}"
     print(row.format("offline (whole recordings)", wer, cer, 1.0, time.perf_counter() - t0), flush=True)
 
-    rec = make_recognizer(model)
     online = model.config.encoder.streaming  # chunk by chunk: the blank rule, no early finals (no tails)
     lead = np.zeros(int(args.lead * SAMPLE_RATE), np.float32)
     trail = np.zeros(int(args.trail * SAMPLE_RATE), np.float32)
-    for silence, tail in itertools.product(args.silence_ms, args.blank_ms if online else args.tail_ms):
+    rows = itertools.product(
+        args.silence_ms, args.blank_ms if online else args.tail_ms, args.context_s if online else [0.0]
+    )
+    for silence, tail, context in rows:
+        if online and not tail and context != args.context_s[0]:
+            continue  # without blank endpoints there is no context: one row
+        rec = make_recognizer(model, RecognizerConfig(final_context_seconds=context))
         t0 = time.perf_counter()
         ep = (
             EndpointConfig(silence_ms=silence, blank_ms=tail)
@@ -114,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         wer, cer = scores(refs, hyps)
         segs = sum(map(len, finals)) / len(finals)
         name = f"streamed, silence {silence} ms, " + (
-            f"blank {tail} ms" if online else f"tail {min(tail, silence)} ms"
+            f"blank {tail} ms" + (f", context {context:g} s" if tail else "")
+            if online
+            else f"tail {min(tail, silence)} ms"
         )
         print(row.format(name, wer, cer, segs, time.perf_counter() - t0), flush=True)
     return 0

@@ -21,7 +21,7 @@ from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions
 from asr.endpointing import EndpointConfig
 from asr.online import OnlineRecognizer, OnlineStream, make_recognizer
-from asr.streaming import Recognizer, StreamOptions, StreamResult
+from asr.streaming import Recognizer, RecognizerConfig, StreamOptions, StreamResult
 from asr.transcribe import decode_encoded, transcribe
 
 CHUNK = SAMPLE_RATE // 10  # 100 ms messages
@@ -224,6 +224,44 @@ def test_finals_equal_offline_decoding_of_the_utterance(
             greedy = decode_encoded(model, enc[:, :m], torch.tensor([m]), DecodingOptions(method="greedy"))
             assert p.text == greedy[0].text  # partials: greedy CTC over the utterance so far
     assert "THANK" in next(r.text for _, r in results if r.is_final)
+
+
+def test_finals_cut_by_blank_endpoints_are_decoded_after_their_sentence_so_far(
+    model: Transcriber, speech: list[np.ndarray]
+) -> None:
+    """Pauses shorter than the energy rule's silence: blank endpoints cut the sentence into utterances, and
+    each final is decoded over the sentence's utterances so far (the decoder's input holds their frames),
+    keeping the words aligned to its own audio. The energy endpoint ends the sentence; with
+    ``final_context_seconds=0`` each utterance is decoded alone."""
+    voiced = [a[round(voiced_span(a)[0] * SAMPLE_RATE) : round(voiced_span(a)[1] * SAMPLE_RATE)] for a in speech]
+    sentence = [silence(0.5), voiced[0], silence(0.45), voiced[2], silence(0.3), voiced[1]]
+    audio = np.concatenate([*sentence, silence(1.5), voiced[3], silence(1.5)])
+    opts = dataclasses.replace(OPTS, endpoint=EndpointConfig(blank_ms=240, silence_ms=800))
+
+    def run(context_s: float) -> tuple[list[StreamResult], list[int]]:
+        rec = OnlineRecognizer(model, RecognizerConfig(final_context_seconds=context_s))
+        decoded: list[int] = []  # encoder frames each final was decoded from
+        final_results = rec._final_results
+
+        def spy(pieces, word_times, opts, enc, lengths, short=None):  # type: ignore[no-untyped-def]
+            decoded.extend(lengths.tolist())
+            return final_results(pieces, word_times, opts, enc, lengths, short)
+
+        rec._final_results = spy  # type: ignore[method-assign]
+        return [r for _, r in feed(rec, rec.create_stream(opts), audio) if r.is_final], decoded
+
+    alone, alone_frames = run(0.0)
+    finals, frames = run(10.0)
+    assert [(f.start, f.end) for f in finals] == [(f.start, f.end) for f in alone]  # the same cuts
+    first_sentence = sum(f.end <= len(np.concatenate(sentence)) / SAMPLE_RATE + 0.3 for f in finals)
+    assert 2 <= first_sentence < len(finals)
+    own = alone_frames  # each utterance's own frames
+    assert frames[:first_sentence] == list(itertools.accumulate(own[:first_sentence]))
+    assert frames[first_sentence:] == own[first_sentence:len(own)]  # a new sentence, no context
+    for f in finals:
+        assert all(f.start <= w.start < w.end <= f.end + 0.05 for w in f.words)
+        assert f.text == " ".join(w.word for w in f.words)
+    assert finals[0].text == alone[0].text  # nothing before it
 
 
 def test_silence_and_noise_give_nothing(model: Transcriber) -> None:
