@@ -262,7 +262,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default, e.g. default,streaming (default: default)",
         "model_name": "name(s) to serve the model(s) under, comma-separated (default: the files' stems)",
         "blank_ms": "streams of chunked-encoder models: ms of CTC blanks after speech that end an utterance "
-        "(default 240; 0: the energy rule only)",
+        "(default 0: the energy rule only; e.g. 240)",
+        "finals_thread": "decode finals on a second model thread, so partials and chunk steps never wait "
+        "behind a beam search (default on)",
         "device": "cpu, cuda, cuda:1 (default: cuda when available)",
         "lm": "language model from 'asr lm train', fused into beam search (default: none)",
         "lm_weight": "default weight of --lm in beam search; requests may set their own (default 0.3)",

@@ -1,11 +1,17 @@
-"""Batching of model work across streams and unary requests (an asyncio queue in front of one worker thread).
+"""Batching of model work across streams and unary requests: asyncio queues in front of model threads.
 
 Callers ``await batcher.decode(stream)``; the batcher collects streams until it has ``max_batch_size`` of
 them or the first has waited ``max_wait_ms``, then runs :meth:`asr.streaming.Recognizer.decode_streams`
-on its executor (one thread: the model is called by one thread at a time, on the GPU when there is one). If a
-batch fails, each stream is retried alone so that one bad stream cannot fail the others. Finals come first:
-a batch in which some stream has a closed utterance decodes only finals, and the interims that were due wait
-for the next batch (their callers queue again), so final latency does not grow with other streams' interims.
+on a model thread. There are two *lanes*, each a queue and one thread: streams with a final due (a closed
+segment or utterance, :meth:`~asr.streaming.Recognizer.has_final`) go to the finals lane, all other work
+(interims, a chunk-streaming model's chunk steps, unary requests) to the model lane. So the beam search of
+finals never holds up other streams' partials and chunks, and on a CPU the two use two cores (torch releases
+the GIL inside its ops; the model's weights are only read). A stream is in one decode at a time
+(:mod:`server.stream_call`), so its state is never touched by both lanes at once. With
+``finals_lane=False`` both kinds share the model thread, finals first: a batch in which some stream has a
+final due decodes only finals, and the interims that were due wait for the next batch (their callers queue
+again), so final latency does not grow with other streams' interims. If a batch fails, each stream is retried
+alone so that one bad stream cannot fail the others.
 """
 
 from __future__ import annotations
@@ -17,10 +23,27 @@ import functools
 import logging
 import time
 
+import torch
+
 from asr.streaming import Recognizer, Stream
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class _Lane:
+    """A queue of streams and the thread that decodes their batches."""
+
+    def __init__(self, name: str, executor: concurrent.futures.ThreadPoolExecutor | None) -> None:
+        self.name = name
+        self.own_executor = executor is None
+        # Every model thread runs torch ops with the server's thread count (a new thread would start with
+        # the library's default): a beam final must not depend on which lane happened to decode it.
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=name, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)
+        )
+        self.queue: asyncio.Queue[tuple[Stream, asyncio.Future[None]]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
 
 
 class Batcher:
@@ -32,72 +55,85 @@ class Batcher:
         max_wait_ms: float = 10.0,
         metrics: Metrics | None = None,
         executor: concurrent.futures.ThreadPoolExecutor | None = None,
+        finals_lane: bool = True,
     ) -> None:
         self.recognizer = recognizer
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.metrics = metrics
-        self._own_executor = executor is None
-        self.executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr-model")
-        self._queue: asyncio.Queue[tuple[Stream, asyncio.Future[None]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._model = _Lane("asr-model", executor)
+        self._finals = _Lane("asr-finals", None) if finals_lane else None
+        self._lanes = [lane for lane in (self._model, self._finals) if lane is not None]
+        self.executor = self._model.executor  # the model thread (warm-up, other model work)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="asr-batcher")
+        loop = asyncio.get_running_loop()
+        for lane in self._lanes:
+            if lane.task is None:
+                lane.task = loop.create_task(self._run(lane), name=f"asr-batcher-{lane.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while not self._queue.empty():
-            _, fut = self._queue.get_nowait()
-            if not fut.done():
-                fut.set_exception(RuntimeError("server is shutting down"))
-        if self._own_executor:
-            self.executor.shutdown(wait=True, cancel_futures=True)
+        for lane in self._lanes:
+            if lane.task is not None:
+                lane.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lane.task
+                lane.task = None
+            while not lane.queue.empty():
+                _, fut = lane.queue.get_nowait()
+                if not fut.done():
+                    fut.set_exception(RuntimeError("server is shutting down"))
+        for lane in self._lanes:
+            if lane.own_executor:
+                lane.executor.shutdown(wait=True, cancel_futures=True)
 
     async def decode(self, stream: Stream) -> None:
-        """Run the stream's due work (finals, interims) in the next batch; returns when it is done."""
-        if self._task is None:
+        """Run the stream's due work (finals, interims, chunks) in the next batch of its lane; returns when it
+        is done."""
+        if self._model.task is None:
             raise RuntimeError("Batcher.start() was not called")
+        lane = self._model
+        if self._finals is not None and self.recognizer.has_final(stream):
+            lane = self._finals
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((stream, fut))
+        await lane.queue.put((stream, fut))
         await fut
 
     async def run_in_executor(self, fn, *args):  # type: ignore[no-untyped-def]
         """Run other model work (warm-up) on the model thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def _run(self) -> None:
+    async def _run(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            items = [await self._queue.get()]
+            items = [await lane.queue.get()]
             deadline = loop.time() + self.max_wait
             while len(items) < self.max_batch_size:
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     break
                 try:
-                    items.append(await asyncio.wait_for(self._queue.get(), timeout))
+                    items.append(await asyncio.wait_for(lane.queue.get(), timeout))
                 except asyncio.TimeoutError:
                     break
             # streams whose caller went away (cancelled) are skipped
             live = [(s, f) for s, f in items if not f.done()]
             if not live:
                 continue
-            await self._decode_batch(live)
+            await self._decode_batch(live, lane.executor)
 
-    async def _decode_batch(self, items: list[tuple[Stream, asyncio.Future[None]]]) -> None:
+    async def _decode_batch(
+        self,
+        items: list[tuple[Stream, asyncio.Future[None]]],
+        executor: concurrent.futures.ThreadPoolExecutor,
+    ) -> None:
         loop = asyncio.get_running_loop()
         streams = list(dict.fromkeys(s for s, _ in items))  # a stream queued twice is decoded once
         t0 = time.perf_counter()
         finals_only = any(self.recognizer.has_final(s) for s in streams)
         decode = functools.partial(self.recognizer.decode_streams, interims=not finals_only)
         try:
-            await loop.run_in_executor(self.executor, decode, streams)
+            await loop.run_in_executor(executor, decode, streams)
             errors: dict[int, BaseException] = {}
         except Exception:
             if len(streams) == 1:
@@ -108,7 +144,7 @@ class Batcher:
                 errors = {}
                 for s in streams:
                     try:
-                        await loop.run_in_executor(self.executor, decode, [s])
+                        await loop.run_in_executor(executor, decode, [s])
                     except Exception as exc:
                         log.exception("decoding failed for one stream")
                         errors[id(s)] = exc

@@ -41,6 +41,8 @@ class ServerConfig:
     # batching
     max_batch_size: int = 16  # segments per model call
     max_wait_ms: float = 10.0  # how long a batch waits for more work once it has some
+    # finals (beam search) on a second model thread, so they never hold up partials and chunk steps
+    finals_thread: bool = True
     # limits
     max_streams: int = 64  # concurrent StreamingRecognize calls; more get RESOURCE_EXHAUSTED
     max_message_bytes: int = 4 * MiB  # per request message, both RPCs

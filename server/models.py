@@ -49,7 +49,11 @@ async def start_models(
         defaults = default_stream_options(config, lm_weight)
         rec = make_recognizer(m, RecognizerConfig(config.max_batch_size, defaults), lm=lm)
         batcher = Batcher(
-            rec, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms, metrics=metrics
+            rec,
+            max_batch_size=config.max_batch_size,
+            max_wait_ms=config.max_wait_ms,
+            metrics=metrics,
+            finals_lane=config.finals_thread,
         )
         batcher.start()
         if config.warmup:

@@ -1,0 +1,79 @@
+"""server.batcher on its own: finals go to their own lane (a second model thread), so a slow beam search does
+not hold up another stream's partials; without that lane they share the model thread; batches still form."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from server.batcher import Batcher
+
+
+class FakeRecognizer:
+    """Streams are strings; ``"final..."`` streams have a final due. A final's decode blocks until
+    ``release`` is set; every decode call is recorded with its thread."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls: list[tuple[list[str], str]] = []
+
+    def has_final(self, stream: Any) -> bool:
+        return str(stream).startswith("final")
+
+    def decode_streams(self, streams: list[Any], *, interims: bool = True) -> None:
+        self.calls.append((list(streams), threading.current_thread().name))
+        if any(self.has_final(s) for s in streams):
+            assert self.release.wait(10), "the test never released the final"
+
+
+async def _partial_while_final_decodes(finals_lane: bool) -> tuple[bool, FakeRecognizer]:
+    rec = FakeRecognizer()
+    batcher = Batcher(rec, max_wait_ms=1.0, finals_lane=finals_lane)  # type: ignore[arg-type]
+    batcher.start()
+    try:
+        final = asyncio.ensure_future(batcher.decode("final-a"))
+        while not rec.calls:  # the final's beam search has started
+            await asyncio.sleep(0.01)
+        partial = asyncio.ensure_future(batcher.decode("chunk-b"))
+        done, _ = await asyncio.wait({partial}, timeout=1.0)
+        partial_first = partial in done
+        rec.release.set()
+        await asyncio.wait_for(asyncio.gather(final, partial), 10)
+        return partial_first, rec
+    finally:
+        rec.release.set()
+        await batcher.stop()
+
+
+def test_a_partial_does_not_wait_behind_another_streams_final() -> None:
+    partial_first, rec = asyncio.run(_partial_while_final_decodes(finals_lane=True))
+    assert partial_first
+    (final_streams, final_thread), (chunk_streams, chunk_thread) = rec.calls
+    assert final_streams == ["final-a"] and chunk_streams == ["chunk-b"]
+    assert final_thread.startswith("asr-finals") and chunk_thread.startswith("asr-model")
+
+
+def test_without_the_finals_lane_everything_waits_for_the_model_thread() -> None:
+    partial_first, rec = asyncio.run(_partial_while_final_decodes(finals_lane=False))
+    assert not partial_first
+    assert {t.split("_")[0] for _, t in rec.calls} == {"asr-model"}
+
+
+@pytest.mark.parametrize("finals_lane", [True, False])
+def test_streams_queued_together_are_decoded_in_one_batch(finals_lane: bool) -> None:
+    async def run() -> FakeRecognizer:
+        rec = FakeRecognizer()
+        rec.release.set()
+        batcher = Batcher(rec, max_wait_ms=50.0, max_batch_size=3, finals_lane=finals_lane)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            await asyncio.gather(*(batcher.decode(f"chunk-{i}") for i in range(5)))
+        finally:
+            await batcher.stop()
+        return rec
+
+    rec = asyncio.run(run())
+    assert [len(streams) for streams, _ in rec.calls] == [3, 2]
