@@ -77,7 +77,8 @@ def run_config(spec: str, clips: list[Clip], models: dict[str, Any]) -> dict[str
 
     name, settings = parse_config(spec)
     model = models.setdefault(name, load_model(name, device="cpu"))
-    rec = make_recognizer(model, RecognizerConfig(final_context_seconds=settings.get("context", 10.0)))
+    context = settings.get("context", RecognizerConfig.final_context_seconds)
+    rec = make_recognizer(model, RecognizerConfig(final_context_seconds=context))
     endpoint = EndpointConfig(
         blank_ms=int(settings.get("blank", 0)), silence_ms=int(settings.get("silence", 800))
     )

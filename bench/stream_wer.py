@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "--context-s",
         type=float,
         nargs="+",
-        default=[10.0],
+        default=[4.0],
         help="streaming models: seconds of the sentence a blank-cut final is decoded after (0: alone)",
     )
     p.add_argument("--ctc-weight", type=float, help="CTC weight of the joint search, offline and streamed")

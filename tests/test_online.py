@@ -233,7 +233,10 @@ def test_finals_cut_by_blank_endpoints_are_decoded_after_their_sentence_so_far(
     each final is decoded over the sentence's utterances so far (the decoder's input holds their frames),
     keeping the words aligned to its own audio. The energy endpoint ends the sentence; with
     ``final_context_seconds=0`` each utterance is decoded alone."""
-    voiced = [a[round(voiced_span(a)[0] * SAMPLE_RATE) : round(voiced_span(a)[1] * SAMPLE_RATE)] for a in speech]
+    voiced = []
+    for a in speech:
+        lo, hi = voiced_span(a)
+        voiced.append(a[round(lo * SAMPLE_RATE) : round(hi * SAMPLE_RATE)])
     sentence = [silence(0.5), voiced[0], silence(0.45), voiced[2], silence(0.3), voiced[1]]
     audio = np.concatenate([*sentence, silence(1.5), voiced[3], silence(1.5)])
     opts = dataclasses.replace(OPTS, endpoint=EndpointConfig(blank_ms=240, silence_ms=800))
