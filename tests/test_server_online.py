@@ -87,7 +87,7 @@ def test_stream_gets_partials_before_its_audio_ends_then_finals(
     sc.config.model = "streaming"
     sent: list[float] = []
     arrivals = []
-    for resp in served.stub.StreamingRecognize(paced(audio, sc, sent, delay=0.03)):
+    for resp in served.stub.StreamingRecognize(paced(audio, sc, sent, delay=0.06)):
         arrivals += [(time.monotonic(), r) for r in resp.results]
     end = sent[0]
     partials = [r for t, r in arrivals if not r.is_final and t < end]
