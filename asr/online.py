@@ -144,15 +144,16 @@ class OnlineRecognizer(Recognizer):
             if any(s.options.lookahead_results for s in ready):
                 outs, aheads = self.encoder.step_ahead(encoders)
             else:
-                outs, aheads = self.encoder.step(encoders), []
+                outs = self.encoder.step(encoders)
+                aheads = [o[:0] for o in outs]
             self.chunk_steps += 1
             sizes = [o.size(0) for o in outs]
             self.frames_encoded += sum(sizes)
             labels = self.model.ctc(torch.cat(outs + aheads)).argmax(-1).cpu()  # greedy CTC
             ids = labels.split(sizes + [a.size(0) for a in aheads])
-            ahead_ids = ids[len(outs) :] or [None] * len(outs)
-            for s, out, chunk_ids, la_ids in zip(ready, outs, ids, ahead_ids, strict=False):
-                ahead = la_ids.tolist() if la_ids is not None and s.options.lookahead_results else []
+            chunk_labels, ahead_labels = ids[: len(outs)], ids[len(outs) :]
+            for s, out, chunk_ids, la_ids in zip(ready, outs, chunk_labels, ahead_labels, strict=True):
+                ahead = la_ids.tolist() if s.options.lookahead_results else []
                 with s.lock:
                     self._heard(s, out, chunk_ids.tolist(), ahead)
             streams = [s for s in ready if s.input_done]
@@ -201,12 +202,12 @@ class OnlineRecognizer(Recognizer):
                 utt.tokens.append(label)
             utt.blank_run = utt.blank_run + 1 if label == blank else 0
             utt.last_id = label
-        utt.tentative, last = [], utt.last_id
+        tentative, last = [], utt.last_id  # what greedy CTC reads in the look-ahead, after the tokens
         for label in ahead:
             if label != blank and label != last:
-                utt.tentative.append(label)
+                tentative.append(label)
             last = label
-        shown = utt.tokens + utt.tentative
+        shown = utt.tokens + tentative
         if shown != utt.shown and shown and s.options.interim_results:
             utt.shown = shown
             s._add_result(self._partial(s, len(ahead)))
@@ -241,9 +242,7 @@ class OnlineRecognizer(Recognizer):
             utterance=s.utterance,
         )
 
-    def _cut(
-        self, s: OnlineStream, final: bool, at: int | None = None, sentence_end: bool = True
-    ) -> None:
+    def _cut(self, s: OnlineStream, final: bool, at: int | None = None, sentence_end: bool = True) -> None:
         """End the open utterance where its encoder is; the next one takes over the features not encoded.
         ``at``: a stream sample the encoder has passed (an energy endpoint heard late); the final keeps the
         utterance up to the first chunk boundary at or after it, as if the cut had come there, so that

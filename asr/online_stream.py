@@ -39,8 +39,7 @@ class Utterance:
     tokens: list[int] = field(default_factory=list)  # the greedy CTC path, collapsed, blanks removed
     last_id: int = -1  # the path's last frame label (blank or token), for collapsing repeats
     blank_run: int = 0  # blank frames since the last token frame
-    tentative: list[int] = field(default_factory=list)  # greedy CTC tokens in the look-ahead, after tokens
-    shown: list[int] = field(default_factory=list)  # tokens of the last partial sent
+    shown: list[int] = field(default_factory=list)  # tokens of the last partial sent (look-ahead's too)
 
 
 @dataclass
