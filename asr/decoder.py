@@ -4,6 +4,13 @@ At step ``i``: ``s_i = LSTM(s_{i-1}, [embed(y_{i-1}); c_{i-1}])``, the attention
 encoder states and a convolution of the previous attention weights (the location feature) to give
 ``alpha_i`` and the context ``c_i``; the output distribution comes from ``[s_i; c_i]``.
 The decoder state is data (:class:`DecoderState`), so beam search can reorder and expand it freely.
+
+Decoding steps a few rows at a time, where ``nn.LSTMCell`` and ``nn.Conv1d`` spend their time on memory
+traffic and call overhead rather than arithmetic: outside autograd, :meth:`AttentionDecoder.step` runs the
+same arithmetic on weights repacked once for it (:class:`_StepWeights`): each LSTM layer's two matrices as one
+input-major ``(in + H, 4H)`` matrix (a 10-row step on the 1.3k x 2k layer takes 0.8 ms instead of 1.9 on a
+Xeon core), the location filter as a matrix applied to sliding windows of the previous weights, and the
+attention energies computed in place.
 """
 
 from __future__ import annotations
@@ -58,6 +65,15 @@ class DecoderState(NamedTuple):
     def index_select(self, index: Tensor) -> DecoderState:
         return DecoderState(self.h[:, index], self.c[:, index], self.context[index], self.attention[index])
 
+    def where(self, keep: Tensor, new: DecoderState) -> DecoderState:
+        """``new``'s rows where ``keep (N,)`` is True, this state's elsewhere."""
+        return DecoderState(
+            torch.where(keep[None, :, None], new.h, self.h),
+            torch.where(keep[None, :, None], new.c, self.c),
+            torch.where(keep[:, None], new.context, self.context),
+            torch.where(keep[:, None], new.attention, self.attention),
+        )
+
 
 class LocationAwareAttention(nn.Module):
     def __init__(self, enc_dim: int, dec_dim: int, config: DecoderConfig) -> None:
@@ -76,10 +92,22 @@ class LocationAwareAttention(nn.Module):
         self.score = nn.Linear(a, 1)
         self.sharpening = config.attention_sharpening
 
-    def forward(self, memory: Memory, query: Tensor, prev: Tensor) -> tuple[Tensor, Tensor]:
-        """``query (N, H)``, ``prev (N, T)`` -> context ``(N, D)``, weights ``(N, T)``."""
-        loc = self.loc_conv(prev.unsqueeze(1)).transpose(1, 2)  # (N, T, channels)
-        e = self.score(torch.tanh(memory.proj + self.dec_proj(query).unsqueeze(1) + self.loc_proj(loc)))
+    def forward(
+        self, memory: Memory, query: Tensor, prev: Tensor, location: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``query (N, H)``, ``prev (N, T)`` -> context ``(N, D)``, weights ``(N, T)``. ``location``: the
+        location filter and its projection as matrices, ``(kernel, channels)`` and ``(channels, A)``
+        (:class:`_StepWeights`); the energies are then computed in place, in one ``(N, T, A)`` buffer."""
+        if location is None:
+            loc = self.loc_proj(self.loc_conv(prev.unsqueeze(1)).transpose(1, 2))  # (N, T, A)
+            e = self.score(torch.tanh(memory.proj + self.dec_proj(query).unsqueeze(1) + loc))
+        else:
+            conv, proj = location
+            k = conv.size(0)
+            windows = F.pad(prev, (k // 2, k // 2)).unfold(1, k, 1).reshape(-1, k)  # (N * T, kernel)
+            hidden = (windows @ conv @ proj).view(*prev.shape, -1)  # (N, T, A)
+            hidden.add_(memory.proj).add_(self.dec_proj(query).unsqueeze(1)).tanh_()
+            e = self.score(hidden)
         e = e.squeeze(2).masked_fill(~memory.mask, float("-inf"))
         weights = torch.softmax(self.sharpening * e, dim=1)
         context = torch.bmm(weights.unsqueeze(1), memory.enc).squeeze(1)
@@ -87,6 +115,8 @@ class LocationAwareAttention(nn.Module):
 
 
 class AttentionDecoder(nn.Module):
+    packed_steps = True  # outside autograd, step with the repacked weights (False: the modules, for checks)
+
     def __init__(
         self, vocab_size: int, enc_dim: int, config: DecoderConfig, sos_id: int, eos_id: int
     ) -> None:
@@ -116,14 +146,29 @@ class AttentionDecoder(nn.Module):
         """One step: previous tokens ``(N,)`` -> logits ``(N, V)`` and the next state."""
         x = torch.cat([self.embed(tokens), state.context], dim=1)
         hs, cs = [], []
+        fast = self.packed_steps and not self.training and not torch.is_grad_enabled()
+        packed = self._step_weights() if fast else None
         for i, cell in enumerate(self.cells):
-            h, c = cell(x, (state.h[i], state.c[i]))
+            if packed is None:
+                h, c = cell(x, (state.h[i], state.c[i]))
+            else:
+                h, c = packed.cell(i, x, state.h[i], state.c[i])
             hs.append(h)
             cs.append(c)
             x = self.dropout(h)
-        context, weights = self.attention(memory, hs[-1], state.attention)
+        location = None if packed is None else packed.location
+        context, weights = self.attention(memory, hs[-1], state.attention, location)
         logits = self.output(self.dropout(torch.cat([hs[-1], context], dim=1)))
         return logits, DecoderState(torch.stack(hs), torch.stack(cs), context, weights)
+
+    def _step_weights(self) -> _StepWeights:
+        """The repacked weights for steps outside autograd, rebuilt when a weight has changed."""
+        key = _StepWeights.key(self)
+        cached: _StepWeights | None = getattr(self, "_packed", None)
+        if cached is None or cached.source != key:
+            cached = _StepWeights.build(self, key)
+            object.__setattr__(self, "_packed", cached)  # a cache, not a submodule or a buffer
+        return cached
 
     def forward(self, enc: Tensor, enc_lengths: Tensor, ys_in: Tensor) -> Tensor:
         """Teacher forcing: ``ys_in (B, U)`` starting with <sos> -> logits ``(B, U, V)``."""
@@ -159,3 +204,43 @@ class AttentionDecoder(nn.Module):
         correct = (logits.argmax(-1) == ys_out) & valid
         acc = correct.sum().float() / valid.sum().clamp_min(1)
         return loss / b, acc
+
+
+class _StepWeights(NamedTuple):
+    """An :class:`AttentionDecoder`'s weights repacked for decoding steps (see the module's docstring);
+    ``source`` identifies the weights they were made from (storage and in-place version of each)."""
+
+    source: tuple[tuple[int, int], ...]
+    cells: list[tuple[Tensor, Tensor]]  # per layer: ([W_ih W_hh]^T (in + H, 4H), b_ih + b_hh (4H,))
+    location: tuple[Tensor, Tensor]  # loc_conv (kernel, channels) and loc_proj (channels, A), as matrices
+
+    @staticmethod
+    def key(decoder: AttentionDecoder) -> tuple[tuple[int, int], ...]:
+        params = [
+            *decoder.cells.parameters(),
+            decoder.attention.loc_conv.weight,
+            decoder.attention.loc_proj.weight,
+        ]
+        # (weights made in inference mode have no version counter; they cannot change outside it)
+        return tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params)
+
+    @staticmethod
+    @torch.no_grad()
+    def build(decoder: AttentionDecoder, source: tuple[tuple[int, int], ...]) -> _StepWeights:
+        cells = []
+        for cell in decoder.cells:
+            assert isinstance(cell, nn.LSTMCell)
+            w = torch.cat([cell.weight_ih, cell.weight_hh], dim=1).t().contiguous()
+            b = cell.bias_ih + cell.bias_hh if cell.bias else torch.zeros_like(cell.weight_ih[:, 0])
+            cells.append((w, b))
+        att = decoder.attention
+        conv = att.loc_conv.weight[:, 0, :].t().contiguous()  # (kernel, channels)
+        return _StepWeights(source, cells, (conv, att.loc_proj.weight.t().contiguous()))
+
+    def cell(self, i: int, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """``nn.LSTMCell`` layer ``i``'s step (gates in its order: input, forget, cell, output)."""
+        w, b = self.cells[i]
+        gates = torch.addmm(b, torch.cat([x, h], dim=1), w)
+        gi, gf, gg, go = gates.chunk(4, dim=1)
+        c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
+        return torch.sigmoid(go) * torch.tanh(c), c

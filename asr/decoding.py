@@ -16,6 +16,7 @@ scorer the bottleneck on long inputs).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -199,16 +200,37 @@ def beam_search(
     enc_lengths: Tensor,
     options: DecodingOptions,
     lm: LanguageModel | None = None,
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Joint CTC/attention beam search, batched over utterances. Returns n-best lists, best first.
 
     Only live work is computed: the search starts from one row per utterance (the empty prefix) and widens
     to ``beam_size`` rows as extensions appear, and an utterance whose n-best list is final leaves the
     batch, so a batch of short and long utterances costs little more than its long ones decoded alone.
+
+    ``prefixes``: tokens each utterance's hypotheses must start with (a streaming final's words already
+    sent, :mod:`asr.online`). They are scored by teacher forcing, one step per token for the whole batch,
+    and only what follows them is searched; every hypothesis returned starts with its prefix.
     """
     if options.lm_weight > 0 and lm is None:
         raise ValueError("lm_weight > 0 needs a language model (pass lm=...)")
-    return _JointSearch(model, enc, enc_lengths, options, lm).run()
+    if prefixes is not None and len(prefixes) != enc.size(0):
+        raise ValueError(f"{len(prefixes)} prefixes for a batch of {enc.size(0)} utterances")
+    forced = [tuple(int(t) for t in p) for p in prefixes] if prefixes else [()] * enc.size(0)
+    fused, _ = _fused_scorers(model.tokenizer, options, lm)
+    if fused and len({len(p) for p in forced}) > 1:
+        # fused scorers' states can only be selected, not merged row by row: one search per prefix length
+        results: list[list[Hypothesis]] = [[] for _ in forced]
+        for n in sorted({len(p) for p in forced}):
+            rows = [i for i, p in enumerate(forced) if len(p) == n]
+            index = torch.tensor(rows, device=enc.device)
+            found = _JointSearch(
+                model, enc[index], enc_lengths[index], options, lm, [forced[i] for i in rows]
+            ).run()
+            for i, hyps in zip(rows, found, strict=True):
+                results[i] = hyps
+        return results
+    return _JointSearch(model, enc, enc_lengths, options, lm, forced).run()
 
 
 @dataclass
@@ -246,13 +268,25 @@ class _Step(NamedTuple):
 
 
 class _JointSearch:
-    """One call of :func:`beam_search`: the fixed inputs, and the steps that grow a :class:`_Beam`."""
+    """One call of :func:`beam_search`: the fixed inputs, and the steps that grow a :class:`_Beam`.
+
+    With prefixes, the beam starts after them: ``yseq[:, 0]`` is the token before the search (``<sos>`` or
+    the prefix's last token), steps count the searched tokens only, and finished hypotheses get their
+    prefix back."""
 
     def __init__(
-        self, model: Any, enc: Tensor, enc_lengths: Tensor, options: DecodingOptions, lm: LanguageModel | None
+        self,
+        model: Any,
+        enc: Tensor,
+        enc_lengths: Tensor,
+        options: DecodingOptions,
+        lm: LanguageModel | None,
+        prefixes: Sequence[tuple[int, ...]],
     ) -> None:
         tok = model.tokenizer
         self.model, self.enc, self.enc_lengths, self.options = model, enc, enc_lengths, options
+        self.prefixes = list(prefixes)
+        self.plen = torch.tensor([len(p) for p in self.prefixes], dtype=torch.long, device=enc.device)
         self.fused, biaser = _fused_scorers(tok, options, lm)
         self.blank, self.sos, self.eos = tok.blank_id, tok.sos_id, tok.eos_id
         self.lam, self.w = options.ctc_weight, options.beam_size
@@ -261,7 +295,9 @@ class _JointSearch:
         v = self.v = tok.vocab_size
         ctc_lp = model.ctc_log_probs(enc) if self.use_ctc else None
         self.scorer = None if ctc_lp is None else CTCPrefixScorer(ctc_lp, enc_lengths, self.blank, self.eos)
-        self.maxlen = (enc_lengths.double() * options.max_length_ratio).clamp_min(1).long()  # (B,)
+        # tokens each utterance may still add after its prefix
+        total = (enc_lengths.double() * options.max_length_ratio).clamp_min(1).long()  # (B,)
+        self.maxlen = (total - self.plen.to(total.device)).clamp_min(0)
         w = self.w
         self.k = v - 1 if not self.use_att else min(v - 1, max(w, int(options.pre_beam_ratio * w)))
         self.all_cands = torch.tensor([i for i in range(v) if i != self.blank], device=self.device)
@@ -301,9 +337,37 @@ class _JointSearch:
             return torch.zeros(b, dtype=torch.float64, device=device)
 
         yseq = torch.full((b, 1), self.sos, dtype=torch.long, device=device)
-        return _Beam(
+        beam = _Beam(
             list(range(b)), 1, utt, yseq, zeros(), zeros(), zeros(), zeros(), r, dstate, memory, fused_states
         )
+        for t in range(int(self.plen.max()) if b else 0):
+            self._force(beam, t)
+        return beam
+
+    def _force(self, beam: _Beam, t: int) -> None:
+        """Teacher-force token ``t`` of each utterance's prefix (one row per utterance); the rows whose
+        prefix is shorter keep their state."""
+        on = self.plen > t  # (B,)
+        token = torch.tensor(
+            [p[t] if len(p) > t else self.eos for p in self.prefixes], dtype=torch.long, device=self.device
+        )
+        last = beam.yseq[:, -1]
+        old_dstate = beam.dstate
+        total, att_lp, lm_lp = self._token_scores(beam, last)
+        if self.use_att:
+            beam.dstate = old_dstate.where(on, beam.dstate)
+        gain = total.gather(1, token[:, None])[:, 0]
+        if self.scorer is not None and beam.r is not None:
+            is_empty = torch.full_like(on, t == 0)
+            psi = self.scorer.score(beam.utt, beam.r, last, is_empty, token[:, None])[:, 0]
+            r = self.scorer.extend(beam.utt, beam.r, last, is_empty, token)
+            gain = gain + self.lam * (psi - beam.ctc_psi)
+            beam.r = torch.where(on[:, None, None], r, beam.r)
+            beam.ctc_psi = torch.where(on, psi, beam.ctc_psi)
+        beam.scores = torch.where(on, beam.scores + gain, beam.scores)
+        beam.att_acc = torch.where(on, beam.att_acc + att_lp.gather(1, token[:, None])[:, 0], beam.att_acc)
+        beam.lm_acc = torch.where(on, beam.lm_acc + lm_lp.gather(1, token[:, None])[:, 0], beam.lm_acc)
+        beam.yseq = torch.where(on, token, last)[:, None]
 
     def _token_scores(self, beam: _Beam, last: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``total``, ``att_lp`` and ``lm_lp`` ``(N, V)`` of every next token (advances the decoder and the
@@ -347,7 +411,7 @@ class _JointSearch:
             cand = self.all_cands[None, :].expand(last.size(0), -1)
         cand_scores = beam.scores[:, None] + total.gather(1, cand) + options.length_bonus
         cand_scores = cand_scores.masked_fill((cand != eos) & at_max[:, None], NEG_INF)
-        is_empty = torch.full_like(last, step == 0, dtype=torch.bool)
+        is_empty = (self.plen[beam.utt] == 0) & (step == 0)
         psi = None
         if self.scorer is not None and beam.r is not None:
             psi = self.scorer.score(beam.utt, beam.r, last, is_empty, cand)
@@ -395,11 +459,12 @@ class _JointSearch:
         ended = (beam.yseq[:, -1] == self.eos) & torch.isfinite(top)
         if bool(ended.any()):
             for i in ended.nonzero().flatten().tolist():
-                toks = tuple(beam.yseq[i, 1:-1].tolist())
+                u = beam.active[i // rows]
+                toks = self.prefixes[u] + tuple(beam.yseq[i, 1:-1].tolist())
                 raw = float(top[i])
                 score = raw / (len(toks) + 1) if options.normalize_length else raw
                 att, ctc, lm = float(beam.att_acc[i]), float(beam.ctc_psi[i]), float(beam.lm_acc[i])
-                self.finished[beam.active[i // rows]].append(Hypothesis(toks, score, att, ctc, lm))
+                self.finished[u].append(Hypothesis(toks, score, att, ctc, lm))
         beam.scores = top.masked_fill(ended, NEG_INF)
         best_alive = beam.scores.view(nb, rows).max(dim=1).values.tolist()
         keep = [
@@ -408,7 +473,7 @@ class _JointSearch:
             if not (
                 best_alive[j] == NEG_INF
                 or (self.monotone and _cannot_improve(self.finished[u], best_alive[j] + slack, options.nbest))
-                or _end_detected(self.finished[u], step)
+                or _end_detected(self.finished[u], step + len(self.prefixes[u]))
             )
         ]
         if keep and len(keep) < nb:  # utterances whose n-best list is final leave the batch

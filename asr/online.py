@@ -49,6 +49,7 @@ from asr.lc_blstm import EncoderStream, LCBLSTMEncoder
 from asr.online_stream import ClosedUtterance, OnlineStream, Utterance
 from asr.stream_state import Stream, StreamOptions, StreamResult
 from asr.streaming import Recognizer, RecognizerConfig, _common_prefix
+from asr.tokenizer import Tokenizer
 from asr.transcribe import Alternative
 
 if TYPE_CHECKING:
@@ -282,26 +283,37 @@ class OnlineRecognizer(Recognizer):
         s.short = self._frames_short(s.open.encoder)
 
     def _decode_closed(self, streams: list[OnlineStream]) -> None:
-        """The finals of the closed utterances: one beam search per distinct decoding options."""
+        """The finals of the closed utterances: one beam search per distinct decoding options, and per round:
+        an utterance whose context holds another utterance of this call waits for that one's final (its
+        words are the next one's prefix)."""
         taken: list[tuple[OnlineStream, ClosedUtterance]] = []
         for s in streams:
             with s.lock:
                 taken += [(s, c) for c in s.closed]
                 s.closed.clear()
-        groups: dict[DecodingOptions, list[tuple[OnlineStream, ClosedUtterance]]] = {}
-        for item in taken:
-            groups.setdefault(item[0].options.decoding, []).append(item)
         results: dict[int, StreamResult] = {}
+        pending = list(taken)
         try:
-            for opts, items in groups.items():
-                size = self.config.max_batch_size
-                for k in range(0, len(items), size):
-                    batch = items[k : k + size]
-                    results.update(zip((id(c) for _, c in batch), self._finals(batch, opts), strict=True))
+            while pending:
+                waiting = {id(c.final) for _, c in pending}
+                ready = [(s, c) for s, c in pending if not any(id(x.final) in waiting for x in c.context)]
+                chosen = {id(c) for _, c in ready}
+                pending = [(s, c) for s, c in pending if id(c) not in chosen]
+                groups: dict[DecodingOptions, list[tuple[OnlineStream, ClosedUtterance]]] = {}
+                for item in ready:
+                    groups.setdefault(item[0].options.decoding, []).append(item)
+                for opts, items in groups.items():
+                    size = self.config.max_batch_size
+                    for k in range(0, len(items), size):
+                        batch = items[k : k + size]
+                        for (_, c), r in zip(batch, self._finals(batch, opts), strict=True):
+                            results[id(c)] = r
+                            c.final.text = r.text
         except BaseException:
             for s, c in reversed(taken):  # back to their streams, in order, for a retry
-                with s.lock:
-                    s.closed.appendleft(c)
+                if id(c) not in results:
+                    with s.lock:
+                        s.closed.appendleft(c)
             raise
         for s, c in taken:
             with s.lock:
@@ -311,35 +323,57 @@ class OnlineRecognizer(Recognizer):
         self, items: list[tuple[OnlineStream, ClosedUtterance]], opts: DecodingOptions
     ) -> list[StreamResult]:
         """Finals of closed utterances that share the decoding options ``opts``: one beam search, each
-        utterance decoded after its context (the sentence's earlier utterances) and keeping its own words."""
-        joined = [c.joined() for _, c in items]
+        utterance decoded after its context (the sentence's earlier utterances), whose finals' words are
+        forced as the transcript's start, and keeping the words after them."""
+        tok = self.model.tokenizer
+        closed = [_decoded_context(c) for _, c in items]
+        joined = [c.joined() for c in closed]
+        said = [" ".join(x.final.text for x in c.context if x.final.text) for c in closed]
+        prefixes = [_prefix(tok, text) for text in said]
         lengths = torch.tensor([c.enc.size(0) for c in joined], device=self.model.device)
         enc = torch.nn.utils.rnn.pad_sequence([c.enc for c in joined], batch_first=True)
-        word_times = [s.options.word_times or bool(c.context) for s, c in items]
-        results = self._final_results(joined, word_times, opts, enc, lengths)
+        streams = [s for s, _ in items]
+        word_times = [s.options.word_times or bool(c.context) for s, c in zip(streams, closed, strict=True)]
+        results = self._final_results(joined, word_times, opts, enc, lengths, prefixes=prefixes)
         return [
-            _own_words(r, c, s.options.word_times) if c.context else r
-            for (s, c), r in zip(items, results, strict=True)
+            _own_words(r, c, len(text.split()), s.options.word_times) if c.context else r
+            for (s, _), c, text, r in zip(items, closed, said, results, strict=True)
         ]
 
 
-def _own_words(result: StreamResult, c: ClosedUtterance, word_times: bool) -> StreamResult:
-    """The final of ``c`` from the ``result`` of decoding it after its context: the words aligned to its own
-    audio (their middle on or after its start), timed from the stream start (the joined audio leaves out
-    what fell between the utterances); the n-best alternatives lose as many leading words as the best did."""
+def _decoded_context(c: ClosedUtterance) -> ClosedUtterance:
+    """``c`` with the part of its context after the last utterance whose final is unknown (one that failed
+    to decode): what the context said must be known to be forced."""
+    k = len(c.context)
+    while k and c.context[k - 1].final.text is not None:
+        k -= 1
+    return c if k == 0 else dataclasses.replace(c, context=c.context[k:])
+
+
+def _prefix(tok: Tokenizer, text: str) -> list[int]:
+    """The tokens of ``text`` as a decoding prefix: ending on a word boundary where the tokenizer spells
+    them out (a space token), so that the search goes on with a new word."""
+    if not text:
+        return []
+    ids = tok.encode(text)
+    return [*ids, tok.space_id] if tok.space_id is not None else ids
+
+
+def _own_words(result: StreamResult, c: ClosedUtterance, said: int, word_times: bool) -> StreamResult:
+    """The final of ``c`` from the ``result`` of decoding it after its context, whose finals said ``said``
+    words (the prefix of every alternative): the words after them, timed from the stream start (the joined
+    audio leaves out what fell between the utterances) and kept within ``c``'s own audio."""
     start = c.start / SAMPLE_RATE
     joined_start = (c.context[0].start + sum(len(x.audio) for x in c.context)) / SAMPLE_RATE
     shift = start - joined_start  # stream time - joined time, over c's own audio
     words = tuple(
-        dataclasses.replace(w, start=max(w.start + shift, start), end=w.end + shift)
-        for w in result.words
-        if (w.start + w.end) / 2 + shift >= start
+        dataclasses.replace(w, start=max(w.start + shift, start), end=max(w.end + shift, start))
+        for w in result.words[said:]
     )
-    dropped = len(result.words) - len(words)
-    text = " ".join(w.word for w in words)
+    text = " ".join(w.word for w in words) if result.words else " ".join(result.text.split()[said:])
     confidence = sum(w.confidence for w in words) / len(words) if words else 0.0
     alternatives = tuple(
-        Alternative(" ".join(a.text.split()[dropped:]), a.score, a.confidence) for a in result.alternatives
+        Alternative(" ".join(a.text.split()[said:]), a.score, a.confidence) for a in result.alternatives
     )
     if alternatives:
         alternatives = (Alternative(text, alternatives[0].score, confidence), *alternatives[1:])

@@ -25,7 +25,7 @@ from torch import Tensor
 from asr.lc_blstm import EncoderStream
 from asr.stream_state import Stream, StreamOptions
 
-__all__ = ["ClosedUtterance", "OnlineStream", "Utterance"]
+__all__ = ["ClosedUtterance", "FinalText", "OnlineStream", "Utterance"]
 
 
 @dataclass
@@ -43,6 +43,14 @@ class Utterance:
 
 
 @dataclass
+class FinalText:
+    """What an utterance's final said, once it is decoded; the copies of a :class:`ClosedUtterance` share
+    it, so the next final of the sentence reads it from its context."""
+
+    text: str | None = None
+
+
+@dataclass
 class ClosedUtterance:
     """An utterance whose final is to be decoded: its encoder frames and its audio."""
 
@@ -53,8 +61,10 @@ class ClosedUtterance:
     closes_stream: bool
     closed_at: int  # stream samples accepted when it was closed
     # The utterances a blank endpoint cut from the same sentence before this one (oldest first, whole
-    # encoder frames and audio of each): its final is decoded over them and itself, and keeps its own words.
+    # encoder frames and audio of each): its final is decoded over them and itself, their finals' words
+    # forced as the start of the transcript, and says only the words after those.
     context: tuple[ClosedUtterance, ...] = ()
+    final: FinalText = field(default_factory=FinalText)
 
     def joined(self) -> ClosedUtterance:
         """This utterance with its context before it, as one (frames and audio end to end)."""

@@ -268,10 +268,11 @@ class Recognizer:
         enc: Tensor,
         lengths: Tensor,
         short: list[bool] | None = None,
+        prefixes: Sequence[Sequence[int]] | None = None,
     ) -> list[StreamResult]:
         """The finals of closed pieces of streams (encoder outputs ``enc`` with ``lengths``) that share the
         decoding options ``opts``: one beam search, words timed from the stream start where ``word_times``;
-        a ``short`` piece gets an empty final."""
+        a ``short`` piece gets an empty final. ``prefixes``: tokens each transcript must start with."""
         audio = [p.audio for p in pieces]
         timed = any(word_times)
         views = encode_views(self.model, audio, opts.tta_speeds) if opts.tta_speeds else ()
@@ -286,6 +287,7 @@ class Recognizer:
             voiced=[voiced_span(a) for a in audio] if timed else None,
             lm=self.lm,
             views=views,
+            prefixes=prefixes,
         )
         short = short or [False] * len(pieces)
         return [

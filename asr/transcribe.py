@@ -85,19 +85,24 @@ def decode_encoded(
     word_times: bool = True,
     voiced: Sequence[tuple[float, float] | None] | None = None,
     views: Sequence[tuple[Tensor, Tensor]] = (),
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> list[Transcript]:
     """Decode a batch of encoder outputs ``(B, T', D)`` into transcripts. ``voiced``: each segment's
     :func:`asr.alignment.voiced_span`, which its word times are kept within. ``views``: with
-    ``options.tta_speeds``, the encoder outputs of the same batch at those speeds (:func:`encode_views`)."""
+    ``options.tta_speeds``, the encoder outputs of the same batch at those speeds (:func:`encode_views`).
+    ``prefixes``: tokens each transcript must start with (beam search only; see
+    :func:`asr.decoding.beam_search`)."""
     tok = model.tokenizer
     b = enc.size(0)
     offsets = offsets or [0.0] * b
     durations = durations or [0.0] * b
     ctc_lp = model.ctc_log_probs(enc)
     if options.method == "greedy":
+        if prefixes is not None and any(prefixes):
+            raise ValueError("prefixes need the beam search (method 'beam'); greedy CTC cannot force them")
         hyps_per_utt, confidences = _greedy(ctc_lp, enc_lengths, tok.blank_id)
     else:
-        hyps_per_utt, confidences = _search(model, enc, enc_lengths, ctc_lp, options, lm, views)
+        hyps_per_utt, confidences = _search(model, enc, enc_lengths, ctc_lp, options, lm, views, prefixes)
     shift = model.config.encoder_frame_shift
     out = []
     for i, hyps in enumerate(hyps_per_utt):
@@ -137,14 +142,18 @@ def _search(
     options: DecodingOptions,
     lm: LanguageModel | None,
     views: Sequence[tuple[Tensor, Tensor]],
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[list[Hypothesis]], list[list[float]]]:
     """Joint CTC/attention beam search (over the TTA views when asked) of the segments in which greedy CTC
-    hears speech (``options.ctc_gate``); the others keep greedy CTC's empty hypothesis and its confidence."""
+    hears speech (``options.ctc_gate``); the others keep greedy CTC's empty hypothesis and its confidence.
+    A segment with a prefix is always searched."""
     b = enc.size(0)
     out, confidences = _greedy(ctc_lp, enc_lengths, model.tokenizer.blank_id)
-    heard = [i for i in range(b) if out[i][0].tokens or not options.ctc_gate]
+    forced = list(prefixes) if prefixes is not None else [()] * b
+    heard = [i for i in range(b) if out[i][0].tokens or forced[i] or not options.ctc_gate]
     if not heard:
         return out, confidences
+    rows_prefixes = [forced[i] for i in heard] if any(forced) else None
     if len(heard) < b:
         rows = torch.tensor(heard, device=enc.device)
         enc, enc_lengths = enc[rows], enc_lengths[rows]
@@ -155,7 +164,9 @@ def _search(
                 f"options.tta_speeds has {len(options.tta_speeds)} speeds but {len(views)} encoded views "
                 "were given: encode them with asr.transcribe.encode_views"
             )
-        found = search_views(model, [(enc, enc_lengths), *views], options, lm=lm)
+        found = search_views(model, [(enc, enc_lengths), *views], options, lm=lm, prefixes=rows_prefixes)
+    elif rows_prefixes is not None:
+        found = beam_search(model, enc, enc_lengths, options, lm=lm, prefixes=rows_prefixes)
     else:
         found = beam_search(model, enc, enc_lengths, options, lm=lm)
     for i, hyps in zip(heard, found, strict=True):

@@ -173,15 +173,17 @@ def search_views(
     encoded: Sequence[tuple[Tensor, Tensor]],
     options: DecodingOptions,
     lm: LanguageModel | None = None,
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Pool the beam searches of several views of a batch and rescore the pool under all of them.
 
     ``encoded``: one ``(enc (B, T', D), enc_lengths (B,))`` per view, the same ``B`` utterances in each.
+    ``prefixes``: the tokens each utterance's transcripts start with (:func:`asr.decoding.beam_search`).
     Returns n-best lists, best first, like :func:`asr.decoding.beam_search`."""
     if not encoded:
         raise ValueError("search_views needs at least one view")
     b = encoded[0][0].size(0)
-    pools, known = _pool(model, encoded, options, lm)
+    pools, known = _pool(model, encoded, options, lm, prefixes)
     pairs = [(u, s) for u in range(b) for s in pools[u]]
     if not pairs:
         return [[Hypothesis((), float("-inf"))] for _ in range(b)]
@@ -205,6 +207,7 @@ def _pool(
     encoded: Sequence[tuple[Tensor, Tensor]],
     options: DecodingOptions,
     lm: LanguageModel | None,
+    prefixes: Sequence[Sequence[int]] | None,
 ) -> tuple[list[dict[tuple[int, ...], None]], list[Found]]:
     """Search every view: the pooled transcripts of each utterance, in the order found, and per view the
     scores its search gave its own finds."""
@@ -216,7 +219,7 @@ def _pool(
     known: list[Found] = []
     for enc, lengths in encoded:
         found = {}
-        for u, hyps in enumerate(beam_search(model, enc, lengths, per_view, lm=lm)):
+        for u, hyps in enumerate(beam_search(model, enc, lengths, per_view, lm=lm, prefixes=prefixes)):
             for h in hyps:
                 if h.score > float("-inf"):
                     pools[u].setdefault(h.tokens, None)

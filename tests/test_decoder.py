@@ -44,6 +44,44 @@ def test_teacher_forcing_equals_step_by_step() -> None:
             assert bool((state.attention[1, 6:] == 0).all())  # no attention on padded frames
 
 
+def steps(dec: AttentionDecoder, enc: torch.Tensor, lengths: torch.Tensor, tokens: list[list[int]]) -> list:
+    memory, state = dec.prepare(enc, lengths)
+    out = []
+    for column in zip(*tokens, strict=True):
+        logits, state = dec.step(torch.tensor(column), state, memory)
+        out.append((logits, *state))
+    return out
+
+
+def test_repacked_steps_equal_the_modules_and_follow_weight_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside autograd a step runs on repacked weights (two LSTM layers here): the same logits and states
+    as ``nn.LSTMCell`` and ``nn.Conv1d``, with padding; the repacking is redone when a weight changes."""
+    dec = make_decoder(3)
+    enc, lengths = torch.randn(3, 13, D), torch.tensor([13, 9, 4])
+    tokens = [[V - 1, 2, 3, 4, 0], [V - 1, 5, 5, 1, 2], [V - 1, 7, 6, 6, 6]]
+
+    def compare() -> None:
+        with torch.inference_mode():
+            fast = steps(dec, enc, lengths, tokens)
+            monkeypatch.setattr(AttentionDecoder, "packed_steps", False)
+            slow = steps(dec, enc, lengths, tokens)
+            monkeypatch.setattr(AttentionDecoder, "packed_steps", True)
+        for a, b in zip(fast, slow, strict=True):
+            for x, y in zip(a, b, strict=True):
+                torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+    compare()
+    packed = dec._packed
+    with torch.no_grad():
+        dec.cells[1].weight_hh.mul_(1.5)
+        dec.attention.loc_conv.weight.add_(0.3)
+    compare()
+    assert dec._packed is not packed  # rebuilt for the new weights
+    with torch.inference_mode():
+        steps(dec, enc, lengths, tokens)
+    assert dec._packed.source == type(packed).key(dec)
+
+
 def test_padding_does_not_change_decoder_output() -> None:
     dec = make_decoder(1)
     enc, lengths = torch.randn(3, 13, D), torch.tensor([13, 4, 9])

@@ -267,6 +267,57 @@ def test_batched_beam_search_equals_one_at_a_time(ctc_weight: float) -> None:
         assert [h.score for h in batched[b]] == pytest.approx([h.score for h in alone], abs=1e-6)
 
 
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.3, 1.0])
+@torch.inference_mode()
+def test_forced_prefixes_start_every_hypothesis_and_are_scored_as_the_model_scores(ctc_weight: float) -> None:
+    """Prefixes of different lengths in one batch (one empty): every hypothesis starts with its own, its
+    scores are the model's scores of the whole sequence, and forcing a search's best hypothesis whole gives
+    it back with the same score. Batched equals one at a time."""
+    model = CTCModel(seed=1)
+    enc, lengths = peaky(PATHS, sharp=3.0, seed=1)
+    opts = DecodingOptions(beam_size=4, nbest=2, ctc_weight=ctc_weight)
+    free = beam_search(model, enc, lengths, opts)
+    whole = [h[0].tokens for h in free]
+    again = beam_search(model, enc, lengths, opts, prefixes=whole)
+    for b in range(enc.size(0)):
+        assert again[b][0].tokens == whole[b]
+        assert again[b][0].score == pytest.approx(free[b][0].score, abs=1e-6)
+    prefixes = [whole[0][:2], (), whole[2][:1]]
+    forced = beam_search(model, enc, lengths, opts, prefixes=prefixes)
+    for b, hyps in enumerate(forced):
+        n = int(lengths[b])
+        alone = beam_search(model, enc[b : b + 1, :n], lengths[b : b + 1], opts, prefixes=[prefixes[b]])[0]
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-6)
+        for h in hyps:
+            assert h.tokens[: len(prefixes[b])] == prefixes[b]
+            expected = 0.0
+            if ctc_weight < 1:
+                expected += (1 - ctc_weight) * teacher_forced_score(model, enc[b], n, h.tokens)
+            if ctc_weight > 0:
+                expected += ctc_weight * ctc_score(model, enc[b], n, h.tokens)
+            assert h.score == pytest.approx(expected, abs=1e-4)
+    assert [h[0].tokens for h in forced][1] == whole[1]  # no prefix: the free search
+
+
+@torch.inference_mode()
+def test_forced_prefixes_with_a_fused_scorer_are_searched_by_prefix_length() -> None:
+    """Phrase hints (a fused scorer, whose states are selected but not merged) with prefixes of different
+    lengths: the same hypotheses as one utterance at a time."""
+    model = CTCModel(seed=3)
+    enc, lengths = peaky(PATHS, sharp=2.0, seed=3)
+    opts = DecodingOptions(beam_size=3, nbest=2, ctc_weight=0.4, phrases=("ab",), phrase_boost=2.0)
+    prefixes = [(1,), (), (3, 4)]
+    batched = beam_search(model, enc, lengths, opts, prefixes=prefixes)
+    for b in range(enc.size(0)):
+        n = int(lengths[b])
+        alone = beam_search(model, enc[b : b + 1, :n], lengths[b : b + 1], opts, prefixes=[prefixes[b]])[0]
+        assert [h.tokens for h in batched[b]] == [h.tokens for h in alone]
+        assert all(h.tokens[: len(prefixes[b])] == prefixes[b] for h in batched[b])
+    with pytest.raises(ValueError, match="2 prefixes for a batch of 3"):
+        beam_search(model, enc, lengths, opts, prefixes=prefixes[:2])
+
+
 @pytest.mark.parametrize("ctc_weight", [0.0, 0.4, 1.0])
 @torch.inference_mode()
 def test_early_stop_keeps_the_nbest(ctc_weight: float, monkeypatch: pytest.MonkeyPatch) -> None:

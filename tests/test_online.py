@@ -231,8 +231,8 @@ def test_finals_cut_by_blank_endpoints_are_decoded_after_their_sentence_so_far(
 ) -> None:
     """Pauses shorter than the energy rule's silence: blank endpoints cut the sentence into utterances, and
     each final is decoded over the sentence's utterances so far (the decoder's input holds their frames),
-    keeping the words aligned to its own audio. The energy endpoint ends the sentence; with
-    ``final_context_seconds=0`` each utterance is decoded alone."""
+    their finals' words forced as its transcript's start, and says the words after them. The energy
+    endpoint ends the sentence; with ``final_context_seconds=0`` each utterance is decoded alone."""
     voiced = []
     for a in speech:
         lo, hi = voiced_span(a)
@@ -241,19 +241,24 @@ def test_finals_cut_by_blank_endpoints_are_decoded_after_their_sentence_so_far(
     audio = np.concatenate([*sentence, silence(1.5), voiced[3], silence(1.5)])
     opts = dataclasses.replace(OPTS, endpoint=EndpointConfig(blank_ms=240, silence_ms=800))
 
+    forced: list[str] = []  # what each final's decoding was made to start with
+
     def run(context_s: float) -> tuple[list[StreamResult], list[int]]:
         rec = OnlineRecognizer(model, RecognizerConfig(final_context_seconds=context_s))
         decoded: list[int] = []  # encoder frames each final was decoded from
         final_results = rec._final_results
+        forced.clear()
 
-        def spy(pieces, word_times, opts, enc, lengths, short=None):  # type: ignore[no-untyped-def]
+        def spy(pieces, word_times, opts, enc, lengths, short=None, prefixes=None):  # type: ignore[no-untyped-def]
             decoded.extend(lengths.tolist())
-            return final_results(pieces, word_times, opts, enc, lengths, short)
+            forced.extend(model.tokenizer.decode(p) for p in prefixes)
+            return final_results(pieces, word_times, opts, enc, lengths, short, prefixes)
 
         rec._final_results = spy  # type: ignore[method-assign]
         return [r for _, r in feed(rec, rec.create_stream(opts), audio) if r.is_final], decoded
 
     alone, alone_frames = run(0.0)
+    assert not any(forced)
     finals, frames = run(10.0)
     assert [(f.start, f.end) for f in finals] == [(f.start, f.end) for f in alone]  # the same cuts
     first_sentence = sum(f.end <= len(np.concatenate(sentence)) / SAMPLE_RATE + 0.3 for f in finals)
@@ -265,6 +270,9 @@ def test_finals_cut_by_blank_endpoints_are_decoded_after_their_sentence_so_far(
         assert all(f.start <= w.start < w.end <= f.end + 0.05 for w in f.words)
         assert f.text == " ".join(w.word for w in f.words)
     assert finals[0].text == alone[0].text  # nothing before it
+    so_far = [" ".join(f.text for f in finals[:k] if f.text) for k in range(first_sentence)]
+    assert [p.strip() for p in forced[:first_sentence]] == so_far
+    assert not any(forced[first_sentence:])
 
 
 def test_silence_and_noise_give_nothing(model: Transcriber) -> None:
