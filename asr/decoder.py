@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr import precision
 from asr.features import lengths_to_mask
 
 
@@ -210,29 +211,30 @@ class _StepWeights(NamedTuple):
     """An :class:`AttentionDecoder`'s weights repacked for decoding steps (see the module's docstring);
     ``source`` identifies the weights they were made from (storage and in-place version of each)."""
 
-    source: tuple[tuple[int, int], ...]
+    source: tuple[object, ...]
     cells: list[tuple[Tensor, Tensor]]  # per layer: ([W_ih W_hh]^T (in + H, 4H), b_ih + b_hh (4H,))
     location: tuple[Tensor, Tensor]  # loc_conv (kernel, channels) and loc_proj (channels, A), as matrices
 
     @staticmethod
-    def key(decoder: AttentionDecoder) -> tuple[tuple[int, int], ...]:
+    def key(decoder: AttentionDecoder) -> tuple[object, ...]:
         params = [
             *decoder.cells.parameters(),
             decoder.attention.loc_conv.weight,
             decoder.attention.loc_proj.weight,
         ]
-        # (weights made in inference mode have no version counter; they cannot change outside it)
-        return tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params)
+        return (precision.recurrent_dtype(params[0].device), *precision.weights_key(params))
 
     @staticmethod
     @torch.no_grad()
-    def build(decoder: AttentionDecoder, source: tuple[tuple[int, int], ...]) -> _StepWeights:
+    def build(decoder: AttentionDecoder, source: tuple[object, ...]) -> _StepWeights:
+        dtype = source[0]  # the LSTM products' (asr.precision)
+        assert isinstance(dtype, torch.dtype)
         cells = []
         for cell in decoder.cells:
             assert isinstance(cell, nn.LSTMCell)
             w = torch.cat([cell.weight_ih, cell.weight_hh], dim=1).t().contiguous()
             b = cell.bias_ih + cell.bias_hh if cell.bias else torch.zeros_like(cell.weight_ih[:, 0])
-            cells.append((w, b))
+            cells.append((w.to(dtype), b.to(dtype)))
         att = decoder.attention
         conv = att.loc_conv.weight[:, 0, :].t().contiguous()  # (kernel, channels)
         return _StepWeights(source, cells, (conv, att.loc_proj.weight.t().contiguous()))
@@ -240,7 +242,7 @@ class _StepWeights(NamedTuple):
     def cell(self, i: int, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """``nn.LSTMCell`` layer ``i``'s step (gates in its order: input, forget, cell, output)."""
         w, b = self.cells[i]
-        gates = torch.addmm(b, torch.cat([x, h], dim=1), w)
+        gates = torch.addmm(b, torch.cat([x, h], dim=1).to(w.dtype), w).to(x.dtype)
         gi, gf, gg, go = gates.chunk(4, dim=1)
         c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
         return torch.sigmoid(go) * torch.tanh(c), c

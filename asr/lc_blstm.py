@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from asr import precision
 from asr.encoder import EncoderConfig, PyramidalBLSTMEncoder
 
 
@@ -40,9 +41,15 @@ def _run(
     if state is None:
         zeros = x.new_zeros(1, x.size(0), lstm.hidden_size)
         state = (zeros, zeros)
+    dtype = x.dtype
+    if not lstm.training and not torch.is_grad_enabled():  # inference: the products in its precision
+        low = precision.recurrent_dtype(x.device)
+        if low != dtype:
+            params = list(precision.cast_weights(lstm, f"l0{sfx}", params, low))
+            x, state = x.to(low), (state[0].to(low), state[1].to(low))
     # torch.lstm is the ATen op behind nn.LSTM (one layer, one direction, batch first, no dropout).
     out, h, c = torch.lstm(x, state, params, True, 1, 0.0, lstm.training, False, True)
-    return out, h, c
+    return out.to(dtype), h.to(dtype), c.to(dtype)
 
 
 def _flip_valid(x: Tensor, lengths: Tensor) -> Tensor:

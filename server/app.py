@@ -30,6 +30,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from asr import precision
 from asr.checkpoint import load_model, resolve_model_path
 from asr.model import ASRModel
 from asr_grpc import asr_pb2, asr_pb2_grpc
@@ -89,6 +90,8 @@ async def create_server(
     models = _models_to_serve(config, model, models)
     if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
+    if config.precision:
+        precision.set_mode(config.precision)
     metrics = Metrics()
     loaded = await start_models(models, config, metrics)
     default = loaded[next(iter(loaded))]
@@ -266,6 +269,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "finals_thread": "decode finals on a second model thread, so partials and chunk steps never wait "
         "behind a beam search (default on)",
         "device": "cpu, cuda, cuda:1 (default: cuda when available)",
+        "precision": "number format of the LSTMs' products: auto (bfloat16 on CPUs with AMX, else float32), "
+        "float32 or bfloat16 (default auto)",
         "lm": "language model from 'asr lm train', fused into beam search (default: none)",
         "lm_weight": "default weight of --lm in beam search; requests may set their own (default 0.3)",
         "max_phrases": "phrase hints a request may carry (default 1000)",
@@ -303,9 +308,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    # oneDNN keeps a compiled LSTM primitive per input shape (up to 1024); streams bring ever new lengths,
-    # so RSS grew ~60 MiB per 1,000 streams (bench/soak.py). Off unless the operator sets it; no slower there.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+    # oneDNN keeps a compiled primitive per input shape (up to 1024 by default); streams bring ever new
+    # lengths, so RSS grew ~60 MiB per 1,000 streams (bench/soak.py). A small cache bounds that and keeps the
+    # few shapes of chunk steps and beam steps compiled (without it the bfloat16 products are recompiled on
+    # every call: 1.3-1.7x slower, bench/decoder_step.py). The operator's setting wins.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
     config = config_from_args(args)
     setup_logging(config)
     try:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
+from asr import precision
 from asr.decoding import DecodingOptions
 from asr.lm import DEFAULT_LM_WEIGHT
 from asr.streaming import EndpointConfig, StreamOptions
@@ -35,6 +36,9 @@ class ServerConfig:
     model_name: str = ""  # name(s) in ListModels and RecognitionConfig.model, as many; "" = the files' stems
     device: str = ""  # "" = cuda when available, else cpu
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    # number format of the recurrent products (asr.precision): auto = bfloat16 on CPUs with AMX;
+    # "" = the process's (asr.precision.set_mode, else auto)
+    precision: str = ""
     warmup: bool = True
     lm: str = ""  # language model from `asr lm train`, fused into beam search; "" = none
     lm_weight: float = DEFAULT_LM_WEIGHT  # its default weight (requests may set DecodingConfig.lm_weight)
@@ -107,6 +111,8 @@ class ServerConfig:
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("mutual TLS (tls_client_ca) needs tls_cert and tls_key")
+        if self.precision and self.precision not in precision.MODES:
+            raise ValueError(f"precision must be one of {', '.join(precision.MODES)}, got {self.precision!r}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be 'json' or 'text', got {self.log_format!r}")
 

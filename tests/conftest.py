@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests compare outputs of different code paths exactly: the recurrent products stay float32 (on CPUs with
+# AMX the default would be bfloat16, whose rounding depends on the batch's shape); the servers the tests
+# start as subprocesses inherit it. tests/test_precision.py checks bfloat16 itself.
+os.environ.setdefault("ASR_PRECISION", "float32")
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,12 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from asr import ModelConfig, Transcriber
+from asr import ModelConfig, Transcriber, precision
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.decoder import DecoderConfig
 from asr.encoder import EncoderConfig
 from asr.features import FeatureConfig
 from asr.tokenizer import CharTokenizer
+
+precision.set_mode(os.environ["ASR_PRECISION"])  # also if asr was imported before the variable was set
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -19,8 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # asr/, bottom first. A package name stands for all its modules; the package `asr` itself (its __init__,
 # the public API) only for itself.
 LAYERS: list[tuple[str, set[str]]] = [
-    # audio I/O, tokenizers, CTC word alignment, file writing, statistics
-    ("foundations", {"asr.audio", "asr.tokenizer", "asr.alignment", "asr.files", "asr.significance"}),
+    # audio I/O, tokenizers, CTC word alignment, file writing, statistics,
+    # and the number format of inference (asr.precision)
+    (
+        "foundations",
+        {"asr.audio", "asr.tokenizer", "asr.alignment", "asr.files", "asr.significance", "asr.precision"},
+    ),
     # front end, encoder, decoder, CTC loss, the model: knows nothing of search or recognition
     ("network", {"asr.features", "asr.encoder", "asr.lc_blstm", "asr.decoder", "asr.ctc", "asr.model"}),
     # corpora, manifests, batches, augmentation
