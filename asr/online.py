@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["OnlineRecognizer", "OnlineStream", "make_recognizer"]
 
 MIN_FINAL_MS = 200  # shorter utterances get no final
+CATCH_UP_CHUNKS = 4  # chunks a stream that is behind may encode in one decode_streams call
 
 
 def make_recognizer(
@@ -133,14 +134,18 @@ class OnlineRecognizer(Recognizer):
         self._decode_closed(online)
 
     def _encode_ready(self, streams: list[OnlineStream]) -> None:
-        """The next chunk of every stream that has one, in one ``encoder.step``; further rounds only for the
-        streams whose input has ended, so that their last final comes in this call. A stream that has fallen
-        behind encodes one chunk per call: it stays ready and its next chunk goes in the next call, batched
-        with the other streams' (whose partials would otherwise wait for its backlog)."""
+        """The next chunk of every stream that has one, in one ``encoder.step``; further rounds for the
+        streams whose input has ended, so that their last final comes in this call, and for those that have
+        fallen behind, up to ``CATCH_UP_CHUNKS`` chunks in all: a stream that is behind catches up a few
+        chunks per call (each call is a round trip through the server's batcher), and the other streams'
+        partials wait for at most that many batched steps. A stream still behind stays ready for the next
+        call."""
+        rounds = 0
         while True:
             ready = self._feed(streams)
             if not ready:
                 return
+            rounds += 1
             encoders = [s.open.encoder for s in ready]
             if any(s.options.lookahead_results for s in ready):
                 outs, aheads = self.encoder.step_ahead(encoders)
@@ -157,7 +162,7 @@ class OnlineRecognizer(Recognizer):
                 ahead = la_ids.tolist() if s.options.lookahead_results else []
                 with s.lock:
                     self._heard(s, out, chunk_ids.tolist(), ahead)
-            streams = [s for s in ready if s.input_done]
+            streams = [s for s in ready if s.input_done or rounds < CATCH_UP_CHUNKS]
 
     def _feed(self, streams: list[OnlineStream]) -> list[OnlineStream]:
         """Turn the streams' whole feature frames into normalised features for their encoders (and end them

@@ -1,17 +1,18 @@
 """Batching of model work across streams and unary requests: asyncio queues in front of model threads.
 
-Callers ``await batcher.decode(stream)``; the batcher collects streams until it has ``max_batch_size`` of
-them or the first has waited ``max_wait_ms``, then runs :meth:`asr.streaming.Recognizer.decode_streams`
-on a model thread. There are two *lanes*, each a queue and one thread: streams with a final due (a closed
-segment or utterance, :meth:`~asr.streaming.Recognizer.has_final`) go to the finals lane, all other work
-(interims, a chunk-streaming model's chunk steps, unary requests) to the model lane. So the beam search of
-finals never holds up other streams' partials and chunks, and on a CPU the two use two cores (torch releases
-the GIL inside its ops; the model's weights are only read). A stream is in one decode at a time
-(:mod:`server.stream_call`), so its state is never touched by both lanes at once. With
-``finals_lane=False`` both kinds share the model thread, finals first: a batch in which some stream has a
-final due decodes only finals, and the interims that were due wait for the next batch (their callers queue
-again), so final latency does not grow with other streams' interims. If a batch fails, each stream is retried
-alone so that one bad stream cannot fail the others.
+Callers ``await batcher.decode(stream)``; the batcher takes the streams queued (up to ``max_batch_size``)
+and, when only one was, waits up to ``max_wait_ms`` for more, then runs
+:meth:`asr.streaming.Recognizer.decode_streams` on a model thread. There are two *lanes*, each a queue and
+one thread: streams with a final due (a closed segment or utterance,
+:meth:`~asr.streaming.Recognizer.has_final`) go to the finals lane, all other work (interims, a
+chunk-streaming model's chunk steps, unary requests) to the model lane (which also decodes the finals its
+chunk steps bring about: blank endpoints). So the beam search of finals never holds up other
+streams' partials and chunks, and on a CPU the two use two cores (torch releases the GIL inside its ops; the
+model's weights are only read). A stream is in one decode at a time (:mod:`server.stream_call`), so its
+state is never touched by both lanes at once. With ``finals_lane=False`` both kinds share the model thread,
+finals first: a batch in which some stream has a final due decodes only finals, and the interims that were
+due wait for the next batch (their callers queue again), so final latency does not grow with other streams'
+interims. If a batch fails, each stream is retried alone so that one bad stream cannot fail the others.
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             items = [await lane.queue.get()]
-            deadline = loop.time() + self.max_wait
+            while len(items) < self.max_batch_size and not lane.queue.empty():
+                items.append(lane.queue.get_nowait())
+            # Only a lone request waits (up to max_wait) for company; a backlog goes at once, so that a lane
+            # that is busy is never idle.
+            deadline = loop.time() + (self.max_wait if len(items) == 1 else 0.0)
             while len(items) < self.max_batch_size:
                 timeout = deadline - loop.time()
                 if timeout <= 0:
@@ -120,14 +125,11 @@ class Batcher:
             live = [(s, f) for s, f in items if not f.done()]
             if not live:
                 continue
-            await self._decode_batch(live, lane.executor)
+            await self._decode_batch(live, lane)
 
-    async def _decode_batch(
-        self,
-        items: list[tuple[Stream, asyncio.Future[None]]],
-        executor: concurrent.futures.ThreadPoolExecutor,
-    ) -> None:
+    async def _decode_batch(self, items: list[tuple[Stream, asyncio.Future[None]]], lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
+        executor = lane.executor
         streams = list(dict.fromkeys(s for s, _ in items))  # a stream queued twice is decoded once
         t0 = time.perf_counter()
         finals_only = any(self.recognizer.has_final(s) for s in streams)

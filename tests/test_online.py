@@ -20,7 +20,7 @@ from asr.alignment import voiced_span
 from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions
 from asr.endpointing import EndpointConfig
-from asr.online import OnlineRecognizer, OnlineStream, make_recognizer
+from asr.online import CATCH_UP_CHUNKS, OnlineRecognizer, OnlineStream, make_recognizer
 from asr.streaming import Recognizer, RecognizerConfig, StreamOptions, StreamResult
 from asr.transcribe import decode_encoded, transcribe
 
@@ -146,19 +146,24 @@ def test_each_chunk_is_encoded_once(
     assert rec.chunk_steps <= frames / chunk + 20  # whole chunks, but for the last of each utterance
 
 
-def test_a_stream_behind_encodes_one_chunk_per_call_until_its_input_ends(
+def test_a_stream_behind_catches_up_a_few_chunks_per_call_until_its_input_ends(
     model: Transcriber, speech: list[np.ndarray]
 ) -> None:
-    """A second of audio at once: each call encodes one chunk of it (the stream stays ready, and a stream
-    that keeps up is not held up by the backlog); after ``input_finished`` one call encodes the rest."""
+    """A second of audio at once: a call encodes up to ``CATCH_UP_CHUNKS`` chunks of it, the stream that
+    keeps up only its one (it is in the first step alone); the stream stays ready while it is behind; after
+    ``input_finished`` one call encodes the rest."""
     rec = OnlineRecognizer(model)
+    sizes: list[int] = []
+    step = rec.encoder._step
+    rec.encoder._step = lambda streams, ahead: sizes.append(len(streams)) or step(streams, ahead)  # type: ignore[method-assign]
     behind, live = rec.create_stream(OPTS), rec.create_stream(OPTS)
     rec.accept_audio(behind, speech[0][:SAMPLE_RATE])
     rec.accept_audio(live, speech[1][: 3 * CHUNK])
     rec.decode_streams([behind, live])
-    assert rec.chunk_steps == 1 and rec.is_ready(behind) and not rec.is_ready(live)
+    assert sizes == [2] + [1] * (CATCH_UP_CHUNKS - 1)
+    assert rec.is_ready(behind) and not rec.is_ready(live)
     rec.decode_streams([behind])
-    assert rec.chunk_steps == 2 and rec.is_ready(behind)
+    assert CATCH_UP_CHUNKS < rec.chunk_steps <= 2 * CATCH_UP_CHUNKS
     rec.input_finished(behind)
     rec.decode_streams([behind])
     assert not rec.is_ready(behind) and behind.is_done
