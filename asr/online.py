@@ -116,22 +116,28 @@ class OnlineRecognizer(Recognizer):
     # -- decoding ------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def decode_streams(self, streams: list[Stream], *, interims: bool = True) -> None:
+    def decode_streams(self, streams: list[Stream], *, interims: bool = True, finals: bool = True) -> None:
         """Encode the ready chunks of the online ``streams`` (one batched encoder call per round), emit their
         partials, close the utterances that ended and decode their finals; offline streams are decoded as
-        :class:`~asr.streaming.Recognizer` does. ``interims`` applies to offline streams only: partials here
-        cost nothing beyond the chunk steps that endpointing needs anyway."""
+        :class:`~asr.streaming.Recognizer` does.
+
+        A server with a thread for finals splits the work: ``finals=False`` (chunk steps only) leaves the
+        finals of the utterances closed for a later call, when the stream :meth:`has_final`, and
+        ``interims=False`` (finals first) encodes no chunk of a stream that has closed utterances waiting:
+        their finals are decoded, and its chunks wait for the next call. Partials cost nothing beyond the
+        chunk steps that endpointing needs anyway."""
         offline = [s for s in streams if not isinstance(s, OnlineStream)]
         if offline:
-            super().decode_streams(offline, interims=interims)
+            super().decode_streams(offline, interims=interims, finals=finals)
         online = [s for s in dict.fromkeys(streams) if isinstance(s, OnlineStream)]
         if not online:
             return
-        self._encode_ready(online)
+        self._encode_ready(online if interims else [s for s in online if not s.closed])
         for s in online:
             with s.lock:
                 self._settle(s)
-        self._decode_closed(online)
+        if finals:
+            self._decode_closed(online)
 
     def _encode_ready(self, streams: list[OnlineStream]) -> None:
         """The next chunk of every stream that has one, in one ``encoder.step``; further rounds for the

@@ -163,14 +163,15 @@ class Recognizer:
             return out
 
     @torch.inference_mode()
-    def decode_streams(self, streams: list[Stream], *, interims: bool = True) -> None:
+    def decode_streams(self, streams: list[Stream], *, interims: bool = True, finals: bool = True) -> None:
         """Decode the due finals and interims of ``streams``, ``max_batch_size`` segments per model call.
 
         ``interims=False`` decodes only the finals and leaves due interims for a later call: a server under
         load uses it to put finals (what users wait for) ahead of interims (which are best effort).
+        ``finals=False`` leaves the finals for a later call (a server's thread for finals, :meth:`has_final`).
         """
         jobs: list[Job] = []
-        for s in streams:
+        for s in streams if finals else ():
             with s.lock:
                 jobs.extend(s._take_finals())
         if interims:

@@ -88,8 +88,7 @@ async def create_server(
     (each model's tokenizer must match it).
     """
     models = _models_to_serve(config, model, models)
-    if config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
+    torch.set_num_threads(config.torch_threads())
     if config.precision:
         precision.set_mode(config.precision)
     metrics = Metrics()
@@ -266,9 +265,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "model_name": "name(s) to serve the model(s) under, comma-separated (default: the files' stems)",
         "blank_ms": "streams of chunked-encoder models: ms of CTC blanks after speech that end an utterance "
         "(default 0: the energy rule only; e.g. 240)",
-        "finals_thread": "decode finals on a second model thread, so partials and chunk steps never wait "
-        "behind a beam search (default on)",
+        "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
+        "never wait behind a beam search (default 2; 0: finals on the model thread)",
         "device": "cpu, cuda, cuda:1 (default: cuda when available)",
+        "cpu_threads": "torch threads of each model thread on CPU (default 0: the cores shared among the "
+        "model thread and the finals threads)",
         "precision": "number format of the LSTMs' products: auto (bfloat16 on CPUs with AMX, else float32), "
         "float32 or bfloat16 (default auto)",
         "lm": "language model from 'asr lm train', fused into beam search (default: none)",

@@ -5,14 +5,16 @@ and, when only one was, waits up to ``max_wait_ms`` for more, then runs
 :meth:`asr.streaming.Recognizer.decode_streams` on a model thread. There are two *lanes*, each a queue and
 one thread: streams with a final due (a closed segment or utterance,
 :meth:`~asr.streaming.Recognizer.has_final`) go to the finals lane, all other work (interims, a
-chunk-streaming model's chunk steps, unary requests) to the model lane (which also decodes the finals its
-chunk steps bring about: blank endpoints). So the beam search of finals never holds up other
+chunk-streaming model's chunk steps, unary requests) to the model lane, which leaves the finals its chunk
+steps bring about (blank endpoints) to the finals lane. So the beam search of finals never holds up other
 streams' partials and chunks, and on a CPU the two use two cores (torch releases the GIL inside its ops; the
 model's weights are only read). A stream is in one decode at a time (:mod:`server.stream_call`), so its
-state is never touched by both lanes at once. With ``finals_lane=False`` both kinds share the model thread,
+state is never touched by both lanes at once. With ``finals_threads=0`` both kinds share the model thread,
 finals first: a batch in which some stream has a final due decodes only finals, and the interims that were
 due wait for the next batch (their callers queue again), so final latency does not grow with other streams'
-interims. If a batch fails, each stream is retried alone so that one bad stream cannot fail the others.
+interims. The finals lane may have several threads (``finals_threads``), each decoding a batch of its own:
+under load, finals are most of the work. If a batch fails, each stream is retried alone so that one bad
+stream cannot fail the others.
 """
 
 from __future__ import annotations
@@ -35,16 +37,23 @@ log = logging.getLogger(__name__)
 class _Lane:
     """A queue of streams and the thread that decodes their batches."""
 
-    def __init__(self, name: str, executor: concurrent.futures.ThreadPoolExecutor | None) -> None:
+    def __init__(
+        self, name: str, executor: concurrent.futures.ThreadPoolExecutor | None, threads: int = 1
+    ) -> None:
         self.name = name
         self.own_executor = executor is None
+        self.threads = 1 if executor is not None else threads  # batches in flight at once
         # Every model thread runs torch ops with the server's thread count (a new thread would start with
         # the library's default): a beam final must not depend on which lane happened to decode it.
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=name, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)
+            self.threads,
+            thread_name_prefix=name,
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
         )
         self.queue: asyncio.Queue[tuple[Stream, asyncio.Future[None]]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.in_flight: set[asyncio.Task[None]] = set()
 
 
 class Batcher:
@@ -56,14 +65,16 @@ class Batcher:
         max_wait_ms: float = 10.0,
         metrics: Metrics | None = None,
         executor: concurrent.futures.ThreadPoolExecutor | None = None,
-        finals_lane: bool = True,
+        finals_threads: int = 1,
     ) -> None:
         self.recognizer = recognizer
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.metrics = metrics
         self._model = _Lane("asr-model", executor)
-        self._finals = _Lane("asr-finals", None) if finals_lane else None
+        if finals_threads < 0:
+            raise ValueError(f"finals_threads must be 0 (no finals lane) or more, got {finals_threads}")
+        self._finals = _Lane("asr-finals", None, finals_threads) if finals_threads else None
         self._lanes = [lane for lane in (self._model, self._finals) if lane is not None]
         self.executor = self._model.executor  # the model thread (warm-up, other model work)
 
@@ -80,6 +91,9 @@ class Batcher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await lane.task
                 lane.task = None
+            for task in list(lane.in_flight):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             while not lane.queue.empty():
                 _, fut = lane.queue.get_nowait()
                 if not fut.done():
@@ -106,7 +120,9 @@ class Batcher:
 
     async def _run(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(lane.threads)
         while True:
+            await free.acquire()  # a batch forms when a thread is free to decode it
             items = [await lane.queue.get()]
             while len(items) < self.max_batch_size and not lane.queue.empty():
                 items.append(lane.queue.get_nowait())
@@ -124,8 +140,12 @@ class Batcher:
             # streams whose caller went away (cancelled) are skipped
             live = [(s, f) for s, f in items if not f.done()]
             if not live:
+                free.release()
                 continue
-            await self._decode_batch(live, lane)
+            task = loop.create_task(self._decode_batch(live, lane))
+            lane.in_flight.add(task)
+            task.add_done_callback(lane.in_flight.discard)
+            task.add_done_callback(lambda _: free.release())
 
     async def _decode_batch(self, items: list[tuple[Stream, asyncio.Future[None]]], lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
@@ -133,7 +153,10 @@ class Batcher:
         streams = list(dict.fromkeys(s for s, _ in items))  # a stream queued twice is decoded once
         t0 = time.perf_counter()
         finals_only = any(self.recognizer.has_final(s) for s in streams)
-        decode = functools.partial(self.recognizer.decode_streams, interims=not finals_only)
+        # With a finals lane, the finals that a chunk step brings about (a blank endpoint) are left to it: the
+        # stream has a final due when its caller queues it again, and the model thread goes on with chunks.
+        finals = self._finals is None or lane is self._finals
+        decode = functools.partial(self.recognizer.decode_streams, interims=not finals_only, finals=finals)
         try:
             await loop.run_in_executor(executor, decode, streams)
             errors: dict[int, BaseException] = {}

@@ -35,7 +35,9 @@ class ServerConfig:
     model: str = "default"
     model_name: str = ""  # name(s) in ListModels and RecognitionConfig.model, as many; "" = the files' stems
     device: str = ""  # "" = cuda when available, else cpu
-    cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    # torch intra-op threads of each model thread on CPU; 0 = the cores shared among the model threads (the
+    # model lane and finals_threads): many small ops run best one thread each, side by side
+    cpu_threads: int = 0
     # number format of the recurrent products (asr.precision): auto = bfloat16 on CPUs with AMX;
     # "" = the process's (asr.precision.set_mode, else auto)
     precision: str = ""
@@ -45,8 +47,9 @@ class ServerConfig:
     # batching
     max_batch_size: int = 16  # segments per model call
     max_wait_ms: float = 10.0  # how long a batch waits for more work once it has some
-    # finals (beam search) on a second model thread, so they never hold up partials and chunk steps
-    finals_thread: bool = True
+    # threads decoding finals (beam search) beside the model thread, so that they never hold up partials and
+    # chunk steps; 0 = finals on the model thread
+    finals_threads: int = 2
     # limits
     max_streams: int = 64  # concurrent StreamingRecognize calls; more get RESOURCE_EXHAUSTED
     max_message_bytes: int = 4 * MiB  # per request message, both RPCs
@@ -74,11 +77,21 @@ class ServerConfig:
     log_format: str = "json"  # "json" or "text"
     log_level: str = "INFO"
 
+    def torch_threads(self) -> int:
+        """Intra-op threads for each model thread: ``cpu_threads``, else the cores this process may use
+        divided among the model threads (at least 1)."""
+        if self.cpu_threads:
+            return self.cpu_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // (1 + self.finals_threads))
+
     def __post_init__(self) -> None:
         if not -1 <= self.metrics_port <= 65535 or not 0 <= self.port <= 65535:
             raise ValueError(
                 f"ports must be in [0, 65535], got port={self.port} metrics_port={self.metrics_port}"
             )
+        if self.finals_threads < 0:
+            raise ValueError(f"finals_threads must be >= 0, got {self.finals_threads}")
         for name in ("max_batch_size", "max_streams", "max_message_bytes", "max_beam_size", "beam_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -53,7 +53,7 @@ async def start_models(
             max_batch_size=config.max_batch_size,
             max_wait_ms=config.max_wait_ms,
             metrics=metrics,
-            finals_lane=config.finals_thread,
+            finals_threads=config.finals_threads,
         )
         batcher.start()
         if config.warmup:

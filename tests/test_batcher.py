@@ -19,19 +19,21 @@ class FakeRecognizer:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.calls: list[tuple[list[str], str]] = []
+        self.finals: list[bool] = []  # each call's ``finals``
 
     def has_final(self, stream: Any) -> bool:
         return str(stream).startswith("final")
 
-    def decode_streams(self, streams: list[Any], *, interims: bool = True) -> None:
+    def decode_streams(self, streams: list[Any], *, interims: bool = True, finals: bool = True) -> None:
         self.calls.append((list(streams), threading.current_thread().name))
+        self.finals.append(finals)
         if any(self.has_final(s) for s in streams):
             assert self.release.wait(10), "the test never released the final"
 
 
 async def _partial_while_final_decodes(finals_lane: bool) -> tuple[bool, FakeRecognizer]:
     rec = FakeRecognizer()
-    batcher = Batcher(rec, max_wait_ms=1.0, finals_lane=finals_lane)  # type: ignore[arg-type]
+    batcher = Batcher(rec, max_wait_ms=1.0, finals_threads=int(finals_lane))  # type: ignore[arg-type]
     batcher.start()
     try:
         final = asyncio.ensure_future(batcher.decode("final-a"))
@@ -54,12 +56,14 @@ def test_a_partial_does_not_wait_behind_another_streams_final() -> None:
     (final_streams, final_thread), (chunk_streams, chunk_thread) = rec.calls
     assert final_streams == ["final-a"] and chunk_streams == ["chunk-b"]
     assert final_thread.startswith("asr-finals") and chunk_thread.startswith("asr-model")
+    assert rec.finals == [True, False]  # a final a chunk step brings about is left for the finals lane
 
 
 def test_without_the_finals_lane_everything_waits_for_the_model_thread() -> None:
     partial_first, rec = asyncio.run(_partial_while_final_decodes(finals_lane=False))
     assert not partial_first
     assert {t.split("_")[0] for _, t in rec.calls} == {"asr-model"}
+    assert all(rec.finals)
 
 
 @pytest.mark.parametrize("finals_lane", [True, False])
@@ -67,7 +71,7 @@ def test_streams_queued_together_are_decoded_in_one_batch(finals_lane: bool) -> 
     async def run() -> FakeRecognizer:
         rec = FakeRecognizer()
         rec.release.set()
-        batcher = Batcher(rec, max_wait_ms=50.0, max_batch_size=3, finals_lane=finals_lane)  # type: ignore[arg-type]
+        batcher = Batcher(rec, max_wait_ms=50.0, max_batch_size=3, finals_threads=int(finals_lane))  # type: ignore[arg-type]
         batcher.start()
         try:
             await asyncio.gather(*(batcher.decode(f"chunk-{i}") for i in range(5)))
@@ -77,3 +81,35 @@ def test_streams_queued_together_are_decoded_in_one_batch(finals_lane: bool) -> 
 
     rec = asyncio.run(run())
     assert [len(streams) for streams, _ in rec.calls] == [3, 2]
+
+
+def test_finals_threads_decode_batches_side_by_side() -> None:
+    """Two threads in the finals lane: a second final is decoded while the first still runs (each call blocks
+    until released), on another thread."""
+
+    async def run() -> FakeRecognizer:
+        rec = FakeRecognizer()
+        batcher = Batcher(rec, max_wait_ms=1.0, finals_threads=2)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.decode("final-a"))
+            while len(rec.calls) < 1:
+                await asyncio.sleep(0.01)
+            second = asyncio.ensure_future(batcher.decode("final-b"))
+            for _ in range(100):  # the second starts although the first has not returned
+                if len(rec.calls) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(rec.calls) == 2 and not first.done()
+            rec.release.set()
+            await asyncio.wait_for(asyncio.gather(first, second), 10)
+        finally:
+            rec.release.set()
+            await batcher.stop()
+        return rec
+
+    rec = asyncio.run(run())
+    assert [streams for streams, _ in rec.calls] == [["final-a"], ["final-b"]]
+    assert len({thread for _, thread in rec.calls}) == 2
+    with pytest.raises(ValueError, match="finals_threads must be 0"):
+        Batcher(rec, finals_threads=-1)  # type: ignore[arg-type]

@@ -169,6 +169,34 @@ def test_a_stream_behind_catches_up_a_few_chunks_per_call_until_its_input_ends(
     assert not rec.is_ready(behind) and behind.is_done
 
 
+def test_a_server_can_split_chunk_steps_from_finals(model: Transcriber, speech: list[np.ndarray]) -> None:
+    """As a server with a finals thread calls it: chunk steps with ``finals=False`` leave the finals of the
+    utterances they close (the stream then has a final due), and ``interims=False`` decodes those finals
+    without encoding another chunk of the stream. The results are those of undivided calls."""
+    audio = np.concatenate([silence(0.3), speech[0], silence(1.2), speech[1], silence(1.2)])
+    rec = OnlineRecognizer(model)
+    whole = [r.text for _, r in feed(rec, rec.create_stream(OPTS), audio) if r.is_final]
+    rec = OnlineRecognizer(model)
+    s = rec.create_stream(OPTS)
+    split, finals_calls = [], 0
+    for i in range(0, len(audio) + CHUNK, CHUNK):
+        if i < len(audio):
+            rec.accept_audio(s, audio[i : i + CHUNK])
+        else:
+            rec.input_finished(s)
+        while rec.is_ready(s):
+            if rec.has_final(s) and s.closed:
+                steps = rec.chunk_steps
+                rec.decode_streams([s], interims=False)
+                assert rec.chunk_steps == steps and not s.closed
+                finals_calls += 1
+            else:
+                rec.decode_streams([s], finals=False)
+        split += [r.text for r in rec.pop_results(s) if r.is_final]
+    assert split == whole and len(whole) == 2
+    assert finals_calls == 2
+
+
 def test_streams_share_one_encoder_step_per_chunk(model: Transcriber, speech: list[np.ndarray]) -> None:
     audios = [np.concatenate([silence(0.3), speech[i], silence(0.8)]) for i in (0, 1, 2)]
     alone = []
