@@ -76,6 +76,9 @@ class DecoderState(NamedTuple):
         )
 
 
+LOW_PRECISION_ROWS = 32  # decoder steps of at least this many hypotheses use asr.precision's format
+
+
 class LocationAwareAttention(nn.Module):
     def __init__(self, enc_dim: int, dec_dim: int, config: DecoderConfig) -> None:
         super().__init__()
@@ -213,6 +216,7 @@ class _StepWeights(NamedTuple):
 
     source: tuple[object, ...]
     cells: list[tuple[Tensor, Tensor]]  # per layer: ([W_ih W_hh]^T (in + H, 4H), b_ih + b_hh (4H,))
+    low: list[tuple[Tensor, Tensor]]  # the same in the precision of large batches (asr.precision)
     location: tuple[Tensor, Tensor]  # loc_conv (kernel, channels) and loc_proj (channels, A), as matrices
 
     @staticmethod
@@ -227,21 +231,24 @@ class _StepWeights(NamedTuple):
     @staticmethod
     @torch.no_grad()
     def build(decoder: AttentionDecoder, source: tuple[object, ...]) -> _StepWeights:
-        dtype = source[0]  # the LSTM products' (asr.precision)
+        dtype = source[0]  # the LSTM products' of large batches (asr.precision)
         assert isinstance(dtype, torch.dtype)
         cells = []
         for cell in decoder.cells:
             assert isinstance(cell, nn.LSTMCell)
             w = torch.cat([cell.weight_ih, cell.weight_hh], dim=1).t().contiguous()
             b = cell.bias_ih + cell.bias_hh if cell.bias else torch.zeros_like(cell.weight_ih[:, 0])
-            cells.append((w.to(dtype), b.to(dtype)))
+            cells.append((w, b))
+        low = [(w.to(dtype), b.to(dtype)) for w, b in cells]
         att = decoder.attention
         conv = att.loc_conv.weight[:, 0, :].t().contiguous()  # (kernel, channels)
-        return _StepWeights(source, cells, (conv, att.loc_proj.weight.t().contiguous()))
+        return _StepWeights(source, cells, low, (conv, att.loc_proj.weight.t().contiguous()))
 
     def cell(self, i: int, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """``nn.LSTMCell`` layer ``i``'s step (gates in its order: input, forget, cell, output)."""
-        w, b = self.cells[i]
+        """``nn.LSTMCell`` layer ``i``'s step (gates in its order: input, forget, cell, output); in the
+        precision of large batches from ``LOW_PRECISION_ROWS`` rows on (a lone beam stays in the weights'
+        own: on a Xeon core bfloat16 only pays from a few dozen rows, bench/decoder_step.py)."""
+        w, b = self.low[i] if x.size(0) >= LOW_PRECISION_ROWS else self.cells[i]
         gates = torch.addmm(b, torch.cat([x, h], dim=1).to(w.dtype), w).to(x.dtype)
         gi, gf, gg, go = gates.chunk(4, dim=1)
         c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)

@@ -6,8 +6,8 @@
     python bench/stream_latency.py --models default,streaming,streaming@480 --measures latency  # blank 480
 
 For each of ``--models`` (names under models/ or checkpoint paths) the bench starts ``asr serve --model NAME``
-on loopback with ``--server-threads`` torch threads (the machine's 2 cores, as bench/load.py), one server at a
-time so that the models never share the CPU, and plays real speech to it through the SDK
+on loopback with ``--server-threads`` torch threads per model thread (default: the server's own choice), one
+server at a time so that the models never share the CPU, and plays real speech to it through the SDK
 (:class:`client.Client`) in 100 ms chunks at wall-clock pace, interim results on, each server's default
 endpointing (segments: 800 ms of energy silence; chunked models also a run of CTC blanks, ``blank_ms``) and
 interim interval (``--interim-ms`` sets the segment path's).
@@ -580,7 +580,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu-seconds", type=int, nargs="+", default=[5, 60], help="speech lengths (cpu)")
     p.add_argument("--load-streams", type=int, default=32, help="concurrent streams (load)")
     p.add_argument("--load-seconds", type=float, default=20.0, help="audio per stream (load)")
-    p.add_argument("--server-threads", type=int, default=2, help="torch threads of each server")
+    p.add_argument(
+        "--server-threads",
+        type=int,
+        default=0,
+        help="torch threads of each server's model threads (default 0: the server's own choice, the cores "
+        "shared among its model threads)",
+    )
     p.add_argument("--align-model", default="default", help="offline model of the reference word times")
     p.add_argument("--interim-ms", type=int, help="interim interval (default: each server's own)")
     p.add_argument("--json", type=Path, help="write every number to this file")
