@@ -310,10 +310,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def run(args: argparse.Namespace) -> int:
     # oneDNN keeps a compiled primitive per input shape (up to 1024 by default); streams bring ever new
-    # lengths, so RSS grew ~60 MiB per 1,000 streams (bench/soak.py). A small cache bounds that and keeps the
-    # few shapes of chunk steps and beam steps compiled (without it the bfloat16 products are recompiled on
-    # every call: 1.3-1.7x slower, bench/decoder_step.py). The operator's setting wins.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
+    # lengths, so RSS grew ~60 MiB per 1,000 streams (bench/soak.py). Off unless the operator sets it. A
+    # streaming model's bfloat16 steps are faster with a small cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY=128:
+    # 22.6 against 32.1 ms of CPU per audio second per stream at 32 streams, bench/online_cpu.py), at the
+    # cost of RSS that grew 6 % over 1,000 soak streams where it grew 3 % without (docs/BENCHMARKS.md).
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
     config = config_from_args(args)
     setup_logging(config)
     try:
