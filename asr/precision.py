@@ -15,6 +15,7 @@ cached (:func:`cast_weights`), recast when the weights change.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -45,7 +46,9 @@ def mode() -> str:
     return _mode
 
 
+@functools.cache
 def _amx() -> bool:
+    """Whether the CPU has AMX tiles (asked once: every chunk step and decoder step reads it)."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe()) if probe is not None else False
 
