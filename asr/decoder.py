@@ -47,11 +47,13 @@ class DecoderConfig:
 
 
 class Memory(NamedTuple):
-    """Encoder output prepared for attention; rows may be repeated per hypothesis."""
+    """Encoder output prepared for attention, one row per utterance. A step of ``N`` rows over a memory of
+    ``B`` rows reads it as ``N / B`` consecutive hypotheses of each utterance (a beam), so a beam's rows
+    share their utterance's memory rather than each reading a copy."""
 
-    enc: Tensor  # (N, T, D)
-    proj: Tensor  # (N, T, A) encoder projection, computed once
-    mask: Tensor  # (N, T) True on valid frames
+    enc: Tensor  # (B, T, D)
+    proj: Tensor  # (B, T, A) encoder projection, computed once
+    mask: Tensor  # (B, T) True on valid frames
 
     def index_select(self, index: Tensor) -> Memory:
         return Memory(self.enc[index], self.proj[index], self.mask[index])
@@ -99,23 +101,30 @@ class LocationAwareAttention(nn.Module):
     def forward(
         self, memory: Memory, query: Tensor, prev: Tensor, location: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``query (N, H)``, ``prev (N, T)`` -> context ``(N, D)``, weights ``(N, T)``. ``location``: the
-        location filter and its projection as matrices, ``(kernel, channels)`` and ``(channels, A)``
-        (:class:`_StepWeights`); the energies are then computed in place, in one ``(N, T, A)`` buffer."""
+        """``query (N, H)``, ``prev (N, T)`` -> context ``(N, D)``, weights ``(N, T)``; the rows are ``N / B``
+        hypotheses of each of the memory's ``B`` utterances, in blocks. ``location``: the location filter and
+        its projection as matrices, ``(kernel, channels)`` and ``(channels, A)`` (:class:`_StepWeights`); the
+        energies are then computed in place, in one ``(N, T, A)`` buffer."""
+        n, t = prev.shape
+        b = memory.enc.size(0)
+        if n % b:
+            raise ValueError(f"{n} decoder rows do not split into blocks for {b} utterances")
+        g = n // b
+        query = self.dec_proj(query).view(b, g, 1, -1)
         if location is None:
             loc = self.loc_proj(self.loc_conv(prev.unsqueeze(1)).transpose(1, 2))  # (N, T, A)
-            e = self.score(torch.tanh(memory.proj + self.dec_proj(query).unsqueeze(1) + loc))
+            e = self.score(torch.tanh(memory.proj[:, None] + query + loc.view(b, g, t, -1)))
         else:
             conv, proj = location
             k = conv.size(0)
             windows = F.pad(prev, (k // 2, k // 2)).unfold(1, k, 1).reshape(-1, k)  # (N * T, kernel)
-            hidden = (windows @ conv @ proj).view(*prev.shape, -1)  # (N, T, A)
-            hidden.add_(memory.proj).add_(self.dec_proj(query).unsqueeze(1)).tanh_()
+            hidden = (windows @ conv @ proj).view(b, g, t, -1)  # (B, g, T, A)
+            hidden.add_(memory.proj[:, None]).add_(query).tanh_()
             e = self.score(hidden)
-        e = e.squeeze(2).masked_fill(~memory.mask, float("-inf"))
-        weights = torch.softmax(self.sharpening * e, dim=1)
-        context = torch.bmm(weights.unsqueeze(1), memory.enc).squeeze(1)
-        return context, weights
+        e = e.view(b, g, t).masked_fill(~memory.mask[:, None], float("-inf"))
+        weights = torch.softmax(self.sharpening * e, dim=2)  # (B, g, T)
+        context = torch.bmm(weights, memory.enc).view(n, -1)  # each utterance's frames read once
+        return context, weights.view(n, t)
 
 
 class AttentionDecoder(nn.Module):
@@ -148,15 +157,18 @@ class AttentionDecoder(nn.Module):
 
     def step(self, tokens: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState]:
         """One step: previous tokens ``(N,)`` -> logits ``(N, V)`` and the next state."""
-        x = torch.cat([self.embed(tokens), state.context], dim=1)
-        hs, cs = [], []
         fast = self.packed_steps and not self.training and not torch.is_grad_enabled()
         packed = self._step_weights() if fast else None
+        hs, cs = [], []
+        if packed is None:
+            x = torch.cat([self.embed(tokens), state.context], dim=1)
+        else:  # layer 0's embedding product is a table lookup
+            x, extra = state.context, packed.token_gates[tokens]
         for i, cell in enumerate(self.cells):
             if packed is None:
                 h, c = cell(x, (state.h[i], state.c[i]))
             else:
-                h, c = packed.cell(i, x, state.h[i], state.c[i])
+                h, c = packed.cell(i, x, state.h[i], state.c[i], extra if i == 0 else None)
             hs.append(h)
             cs.append(c)
             x = self.dropout(h)
@@ -215,18 +227,24 @@ class _StepWeights(NamedTuple):
     ``source`` identifies the weights they were made from (storage and in-place version of each)."""
 
     source: tuple[object, ...]
-    cells: list[tuple[Tensor, Tensor]]  # per layer: ([W_ih W_hh]^T (in + H, 4H), b_ih + b_hh (4H,))
-    low: list[tuple[Tensor, Tensor]]  # the same in the precision of large batches (asr.precision)
+    # per layer: ([W_ih W_hh]^T (in + H, 4H), b_ih + b_hh (4H,)); layer 0's ``in`` is the context only
+    cells: list[tuple[Tensor, Tensor]]
+    token_gates: Tensor  # (V, 4H): each token's embedding through layer 0's input weights
+    low: list[tuple[Tensor, Tensor]]  # ``cells`` in the precision of large batches (asr.precision)
+    int8: list[object]  # ``cells`` on 8-bit weights (asr.precision.quantize_linear); [] when off
     location: tuple[Tensor, Tensor]  # loc_conv (kernel, channels) and loc_proj (channels, A), as matrices
 
     @staticmethod
     def key(decoder: AttentionDecoder) -> tuple[object, ...]:
         params = [
+            decoder.embed.weight,
             *decoder.cells.parameters(),
             decoder.attention.loc_conv.weight,
             decoder.attention.loc_proj.weight,
         ]
-        return (precision.recurrent_dtype(params[0].device), *precision.weights_key(params))
+        device = params[0].device
+        formats = (precision.recurrent_dtype(device), precision.int8_steps(device))
+        return (*formats, *precision.weights_key(params))
 
     @staticmethod
     @torch.no_grad()
@@ -234,22 +252,42 @@ class _StepWeights(NamedTuple):
         dtype = source[0]  # the LSTM products' of large batches (asr.precision)
         assert isinstance(dtype, torch.dtype)
         cells = []
-        for cell in decoder.cells:
+        e = decoder.config.embed_dim
+        token_gates = decoder.embed.weight.new_zeros(0)
+        for i, cell in enumerate(decoder.cells):
             assert isinstance(cell, nn.LSTMCell)
-            w = torch.cat([cell.weight_ih, cell.weight_hh], dim=1).t().contiguous()
-            b = cell.bias_ih + cell.bias_hh if cell.bias else torch.zeros_like(cell.weight_ih[:, 0])
-            cells.append((w, b))
+            w_ih, b = cell.weight_ih, cell.bias_ih + cell.bias_hh if cell.bias else None
+            if i == 0:  # the embedding's columns become a table of each token's gates (with the biases)
+                token_gates = decoder.embed.weight @ w_ih[:, :e].t()
+                if b is not None:
+                    token_gates = token_gates + b
+                w_ih = w_ih[:, e:]
+                b = torch.zeros_like(cell.weight_ih[:, 0])
+            w = torch.cat([w_ih, cell.weight_hh], dim=1).t().contiguous()
+            cells.append((w, b if b is not None else torch.zeros_like(cell.weight_ih[:, 0])))
         low = [(w.to(dtype), b.to(dtype)) for w, b in cells]
+        int8 = [precision.quantize_linear(w.t(), b) for w, b in cells] if source[1] else []
         att = decoder.attention
         conv = att.loc_conv.weight[:, 0, :].t().contiguous()  # (kernel, channels)
-        return _StepWeights(source, cells, low, (conv, att.loc_proj.weight.t().contiguous()))
+        location = (conv, att.loc_proj.weight.t().contiguous())
+        return _StepWeights(source, cells, token_gates.contiguous(), low, int8, location)
 
-    def cell(self, i: int, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """``nn.LSTMCell`` layer ``i``'s step (gates in its order: input, forget, cell, output); in the
-        precision of large batches from ``LOW_PRECISION_ROWS`` rows on (a lone beam stays in the weights'
-        own: on a Xeon core bfloat16 only pays from a few dozen rows, bench/decoder_step.py)."""
-        w, b = self.low[i] if x.size(0) >= LOW_PRECISION_ROWS else self.cells[i]
-        gates = torch.addmm(b, torch.cat([x, h], dim=1).to(w.dtype), w).to(x.dtype)
+    def cell(
+        self, i: int, x: Tensor, h: Tensor, c: Tensor, extra: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``nn.LSTMCell`` layer ``i``'s step (gates in its order: input, forget, cell, output), ``extra``
+        added to its gates (layer 0: the tokens' rows of ``token_gates``). On 8-bit weights where
+        :func:`asr.precision.int8_steps` says so; else in the precision of large batches from
+        ``LOW_PRECISION_ROWS`` rows on (a lone beam stays in the weights' own: on a Xeon core bfloat16 only
+        pays from a few dozen rows, bench/decoder_step.py)."""
+        xh = torch.cat([x, h], dim=1)
+        if self.int8:
+            gates = precision.int8_linear(xh, self.int8[i]).to(x.dtype)
+        else:
+            w, b = self.low[i] if x.size(0) >= LOW_PRECISION_ROWS else self.cells[i]
+            gates = torch.addmm(b, xh.to(w.dtype), w).to(x.dtype)
+        if extra is not None:
+            gates = gates + extra
         gi, gf, gg, go = gates.chunk(4, dim=1)
         c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
         return torch.sigmoid(go) * torch.tanh(c), c

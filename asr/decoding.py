@@ -249,7 +249,7 @@ class _Beam:
     lm_acc: Tensor  # its LM log-prob
     r: Tensor | None  # CTC prefix state (N, 2, T), None without CTC
     dstate: Any  # decoder state
-    memory: Any  # decoder memory (the encoder output, prepared)
+    memory: Any  # decoder memory (the encoder output, prepared), one row per active utterance
     fused_states: list[Any]
 
 
@@ -431,7 +431,7 @@ class _JointSearch:
         src = (top_idx // k) + torch.arange(nb, device=self.device)[:, None] * beam.rows  # global row
         col = top_idx % k
         src, col, top = src.flatten(), col.flatten(), top.flatten()
-        widened, beam.rows = width != beam.rows, width
+        beam.rows = width
         new_tok = s.cand[src, col]
         beam.att_acc = beam.att_acc[src] + s.att_lp[src, new_tok]
         beam.lm_acc = beam.lm_acc[src] + s.lm_lp[src, new_tok]
@@ -443,9 +443,7 @@ class _JointSearch:
         beam.utt = beam.utt[src]
         beam.yseq = torch.cat([beam.yseq[src], new_tok[:, None]], dim=1)
         if self.use_att:
-            beam.dstate = beam.dstate.index_select(src)
-            if widened:  # memory rows are the same within an utterance: only their number changes
-                beam.memory = beam.memory.index_select(src)
+            beam.dstate = beam.dstate.index_select(src)  # the memory is the utterances': it stays
         beam.fused_states = self._select_fused(beam, src)
         return top
 
@@ -491,7 +489,7 @@ class _JointSearch:
         if beam.r is not None:
             beam.r = beam.r[idx]
         if self.use_att:
-            beam.dstate, beam.memory = beam.dstate.index_select(idx), beam.memory.index_select(idx)
+            beam.dstate, beam.memory = beam.dstate.index_select(idx), beam.memory.index_select(blocks)
         beam.fused_states = self._select_fused(beam, idx)
 
 

@@ -1,5 +1,5 @@
-"""The number format of the recurrent matrix products at inference: float32, or bfloat16 where the CPU
-multiplies bfloat16 natively.
+"""The number format of the recurrent matrix products at inference: float32, bfloat16 where the CPU
+multiplies bfloat16 natively, and 8-bit integer weights for the attention decoder's steps.
 
 Decoding spends most of its time in a few matrix products of small batches: the streaming encoder's LSTMs
 over each chunk (:mod:`asr.lc_blstm`) and the attention decoder's LSTM at each step
@@ -8,9 +8,22 @@ batch sizes of a loaded server (``python bench/decoder_step.py``). The models ar
 autocast (``cpu_amp``), so their products were bfloat16 in training too; everything else (features, CTC,
 attention weights, scores) stays float32.
 
-The mode is ``"auto"`` (bfloat16 on a CPU with AMX, float32 elsewhere), ``"float32"`` or ``"bfloat16"``:
-:func:`set_mode`, or the ``ASR_PRECISION`` environment variable at import. Weights are cast once and
-cached (:func:`cast_weights`), recast when the weights change.
+The decoder's steps are a few rows at a time (a beam of 10; a batch of finals), where a product's time is
+that of reading its weights from memory: with 8-bit weights (per output channel) and the step's inputs
+quantized on the fly (PyTorch's dynamic quantization, the fbgemm/x86 kernels) a 10-row step of the
+1.3k x 2k layer takes 0.21 ms against 0.93 in float32 and 1.05 in bfloat16 on a Xeon core, whose bfloat16
+kernels pay a set-up per call that int8's do not (bench/decoder_step.py).
+
+The mode is one of :data:`MODES`: :func:`set_mode`, or the ``ASR_PRECISION`` environment variable at import.
+
+* ``"float32"``: every product in float32;
+* ``"bfloat16"``: the encoder's LSTMs, and decoder steps of ``LOW_PRECISION_ROWS`` rows or more, in
+  bfloat16;
+* ``"int8"``: the decoder's LSTM steps on 8-bit weights, the encoder's LSTMs as ``"auto"`` has them;
+* ``"auto"``: bfloat16 for the encoder on a CPU with AMX (float32 elsewhere), and int8 decoder steps on a CPU
+  whose PyTorch has a quantized engine (float32 on GPUs).
+
+Weights are cast once and cached (:func:`cast_weights`), recast when the weights change.
 """
 
 from __future__ import annotations
@@ -22,9 +35,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MODES", "cast_weights", "mode", "recurrent_dtype", "set_mode", "weights_key"]
+__all__ = [
+    "MODES",
+    "cast_weights",
+    "int8_steps",
+    "mode",
+    "quantize_linear",
+    "recurrent_dtype",
+    "set_mode",
+    "weights_key",
+]
 
-MODES = ("auto", "float32", "bfloat16")
+MODES = ("auto", "float32", "bfloat16", "int8")
 
 
 def _check(value: str) -> str:
@@ -37,7 +59,7 @@ _mode = _check(os.environ.get("ASR_PRECISION", "auto"))
 
 
 def set_mode(value: str) -> None:
-    """Choose the precision of inference's recurrent products: ``auto``, ``float32`` or ``bfloat16``."""
+    """Choose the precision of inference's recurrent products (one of :data:`MODES`)."""
     global _mode
     _mode = _check(value)
 
@@ -53,11 +75,58 @@ def _amx() -> bool:
     return bool(probe()) if probe is not None else False
 
 
+@functools.cache
+def _quantized_engine() -> str:
+    """The quantized engine for int8 products on this CPU ("" when PyTorch has none)."""
+    engines = torch.backends.quantized.supported_engines
+    for engine in ("x86", "fbgemm", "qnnpack"):
+        if engine in engines:
+            return engine
+    return ""
+
+
 def recurrent_dtype(device: torch.device) -> torch.dtype:
-    """The dtype of the recurrent products on ``device`` in the current mode."""
-    if _mode == "bfloat16" or (_mode == "auto" and device.type == "cpu" and _amx()):
+    """The dtype of the encoder's recurrent products (and the decoder's large steps) on ``device``."""
+    if _mode == "bfloat16" or (_mode in ("auto", "int8") and device.type == "cpu" and _amx()):
         return torch.bfloat16
     return torch.float32
+
+
+def int8_steps(device: torch.device) -> bool:
+    """Whether the decoder's LSTM steps run on 8-bit weights on ``device`` in the current mode."""
+    if device.type != "cpu" or _mode not in ("auto", "int8"):
+        return False
+    if not _quantized_engine():
+        if _mode == "int8":
+            raise RuntimeError("precision 'int8' needs a PyTorch with a quantized CPU engine (fbgemm, x86)")
+        return False
+    return True
+
+
+@torch.no_grad()
+def quantize_linear(weight: Tensor, bias: Tensor) -> object:
+    """``weight (out, in)`` and ``bias (out,)`` packed for :func:`int8_linear`: 8-bit per output channel
+    (symmetric), the bias kept in float32."""
+    if torch.backends.quantized.engine != _quantized_engine():
+        torch.backends.quantized.engine = _quantized_engine()
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-8)
+    zero = torch.zeros(w.size(0), dtype=torch.long)
+    q = torch.quantize_per_channel(w, scale.double(), zero, 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(q, bias.detach().float())
+
+
+@functools.cache
+def _vnni() -> bool:
+    """Whether the CPU multiplies 8-bit integers into 32-bit sums (VNNI)."""
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
+def int8_linear(x: Tensor, packed: object) -> Tensor:
+    """``x (N, in) @ weight.T + bias`` on weights packed by :func:`quantize_linear`; ``x`` is quantized per
+    call, to 8 bits on CPUs with VNNI and to 7 elsewhere (where fbgemm's 16-bit sums could overflow)."""
+    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, not _vnni())
 
 
 def weights_key(tensors: Sequence[Tensor]) -> tuple[tuple[int, int], ...]:

@@ -1,14 +1,15 @@
 """Cost of the attention decoder's step, and of the beam search built on it: the step on repacked weights
-(:class:`asr.decoder._StepWeights`, what decoding uses) against the same step through ``nn.LSTMCell`` and
-``nn.Conv1d`` (``AttentionDecoder.packed_steps = False``), side by side in one run.
+(:class:`asr.decoder._StepWeights`, what decoding uses) in each number format of :mod:`asr.precision`
+(float32, bfloat16, int8) against the same step through ``nn.LSTMCell`` and ``nn.Conv1d`` in float32
+(``AttentionDecoder.packed_steps = False``), side by side in one run.
 
     python bench/decoder_step.py                        # models/default.pt, 1 thread
     python bench/decoder_step.py --model streaming --rows 1 10 40 160 --frames 100
 
-One step of ``--rows`` hypotheses over ``--frames`` encoder frames (the shapes of a beam of 10 and of
-batched finals), then the joint beam search (beam 10) of ``--utterances`` espeak-ng utterances of 3-6 s
+One step of ``--rows`` hypotheses over ``--frames`` encoder frames, ``--beam`` of them per utterance (the
+shapes of a beam of 10 and of batched finals), then the joint beam search (beam 10) of ``--utterances`` espeak-ng utterances of 3-6 s
 (:func:`bench.model_speed.make_audio`), one at a time. Times are wall milliseconds, the fastest of
-``--repeats`` runs; the texts of the two paths are compared.
+``--repeats`` runs; each format's best hypotheses are compared with float32's modules.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from asr import precision  # noqa: E402
 from asr.checkpoint import load_model  # noqa: E402
 from asr.decoder import AttentionDecoder  # noqa: E402
 from asr.decoding import DecodingOptions, beam_search  # noqa: E402
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="default", help="bundled model name or checkpoint path")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 10, 40, 160], help="hypotheses per step")
     p.add_argument("--frames", type=int, default=100, help="encoder frames the attention reads")
+    p.add_argument("--beam", type=int, default=10, help="hypotheses per utterance in a step's rows")
     p.add_argument("--utterances", type=int, default=6, help="utterances for the beam search (0: none)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
@@ -59,31 +62,41 @@ def main(argv: list[str] | None = None) -> int:
     dec = model.decoder
     print(f"model {args.model}: decoder {dec.config}, {args.threads} thread(s)")
 
-    def with_modules(fn: Callable[[], object]) -> Callable[[], object]:
+    formats = [f for f in ("float32", "bfloat16", "int8") if f != "int8" or precision._quantized_engine()]
+
+    def in_format(fn: Callable[[], object], fmt: str, modules: bool = False) -> Callable[[], object]:
         def run() -> object:
-            AttentionDecoder.packed_steps = False
+            before = precision.mode()
+            AttentionDecoder.packed_steps = not modules
+            precision.set_mode(fmt)
             try:
                 return fn()
             finally:
                 AttentionDecoder.packed_steps = True
+                precision.set_mode(before)
 
         return run
 
-    print(f"\none decoder step over {args.frames} frames (ms)")
-    print(f"{'rows':>6} | {'modules':>8} | {'repacked':>8} | speed-up")
+    print(
+        f"\none decoder step over {args.frames} frames (ms), rows in beams of {args.beam} hypotheses per "
+        "utterance; speed-up against float32 modules"
+    )
+    print(f"{'rows':>6} | {'modules':>8} | " + " | ".join(f"{f:>16}" for f in formats))
     gen = torch.Generator().manual_seed(0)
     enc_dim = dec.attention.enc_proj.in_features
     with torch.inference_mode():
         for n in args.rows:
-            enc = torch.randn(n, args.frames, enc_dim, generator=gen)
-            memory, state = dec.prepare(enc, torch.full((n,), args.frames))
+            utts = max(1, n // args.beam)
+            if n % utts:
+                raise SystemExit(f"--rows {n} is not a whole number of beams of {args.beam}")
+            enc = torch.randn(utts, args.frames, enc_dim, generator=gen)
+            memory, state = dec.prepare(enc, torch.full((utts,), args.frames))
+            state = state.index_select(torch.arange(utts).repeat_interleave(n // utts))
             tokens = torch.randint(1, dec.vocab_size - 1, (n,), generator=gen)
-
             step = functools.partial(dec.step, tokens, state, memory)
-
-            ref = fastest(with_modules(step), args.repeats, inner=20)
-            new = fastest(step, args.repeats, inner=20)
-            print(f"{n:>6} | {ref:>8.3f} | {new:>8.3f} | {ref / new:.2f}x")
+            ref = fastest(in_format(step, "float32", modules=True), args.repeats, inner=20)
+            cells = [fastest(in_format(step, f), args.repeats, inner=20) for f in formats]
+            print(f"{n:>6} | {ref:>8.3f} | " + " | ".join(f"{t:>7.3f} ({ref / t:4.2f}x)" for t in cells))
 
     if args.utterances:
         waves = make_audio(args.utterances)
@@ -94,17 +107,19 @@ def main(argv: list[str] | None = None) -> int:
         def search() -> list[tuple[int, ...]]:
             return [beam_search(model, enc, lengths, opts)[0][0].tokens for enc, lengths in encoded]
 
+        print(f"\nbeam search (beam 10), {args.utterances} utterances, {seconds:.1f} s of audio, one by one")
         with torch.inference_mode():
-            ref = fastest(with_modules(search), max(1, args.repeats // 2))
-            new = fastest(search, max(1, args.repeats // 2))
-            same = with_modules(search)() == search()
-        print(
-            f"\nbeam search (beam 10), {args.utterances} utterances, {seconds:.1f} s of audio, one at a time"
-        )
-        print(
-            f"modules {ref:.0f} ms, repacked {new:.0f} ms: {ref / new:.2f}x; ms per s of audio "
-            f"{ref / seconds:.1f} -> {new / seconds:.1f}; same best hypotheses: {same}"
-        )
+            reps = max(1, args.repeats // 2)
+            ref = fastest(in_format(search, "float32", modules=True), reps)
+            best = in_format(search, "float32", modules=True)()
+            print(f"{'modules, float32':>18}: {ref:6.0f} ms, {ref / seconds:5.1f} ms per s of audio")
+            for f in formats:
+                t = fastest(in_format(search, f), reps)
+                same = sum(a == b for a, b in zip(in_format(search, f)(), best, strict=True))
+                print(
+                    f"{'repacked, ' + f:>18}: {t:6.0f} ms, {t / seconds:5.1f} ms per s of audio, "
+                    f"{ref / t:.2f}x; same best hypothesis as float32 modules: {same} of {len(best)}"
+                )
     return 0
 
 

@@ -82,6 +82,27 @@ def test_repacked_steps_equal_the_modules_and_follow_weight_changes(monkeypatch:
     assert dec._packed.source == type(packed).key(dec)
 
 
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_beam_shares_its_utterances_memory(monkeypatch: pytest.MonkeyPatch, packed: bool) -> None:
+    """Rows in blocks of ``g`` hypotheses per utterance over a memory of one row per utterance: the same
+    steps as over the memory copied to every row; a row count that is no multiple is refused."""
+    monkeypatch.setattr(AttentionDecoder, "packed_steps", packed)
+    dec = make_decoder(4)
+    enc, lengths, g = torch.randn(2, 9, D), torch.tensor([9, 5]), 3
+    tokens = torch.randint(0, V - 1, (4, 2 * g))
+    with torch.inference_mode():
+        memory, state = dec.prepare(enc, lengths)
+        copied, state = dec.prepare(enc.repeat_interleave(g, 0), lengths.repeat_interleave(g))
+        shared_state = state
+        for column in tokens:
+            a, state = dec.step(column, state, copied)
+            b, shared_state = dec.step(column, shared_state, memory)
+            torch.testing.assert_close(b, a)
+            torch.testing.assert_close(shared_state.attention, state.attention)
+        with pytest.raises(ValueError, match="5 decoder rows do not split into blocks for 2 utterances"):
+            dec.step(tokens[0, :5], state.index_select(torch.arange(5)), memory)
+
+
 def test_padding_does_not_change_decoder_output() -> None:
     dec = make_decoder(1)
     enc, lengths = torch.randn(3, 13, D), torch.tensor([13, 4, 9])

@@ -1,5 +1,5 @@
-"""bfloat16 recurrent products (asr.precision): the mode, the weight casts, and decoding that agrees with
-float32. The rest of the suite runs in float32 (conftest.py)."""
+"""bfloat16 and int8 recurrent products (asr.precision): the modes, the weight casts and packs, and decoding
+that agrees with float32. The rest of the suite runs in float32 (conftest.py)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,34 @@ def test_modes_and_dtypes(mode: None) -> None:
     assert precision.recurrent_dtype(cpu) == torch.bfloat16
     precision.set_mode("auto")
     assert precision.recurrent_dtype(cpu) in (torch.float32, torch.bfloat16)
-    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16, got 'fp16'"):
+    precision.set_mode("int8")
+    assert precision.recurrent_dtype(cpu) in (torch.float32, torch.bfloat16)  # the encoder's, as auto
+    with pytest.raises(ValueError, match="one of auto, float32, bfloat16, int8, got 'fp16'"):
         precision.set_mode("fp16")
+
+
+needs_int8 = pytest.mark.skipif(
+    not precision._quantized_engine(), reason="this PyTorch has no quantized CPU engine (fbgemm, x86)"
+)
+
+
+@needs_int8
+def test_int8_steps_by_mode(mode: None) -> None:
+    cpu = torch.device("cpu")
+    for name, expected in (("float32", False), ("bfloat16", False), ("int8", True), ("auto", True)):
+        precision.set_mode(name)
+        assert precision.int8_steps(cpu) is expected, name
+
+
+@needs_int8
+def test_int8_linear_is_close_to_float32() -> None:
+    torch.manual_seed(0)
+    w, b, x = torch.randn(64, 40) * 0.1, torch.randn(64), torch.randn(10, 40)
+    exact = x @ w.t() + b
+    out = precision.int8_linear(x, precision.quantize_linear(w, b))
+    assert out.dtype == torch.float32 and out.shape == exact.shape
+    err = float((out - exact).abs().max() / exact.abs().max())
+    assert 0 < err < 0.03  # 8-bit weights, 7-bit inputs: close, and not float32 itself
 
 
 def test_weights_are_cast_once_and_again_when_they_change() -> None:
@@ -74,7 +100,8 @@ def test_bfloat16_steps_stay_close_to_float32(mode: None) -> None:
     def run() -> tuple[torch.Tensor, ...]:
         with torch.inference_mode():
             memory, state = dec.prepare(memory_in, lengths)
-            logits, state = dec.step(torch.arange(rows) % 8, state, memory)
+            for _ in range(2):  # the first step's LSTM input is all zeros but for the token
+                logits, state = dec.step(torch.arange(rows) % 8, state, memory)
             streams = [encoder.new_stream() for _ in range(2)]
             for s, x in zip(streams, feats, strict=True):
                 s.push(x)
@@ -91,8 +118,41 @@ def test_bfloat16_steps_stay_close_to_float32(mode: None) -> None:
         assert not torch.equal(a, b) or a.abs().max() == 0  # bfloat16 did run
 
 
-def test_the_streaming_model_hears_the_same_in_bfloat16(mode: None, speech: list[np.ndarray]) -> None:
-    """The bundled streaming model over two utterances: the same finals in both formats."""
+@needs_int8
+def test_int8_decoder_steps_stay_close_to_float32(mode: None) -> None:
+    """A beam's decoder step (fewer rows than bfloat16 takes) on 8-bit weights: close to float32, and
+    repacked when the weights change."""
+    torch.manual_seed(0)
+    dec = AttentionDecoder(9, 6, DecoderConfig(embed_dim=8, hidden_size=16, attention_dim=8), 8, 8).eval()
+    memory_in, lengths = torch.randn(10, 11, 6), torch.randint(4, 12, (10,))
+
+    def run() -> tuple[torch.Tensor, ...]:
+        with torch.inference_mode():
+            memory, state = dec.prepare(memory_in, lengths)
+            for _ in range(2):  # the first step's LSTM input is all zeros but for the token
+                logits, state = dec.step(torch.arange(10) % 8, state, memory)
+        return logits, state.h, state.attention
+
+    precision.set_mode("float32")
+    exact = run()
+    precision.set_mode("int8")
+    low = run()
+    for a, b in zip(exact, low, strict=True):
+        torch.testing.assert_close(b, a, atol=0.05, rtol=0.05)
+    assert not torch.equal(exact[0], low[0])  # int8 did run
+    with torch.no_grad():
+        dec.cells[0].weight_ih.mul_(2.0)
+    precision.set_mode("float32")
+    changed = run()
+    precision.set_mode("int8")
+    torch.testing.assert_close(run()[0], changed[0], atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("low", ["bfloat16", pytest.param("int8", marks=needs_int8)])
+def test_the_streaming_model_hears_the_same_in_low_precision(
+    mode: None, speech: list[np.ndarray], low: str
+) -> None:
+    """The bundled streaming model over two utterances: the same finals in float32 and ``low``."""
     model = load_model("streaming", device="cpu")
     audio = np.concatenate([silence(0.3), speech[0], silence(1.2), speech[1], silence(1.2)])
 
@@ -107,6 +167,6 @@ def test_the_streaming_model_hears_the_same_in_bfloat16(mode: None, speech: list
 
     precision.set_mode("float32")
     exact = finals()
-    precision.set_mode("bfloat16")
+    precision.set_mode(low)
     assert finals() == exact
     assert len(exact) == 2 and all(exact)
