@@ -123,16 +123,20 @@ class OnlineRecognizer(Recognizer):
 
         A server with a thread for finals splits the work: ``finals=False`` (chunk steps only) leaves the
         finals of the utterances closed for a later call, when the stream :meth:`has_final`, and
-        ``interims=False`` (finals first) encodes no chunk of a stream that has closed utterances waiting:
-        their finals are decoded, and its chunks wait for the next call. Partials cost nothing beyond the
-        chunk steps that endpointing needs anyway."""
+        ``interims=False`` (finals first) decodes the finals due and encodes chunks only of streams whose
+        input has ended and that have no closed utterance waiting (their last final needs those chunks):
+        the other streams' chunks wait for a call with interims, so that a finals thread never runs the
+        small chunk steps that cost the most per stream. Partials cost nothing beyond the chunk steps that
+        endpointing needs anyway."""
         offline = [s for s in streams if not isinstance(s, OnlineStream)]
         if offline:
             super().decode_streams(offline, interims=interims, finals=finals)
         online = [s for s in dict.fromkeys(streams) if isinstance(s, OnlineStream)]
         if not online:
             return
-        self._encode_ready(online if interims else [s for s in online if not s.closed])
+        # finals first: chunks only where the input has ended (its last final needs them), and not before
+        # the finals already closed are decoded
+        self._encode_ready(online if interims else [s for s in online if s.input_done and not s.closed])
         for s in online:
             with s.lock:
                 self._settle(s)
@@ -230,7 +234,10 @@ class OnlineRecognizer(Recognizer):
         blank_end = bool(utt.tokens) and ep.blank_ms > 0 and run * self.frame_ms >= ep.blank_ms
         energy_end = bool(s.energy_ends) and pos >= s.energy_ends[0]
         if blank_end or energy_end or utt.num_frames * self.frame_ms >= ep.max_segment_seconds * 1000:
-            self._cut(s, final=True, sentence_end=not blank_end or energy_end)
+            # an energy endpoint keeps the utterance up to the first chunk boundary after it, wherever the
+            # encoder had got to when the VAD heard it (see _cut)
+            at = s.energy_ends[0] if energy_end and not blank_end else None
+            self._cut(s, final=True, at=at, sentence_end=not blank_end or energy_end)
             return
         reach = self.encoder.window0 * self.encoder.front_scale * self.hop  # the audio the last window read
         idle = not utt.tokens and not s._heard_speech(utt.start, pos + reach)

@@ -203,8 +203,11 @@ class OnlineStream(Stream):
 
     def _final_due(self) -> bool:
         """Whether the next decode closes an utterance whatever the model hears (blank endpoints cannot be
-        known before the chunk is encoded)."""
-        energy_end = bool(self.energy_ends) and self.encoded_to >= self.energy_ends[0]
+        known before the chunk is encoded). An energy endpoint in an utterance where nothing was heard (the
+        silence after a blank endpoint) closes no final: the chunk steps settle it."""
+        energy_end = (
+            bool(self.energy_ends) and self.encoded_to >= self.energy_ends[0] and bool(self.open.tokens)
+        )
         return bool(self.closed) or energy_end or (self.input_done and not self.flushed)
 
     @property

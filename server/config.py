@@ -38,8 +38,8 @@ class ServerConfig:
     # torch intra-op threads of each model thread on CPU; 0 = the cores shared among the model threads (the
     # model lane and finals_threads): many small ops run best one thread each, side by side
     cpu_threads: int = 0
-    # number format of the recurrent products (asr.precision): auto = bfloat16 on CPUs with AMX;
-    # "" = the process's (asr.precision.set_mode, else auto)
+    # number format of the recurrent products (asr.precision): auto = the encoder's in bfloat16 on CPUs
+    # with AMX, the decoder's steps on int8 weights on CPUs; "" = the process's (set_mode, else auto)
     precision: str = ""
     warmup: bool = True
     lm: str = ""  # language model from `asr lm train`, fused into beam search; "" = none
