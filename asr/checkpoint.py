@@ -126,6 +126,7 @@ class ModelSummary:
     vocabulary_size: int
     is_default: bool = False
     training: dict[str, Any] = field(default_factory=dict)  # epoch, step, validation metrics, ...
+    streaming: bool = False  # a chunked encoder (asr.lc_blstm): listens as the audio arrives
 
 
 def summarize(path: str | os.PathLike) -> ModelSummary:
@@ -145,6 +146,7 @@ def summarize(path: str | os.PathLike) -> ModelSummary:
         vocabulary_size=tokenizer.vocab_size,
         is_default=path.stem == DEFAULT_MODEL,
         training={k: v for k, v in ckpt.get("extra", {}).items() if isinstance(v, (int, float, str))},
+        streaming=ModelConfig.from_dict(ckpt["config"]).encoder.streaming if "config" in ckpt else False,
     )
 
 

@@ -96,6 +96,14 @@ def lc_layer(
     return torch.cat([fwd, bwd], -1), state
 
 
+def _bucket(n: int) -> int:
+    """Rows a chunk step of ``n`` streams runs: the next power of two. On a CPU the LSTMs are oneDNN
+    primitives compiled per input shape; with a few shapes of batch they stay in its cache (a server of
+    chunk-streaming models keeps 128, ``server.app.primitive_cache_capacity``) instead of being compiled
+    again at every step, which costs more than a small step's arithmetic."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _pyramid(windows: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """``(B, K, W, C) -> (B, K, W/2, 2C)`` within each window (W is even), valid frames halved."""
     b, k, w, c = windows.shape
@@ -237,6 +245,15 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
     def _step(self, streams: list[EncoderStream], ahead: bool) -> tuple[list[Tensor], list[Tensor]]:
         batch, valid, sizes = self._front_windows(streams)
         states = self._stacked_states(streams, batch)
+        rows = _bucket(len(streams))
+        if rows > len(streams):  # idle rows, so that the LSTMs see few shapes (see _bucket)
+            extra = rows - len(streams)
+            batch = nn.functional.pad(batch, (0, 0, 0, 0, 0, extra))
+            valid = valid + [self.window0] * extra
+            states = [
+                (nn.functional.pad(h, (0, 0, 0, extra)), nn.functional.pad(c, (0, 0, 0, extra)))
+                for h, c in states
+            ]
         out, new_states = self._windows(
             batch[:, None], torch.tensor(valid, device=batch.device)[:, None], states, ahead=ahead
         )

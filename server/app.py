@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from asr import precision
-from asr.checkpoint import load_model, resolve_model_path
+from asr.checkpoint import load_model, resolve_model_path, summarize
 from asr.model import ASRModel
 from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.auth import BearerTokenInterceptor
@@ -266,7 +266,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "blank_ms": "streams of chunked-encoder models: ms of CTC blanks after speech that end an utterance "
         "(default 0: the energy rule only; e.g. 240)",
         "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
-        "never wait behind a beam search (default 2; 0: finals on the model thread)",
+        "never wait behind a beam search (default 1; 0: finals on the model thread)",
         "device": "cpu, cuda, cuda:1 (default: cuda when available)",
         "cpu_threads": "torch threads of each model thread on CPU (default 0: the cores shared among the "
         "model thread and the finals threads)",
@@ -308,22 +308,33 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig.from_env(**{k: v for k, v in vars(args).items() if k in names})
 
 
+STREAMING_PRIMITIVE_CACHE = 128  # oneDNN primitives kept when every model served is a chunk-streaming one
+
+
+def primitive_cache_capacity(streaming: list[bool]) -> int:
+    """oneDNN's primitive cache for a server of models with (True) or without a chunked encoder.
+
+    oneDNN compiles a primitive per input shape of the LSTMs (and keeps up to 1,024 by default). Segment
+    streaming encodes every length of segment, so a cache only grows: RSS rose ~60 MiB per 1,000 streams
+    (bench/soak.py); it is off for those. A chunk-streaming model's steps come in few shapes (a window per
+    layer, by the number of streams batched), and compiling them again at every step was most of a small
+    step's time: with 128 kept, its 1,000 soak streams ran in 152 s instead of 241, RSS +0.9 % (off: -0.7 %),
+    docs/BENCHMARKS.md."""
+    return STREAMING_PRIMITIVE_CACHE if streaming and all(streaming) else 0
+
+
 def run(args: argparse.Namespace) -> int:
-    # oneDNN keeps a compiled primitive per input shape (up to 1024 by default); streams bring ever new
-    # lengths, so RSS grew ~60 MiB per 1,000 streams (bench/soak.py). Off unless the operator sets it. A
-    # streaming model's bfloat16 steps are faster with a small cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY=128:
-    # 22.6 against 32.1 ms of CPU per audio second per stream at 32 streams, bench/online_cpu.py), at the
-    # cost of RSS that grew 6 % over 1,000 soak streams where it grew 3 % without (docs/BENCHMARKS.md).
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
     config = config_from_args(args)
     setup_logging(config)
     try:
-        for spec in config.models:
-            resolve_model_path(spec)
+        paths = [resolve_model_path(spec) for spec in config.models]
     except FileNotFoundError as exc:
         raise FileNotFoundError(
             f"{exc}. Train one (asr train) or pass --model PATH / ASR_MODEL=PATH to a las-asr checkpoint."
         ) from None
+    # before the first oneDNN primitive; the operator's setting wins
+    capacity = primitive_cache_capacity([summarize(p).streaming for p in paths])
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
     asyncio.run(serve(config))
     return 0
 

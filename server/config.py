@@ -45,11 +45,14 @@ class ServerConfig:
     lm: str = ""  # language model from `asr lm train`, fused into beam search; "" = none
     lm_weight: float = DEFAULT_LM_WEIGHT  # its default weight (requests may set DecodingConfig.lm_weight)
     # batching
-    max_batch_size: int = 16  # segments per model call
+    # segments or streams per model call; 32 real-time streams of a chunk-streaming model kept up on 2 cores
+    # only when one chunk step could take them all (docs/BENCHMARKS.md)
+    max_batch_size: int = 32
     max_wait_ms: float = 10.0  # how long a batch waits for more work once it has some
     # threads decoding finals (beam search) beside the model thread, so that they never hold up partials and
-    # chunk steps; 0 = finals on the model thread
-    finals_threads: int = 2
+    # chunk steps; 0 = finals on the model thread. One: since finals step on int8 weights, a second thread
+    # only made 32 streams' finals later on 2 cores (docs/BENCHMARKS.md)
+    finals_threads: int = 1
     # limits
     max_streams: int = 64  # concurrent StreamingRecognize calls; more get RESOURCE_EXHAUSTED
     max_message_bytes: int = 4 * MiB  # per request message, both RPCs

@@ -34,6 +34,18 @@ def test_available_models_describe_themselves(models_dir: Path) -> None:
     assert m.is_default and m.parameters == trainable
     assert (m.vocabulary_kind, m.vocabulary_size) == ("char", model.tokenizer.vocab_size)
     assert m.size_bytes == (models_dir / "default.pt").stat().st_size
+    assert not m.streaming
+
+
+def test_the_bundled_models_say_whether_they_stream() -> None:
+    """What ``asr serve`` reads before it loads them, to size oneDNN's primitive cache: kept for a server of
+    chunk-streaming models only (segment streaming brings ever new shapes)."""
+    from server.app import STREAMING_PRIMITIVE_CACHE, primitive_cache_capacity
+
+    found = {m.name: m.streaming for m in available_models(ROOT / "models")}
+    assert found["streaming"] and not found["default"]
+    assert primitive_cache_capacity([True]) == STREAMING_PRIMITIVE_CACHE > 0
+    assert primitive_cache_capacity([True, False]) == primitive_cache_capacity([False]) == 0
 
 
 def test_models_json_and_table(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
