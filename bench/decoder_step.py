@@ -7,8 +7,8 @@
     python bench/decoder_step.py --model streaming --rows 1 10 40 160 --frames 100
 
 One step of ``--rows`` hypotheses over ``--frames`` encoder frames, ``--beam`` of them per utterance (the
-shapes of a beam of 10 and of batched finals), then the joint beam search (beam 10) of ``--utterances`` espeak-ng utterances of 3-6 s
-(:func:`bench.model_speed.make_audio`), one at a time. Times are wall milliseconds, the fastest of
+shapes of a beam of 10 and of batched finals), then the joint beam search (beam 10) of ``--utterances``
+espeak-ng utterances of 3-6 s (:func:`bench.model_speed.make_audio`), one at a time. Times are wall milliseconds, the fastest of
 ``--repeats`` runs; each format's best hypotheses are compared with float32's modules.
 """
 
