@@ -8,8 +8,9 @@
 
 One step of ``--rows`` hypotheses over ``--frames`` encoder frames, ``--beam`` of them per utterance (the
 shapes of a beam of 10 and of batched finals), then the joint beam search (beam 10) of ``--utterances``
-espeak-ng utterances of 3-6 s (:func:`bench.model_speed.make_audio`), one at a time. Times are wall milliseconds, the fastest of
-``--repeats`` runs; each format's best hypotheses are compared with float32's modules.
+espeak-ng utterances of 3-6 s (:func:`bench.model_speed.make_audio`), one at a time. Times are wall
+milliseconds, the fastest of ``--repeats`` runs; each format's best hypotheses are compared with float32's
+modules.
 """
 
 from __future__ import annotations
