@@ -1,5 +1,5 @@
-"""Session 25 experiment (issue 29, configs/synth-stage24.yaml): a synthetic manifest's speech clips shifted up
-by 3-7 semitones (``librosa.effects.pitch_shift``: pitch and formants together, tempo kept), as child-like
+"""Session 25 experiment (issue 29, configs/synth-stage24.yaml): a synthetic manifest's speech clips shifted
+up by 3-7 semitones (``librosa.effects.pitch_shift``: pitch and formants together, tempo kept), as child-like
 voices; non-speech rows are kept as they are.
 
     python scripts/child_shift.py exp/data/synth/train_1500.jsonl exp/data/synth_child
@@ -32,7 +32,8 @@ def main(src: Path, out: Path, seed: int = 25) -> int:
         if not dst.exists():  # resumable
             y, sr = sf.read(path, dtype="float32")
             sf.write(dst, np.clip(librosa.effects.pitch_shift(y, sr=sr, n_steps=steps), -1, 1), sr)
-        rows.append({**row, "audio": str(dst.resolve()), "child_shift": steps, "speaker": row["speaker"] + "+child"})
+        speaker = row["speaker"] + "+child"
+        rows.append({**row, "audio": str(dst.resolve()), "child_shift": steps, "speaker": speaker})
     with (out / "train.jsonl").open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     print(f"{len(rows)} rows -> {out / 'train.jsonl'}")
