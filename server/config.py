@@ -51,7 +51,8 @@ class ServerConfig:
     max_wait_ms: float = 10.0  # how long a batch waits for more work once it has some
     # threads decoding finals (beam search) beside the model thread, so that they never hold up partials and
     # chunk steps; 0 = finals on the model thread. One: since finals step on int8 weights, a second thread
-    # only made 32 streams' finals later on 2 cores (docs/BENCHMARKS.md)
+    # made 32 real-time streams' finals later on 2 cores, though streams sent faster than real time (the
+    # soak) finish 1.8x sooner with two (docs/BENCHMARKS.md)
     finals_threads: int = 1
     # limits
     max_streams: int = 64  # concurrent StreamingRecognize calls; more get RESOURCE_EXHAUSTED
