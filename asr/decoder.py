@@ -256,15 +256,12 @@ class _StepWeights(NamedTuple):
         token_gates = decoder.embed.weight.new_zeros(0)
         for i, cell in enumerate(decoder.cells):
             assert isinstance(cell, nn.LSTMCell)
-            w_ih, b = cell.weight_ih, cell.bias_ih + cell.bias_hh if cell.bias else None
+            zeros = cell.weight_ih.new_zeros(cell.weight_ih.size(0))
+            w_ih, b = cell.weight_ih, cell.bias_ih + cell.bias_hh if cell.bias else zeros
             if i == 0:  # the embedding's columns become a table of each token's gates (with the biases)
-                token_gates = decoder.embed.weight @ w_ih[:, :e].t()
-                if b is not None:
-                    token_gates = token_gates + b
-                w_ih = w_ih[:, e:]
-                b = torch.zeros_like(cell.weight_ih[:, 0])
-            w = torch.cat([w_ih, cell.weight_hh], dim=1).t().contiguous()
-            cells.append((w, b if b is not None else torch.zeros_like(cell.weight_ih[:, 0])))
+                token_gates = decoder.embed.weight @ w_ih[:, :e].t() + b
+                w_ih, b = w_ih[:, e:], zeros
+            cells.append((torch.cat([w_ih, cell.weight_hh], dim=1).t().contiguous(), b))
         low = [(w.to(dtype), b.to(dtype)) for w, b in cells]
         int8 = [precision.quantize_linear(w.t(), b) for w, b in cells] if source[1] else []
         att = decoder.attention
