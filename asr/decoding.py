@@ -144,6 +144,13 @@ class CTCPrefixScorer:
         self.blank_cum = torch.cumsum(self.x[:, blank], dim=1)  # (B, T)
         self.blank_prev = torch.cat([torch.zeros_like(self.blank_cum[:, :1]), self.blank_cum[:, :-1]], dim=1)
 
+    def grow(self, x: Tensor) -> None:
+        """Append frames ``x (B, V, n)`` (float64 log-probs, no padding) to every utterance's posteriors."""
+        blank = torch.cumsum(x[:, self.blank], dim=1) + self.blank_cum[:, -1:]
+        self.blank_prev = torch.cat([self.blank_prev, self.blank_cum[:, -1:], blank[:, :-1]], dim=1)
+        self.blank_cum = torch.cat([self.blank_cum, blank], dim=1)
+        self.x = torch.cat([self.x, x], dim=2)
+
     def initial_state(self, utt: Tensor) -> Tensor:
         """State of the empty prefix for hypotheses of utterances ``utt (N,)``: ``(N, 2, T)``."""
         rb = self.blank_cum[utt]
@@ -311,6 +318,7 @@ class _JointSearch:
         self.monotone = not options.normalize_length and options.length_bonus <= 0
         self.slack = biaser.max_credit if biaser is not None else 0.0
         self.finished: list[list[Hypothesis]] = [[] for _ in range(self.b)]
+        self.allow_eos = True  # False while a growing search (asr.growing_search) has not heard the end
 
     def run(self) -> list[list[Hypothesis]]:
         beam = self._start()
@@ -319,6 +327,10 @@ class _JointSearch:
             top = self._extend(beam, scored)
             if not self._retire(beam, top, step):
                 break
+        return self.results()
+
+    def results(self) -> list[list[Hypothesis]]:
+        """Each utterance's n-best list of the hypotheses finished so far, best first."""
         results = []
         for u in range(self.b):
             hyps = sorted(self.finished[u], key=lambda h: h.score, reverse=True)
@@ -419,6 +431,8 @@ class _JointSearch:
             # dead slots (score -inf, CTC prefix -inf) give -inf + inf = NaN, which topk would rank first
             cand_scores = cand_scores.masked_fill(cand_scores.isnan(), NEG_INF)
         cand_scores = cand_scores - options.length_bonus * (cand == eos)  # <eos> is no output token
+        if not self.allow_eos:
+            cand_scores = cand_scores.masked_fill(cand == eos, NEG_INF)
         return _Step(att_lp, lm_lp, cand, cand_scores, psi, last, is_empty)
 
     def _extend(self, beam: _Beam, s: _Step) -> Tensor:

@@ -19,9 +19,13 @@ alike), but nothing is decoded twice:
   reaching ``max_segment_seconds`` is cut there. An utterance in which greedy CTC heard nothing is dropped
   (silence and noise give no finals), and one that has heard nothing for ``pre_speech_ms`` while the VAD
   hears no speech starts again, so no utterance carries a long lead of silence;
-* **finals**: at the endpoint, the joint CTC/attention beam search (:func:`asr.transcribe.decode_encoded`,
-  what offline decoding uses) over the utterance's encoder frames, with the stream's decoding options,
-  n-best and word times from the stream start.
+* **finals**: the joint CTC/attention beam search over the utterance's encoder frames (what offline
+  decoding uses), with the stream's decoding options, n-best and word times from the stream start. With
+  ``RecognizerConfig.growing_finals`` (the default) the search grows chunk by chunk while the utterance is
+  heard (:mod:`asr.growing_search`): after each call's chunks, or on a server's finals thread when it is idle
+  (:meth:`grow_pending`), so that at the endpoint only its last tokens are left to search. Its result
+  depends on the utterance's chunks only, however far it had grown; otherwise each final is searched whole
+  at its endpoint, batched with the other finals of the call.
 
 An utterance ends on an encoder frame boundary (a whole number of feature frames): the next one starts there
 with a fresh encoder state, taking over the features the old one had not encoded yet and the audio not yet
@@ -37,6 +41,10 @@ chunked encoder over whole pieces.
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
+import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,7 +52,8 @@ import torch
 from torch import Tensor
 
 from asr.audio import SAMPLE_RATE
-from asr.decoding import DecodingOptions, LanguageModel
+from asr.decoding import DecodingOptions, Hypothesis, LanguageModel
+from asr.growing_search import UtteranceSearch
 from asr.lc_blstm import EncoderStream, LCBLSTMEncoder
 from asr.online_stream import ClosedUtterance, OnlineStream, Utterance
 from asr.stream_state import Stream, StreamOptions, StreamResult
@@ -90,6 +99,14 @@ class OnlineRecognizer(Recognizer):
         self.frame_ms = 1000.0 * self.samples_per_frame / SAMPLE_RATE
         self.chunk_steps = 0  # encoder.step calls
         self.frames_encoded = 0  # encoder frames they produced, all streams
+        # streams whose open utterance has chunks its growing search has not had (grow_pending)
+        self._growth_lock = threading.Lock()
+        self._to_grow: weakref.WeakValueDictionary[int, OnlineStream] = weakref.WeakValueDictionary()
+        self.finals_grown = 0  # finals that finished a growing search
+        self.finals_whole = 0  # finals searched whole at their endpoint
+        # growing searches' steps taken before their final was due, and at it (the final's latency)
+        self.steps_ahead = 0
+        self.steps_at_final = 0
 
     # -- streams -------------------------------------------------------------------------------------------
 
@@ -142,6 +159,56 @@ class OnlineRecognizer(Recognizer):
                 self._settle(s)
         if finals:
             self._decode_closed(online)
+        if interims and finals:  # one thread does everything: the searches grow with the chunks
+            for s in online:
+                self._grow(s)
+
+    # -- growing searches (asr.growing_search) ---------------------------------------------------------------
+
+    def has_growth(self) -> bool:
+        """Whether some stream's open utterance has chunks its growing search has not had."""
+        with self._growth_lock:
+            return len(self._to_grow) > 0
+
+    @torch.inference_mode()
+    def grow_pending(self, budget_s: float) -> int:
+        """Grow the searches of the streams that have new chunks, oldest first, for about ``budget_s``
+        seconds; returns how many streams were grown. A server runs this on its finals thread when it has
+        nothing else to do: the finals' beam search then runs while the audio is still coming, so that at an
+        endpoint only its last tokens are left. May run beside :meth:`decode_streams` on another thread."""
+        deadline = time.perf_counter() + budget_s
+        grown = 0
+        while time.perf_counter() < deadline:
+            with self._growth_lock:
+                if not self._to_grow:
+                    break
+                s = self._to_grow.pop(next(iter(self._to_grow)))
+            self._grow(s)
+            grown += 1
+        return grown
+
+    def _grows(self, s: OnlineStream) -> bool:
+        """Whether the open utterance's final is to be searched as it grows."""
+        opts = s.options.decoding
+        on = self.config.growing_finals and opts.method == "beam" and not opts.tta_speeds
+        return on and bool(s.open.tokens)
+
+    def _grow(self, s: OnlineStream) -> None:
+        """Give the open utterance's growing search its new chunks (starting it once the finals of the
+        sentence's earlier utterances, its prefix, are known)."""
+        with s.lock:
+            with self._growth_lock:
+                self._to_grow.pop(id(s), None)
+            if s.ended or not self._grows(s):
+                return
+            utt = s.open
+            if utt.search is None:
+                if any(c.final.text is None for c in s.context):
+                    return  # the next call, once their finals are decoded
+                utt.search = self._new_search(s.options.decoding, s.context)
+            search, chunks, token_frames = utt.search, list(utt.frames), list(utt.token_frames)
+        with search.lock:
+            search.catch_up(chunks, token_frames)
 
     def _encode_ready(self, streams: list[OnlineStream]) -> None:
         """The next chunk of every stream that has one, in one ``encoder.step``; further rounds for the
@@ -212,12 +279,16 @@ class OnlineRecognizer(Recognizer):
         and end it at a blank endpoint or its length limit."""
         utt, blank = s.open, self.model.tokenizer.blank_id
         utt.frames.append(out)
-        utt.num_frames += out.size(0)
-        for label in labels:
+        for i, label in enumerate(labels):
             if label != blank and label != utt.last_id:
                 utt.tokens.append(label)
+                utt.token_frames.append(utt.num_frames + i)
             utt.blank_run = utt.blank_run + 1 if label == blank else 0
             utt.last_id = label
+        utt.num_frames += out.size(0)
+        if self._grows(s):
+            with self._growth_lock:
+                self._to_grow[id(s)] = s
         tentative, last = [], utt.last_id  # what greedy CTC reads in the look-ahead, after the tokens
         for label in ahead:
             if label != blank and label != last:
@@ -279,14 +350,12 @@ class OnlineRecognizer(Recognizer):
         if at is not None:
             chunk = self.encoder.config.chunk_frames
             keep = min(keep, -(-max(at - old.start, 0) // (self.samples_per_frame * chunk)) * chunk)
-            if keep < old.num_frames and old.frames:
-                old.frames = [torch.cat(old.frames)[:keep]]
         # A fragment (the end of input a few frames after a blank endpoint) gets no final: the attention
         # decoder invents words for a few frames of audio.
         final_end = old.start + keep * self.samples_per_frame
         context = int(self.config.final_context_seconds * SAMPLE_RATE)
         final = final and keep * self.frame_ms >= MIN_FINAL_MS
-        s._cut(cut, nxt, final, final_end, sentence_end=sentence_end, context_samples=context)
+        s._cut(cut, nxt, final, final_end, keep, sentence_end=sentence_end, context_samples=context)
 
     def _settle(self, s: OnlineStream) -> None:
         """After the chunks: the energy endpoint and the end of input close the open utterance; then note what
@@ -352,11 +421,39 @@ class OnlineRecognizer(Recognizer):
         enc = torch.nn.utils.rnn.pad_sequence([c.enc for c in joined], batch_first=True)
         streams = [s for s, _ in items]
         word_times = [s.options.word_times or bool(c.context) for s, c in zip(streams, closed, strict=True)]
-        results = self._final_results(joined, word_times, opts, enc, lengths, prefixes=prefixes)
+        found = [self._grown(c, opts) for c in closed]
+        results = self._final_results(joined, word_times, opts, enc, lengths, prefixes=prefixes, found=found)
         return [
             _own_words(r, c, len(text.split()), s.options.word_times) if c.context else r
             for (s, _), c, text, r in zip(items, closed, said, results, strict=True)
         ]
+
+    def _new_search(self, opts: DecodingOptions, context: Sequence[ClosedUtterance]) -> UtteranceSearch:
+        """A growing search of an utterance after ``context`` (whose finals are known)."""
+        said = " ".join(c.final.text for c in context if c.final.text)
+        enc = torch.cat([c.enc for c in context]) if context else None
+        prefix = _prefix(self.model.tokenizer, said)
+        return UtteranceSearch(self.model, opts, self.lm, prefix, enc, len(context))
+
+    def _grown(self, c: ClosedUtterance, opts: DecodingOptions) -> list[Hypothesis] | None:
+        """The n-best list of ``c``'s growing search, finished: the chunks it has not had yet go in first, as
+        they would have while the utterance was heard (so a final is the same however far its search had
+        grown), and one is started over all of them if none was. None without growing finals (``c`` is then
+        searched whole, with the other finals of the call)."""
+        if not self.config.growing_finals or opts.method != "beam" or opts.tta_speeds:
+            self.finals_whole += 1
+            return None
+        search = c.search
+        if search is None or search.context_utterances != len(c.context):
+            search = self._new_search(opts, c.context)  # (a context whose final failed is left out)
+        self.finals_grown += 1
+        with search.lock:
+            old, before = search.search, search.search.steps
+            hyps = search.finish(c.chunks, c.token_frames, c.enc.size(0))
+            ahead = before if search.search is old else 0  # (a search that started again kept none)
+            self.steps_ahead += ahead
+            self.steps_at_final += search.search.steps - ahead
+            return hyps
 
 
 def _decoded_context(c: ClosedUtterance) -> ClosedUtterance:

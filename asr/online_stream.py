@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from asr.growing_search import UtteranceSearch
 from asr.lc_blstm import EncoderStream
 from asr.stream_state import Stream, StreamOptions
 
@@ -37,9 +38,13 @@ class Utterance:
     frames: list[Tensor] = field(default_factory=list)  # encoder frames, (n, D) per chunk
     num_frames: int = 0
     tokens: list[int] = field(default_factory=list)  # the greedy CTC path, collapsed, blanks removed
+    token_frames: list[int] = field(default_factory=list)  # the frame of each token (where it starts)
     last_id: int = -1  # the path's last frame label (blank or token), for collapsing repeats
     blank_run: int = 0  # blank frames since the last token frame
     shown: list[int] = field(default_factory=list)  # tokens of the last partial sent (look-ahead's too)
+    # its final's beam search, grown chunk by chunk while the utterance is heard (asr.growing_search); None
+    # until the recognizer starts it
+    search: UtteranceSearch | None = None
 
 
 @dataclass
@@ -65,6 +70,11 @@ class ClosedUtterance:
     # forced as the start of the transcript, and says only the words after those.
     context: tuple[ClosedUtterance, ...] = ()
     final: FinalText = field(default_factory=FinalText)
+    # the encoder chunks its frames came in, their greedy CTC tokens' frames, and its growing search so far
+    # (asr.growing_search; None if none was started)
+    chunks: list[Tensor] = field(default_factory=list)
+    token_frames: list[int] = field(default_factory=list)
+    search: UtteranceSearch | None = None
 
     def joined(self) -> ClosedUtterance:
         """This utterance with its context before it, as one (frames and audio end to end)."""
@@ -151,13 +161,15 @@ class OnlineStream(Stream):
         nxt: Utterance,
         final: bool,
         final_end: int | None = None,
+        keep_frames: int | None = None,
         *,
         sentence_end: bool = True,
         context_samples: int = 0,
     ) -> None:
         """End the open utterance at stream sample ``cut`` (where ``nxt`` starts). With ``final`` and a token
         heard, it is queued for its final (its audio up to ``final_end`` when given), with the sentence's
-        earlier utterances as its context; otherwise dropped. Unless ``sentence_end`` (a blank endpoint, or
+        earlier utterances as its context; otherwise dropped. ``keep_frames``: the encoder frames it keeps
+        (all when None). Unless ``sentence_end`` (a blank endpoint, or
         a restart on silence), the next final reads it as context too, while the context stays within
         ``context_samples`` (0: no context). Energy endpoints up to ``cut`` are spent."""
         joined = np.concatenate(self.audio) if self.audio else np.zeros(0, dtype=np.float32)
@@ -168,9 +180,11 @@ class OnlineStream(Stream):
         old, self.open = self.open, nxt
         if final and old.tokens:
             closes = self.options.single_utterance
-            enc = torch.cat(old.frames, 0)  # a token was heard, so a chunk was encoded
+            enc = torch.cat(old.frames, 0)[:keep_frames]  # a token was heard, so a chunk was encoded
             closed = ClosedUtterance(enc, head, old.start, self.utterance, closes, self.num_samples)
-            self.closed.append(dataclasses.replace(closed, context=tuple(self.context)))
+            closed = dataclasses.replace(closed, chunks=old.frames, token_frames=old.token_frames)
+            ctx = tuple(self.context)
+            self.closed.append(dataclasses.replace(closed, context=ctx, search=old.search))
             self.utterance += 1
             self._last_interim_text = ""
             self.ended = self.ended or closes

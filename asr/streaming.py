@@ -53,7 +53,7 @@ from torch import Tensor
 
 from asr.alignment import voiced_span
 from asr.audio import SAMPLE_RATE, check_finite
-from asr.decoding import DecodingOptions, LanguageModel
+from asr.decoding import DecodingOptions, Hypothesis, LanguageModel
 from asr.endpointing import EndpointConfig
 from asr.stream_state import Job, Stream, StreamOptions, StreamResult
 from asr.transcribe import Alternative, decode_encoded, encode_views, encode_waveforms, split_long_audio
@@ -88,6 +88,10 @@ class RecognizerConfig:
     # speechocean762 validation 85.3 against 84.4 % WER, commonvoice-sample 87.7 % both; 98.0 and 90.8 %
     # alone) at two thirds of the decoding time.
     final_context_seconds: float = 4.0
+    # Chunk-streaming models: search each final's transcript while its utterance is heard, chunk by chunk
+    # (asr.growing_search), so that at the endpoint only its last tokens are left to search; False searches
+    # each final whole at its endpoint.
+    growing_finals: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -149,6 +153,15 @@ class Recognizer:
         """Whether the stream has a final to decode: a closed utterance's, or an early one (see above)."""
         with stream.lock:
             return bool(stream._pending)
+
+    def has_growth(self) -> bool:
+        """Whether :meth:`grow_pending` has work (searches of finals that grow while their utterance is
+        heard: chunk-streaming models, :mod:`asr.online`)."""
+        return False
+
+    def grow_pending(self, budget_s: float) -> int:
+        """Do up to about ``budget_s`` seconds of :meth:`has_growth`'s work; the number of streams served."""
+        return 0
 
     def result(self, stream: Stream) -> StreamResult | None:
         """The latest result (interim or final), or ``None`` before the first one."""
@@ -270,10 +283,12 @@ class Recognizer:
         lengths: Tensor,
         short: list[bool] | None = None,
         prefixes: Sequence[Sequence[int]] | None = None,
+        found: Sequence[list[Hypothesis] | None] | None = None,
     ) -> list[StreamResult]:
         """The finals of closed pieces of streams (encoder outputs ``enc`` with ``lengths``) that share the
         decoding options ``opts``: one beam search, words timed from the stream start where ``word_times``;
-        a ``short`` piece gets an empty final. ``prefixes``: tokens each transcript must start with."""
+        a ``short`` piece gets an empty final. ``prefixes``: tokens each transcript must start with;
+        ``found``: n-best lists already searched (:mod:`asr.growing_search`), None for pieces to search."""
         audio = [p.audio for p in pieces]
         timed = any(word_times)
         views = encode_views(self.model, audio, opts.tta_speeds) if opts.tta_speeds else ()
@@ -289,6 +304,7 @@ class Recognizer:
             lm=self.lm,
             views=views,
             prefixes=prefixes,
+            found=found,
         )
         short = short or [False] * len(pieces)
         return [

@@ -86,12 +86,14 @@ def decode_encoded(
     voiced: Sequence[tuple[float, float] | None] | None = None,
     views: Sequence[tuple[Tensor, Tensor]] = (),
     prefixes: Sequence[Sequence[int]] | None = None,
+    found: Sequence[list[Hypothesis] | None] | None = None,
 ) -> list[Transcript]:
     """Decode a batch of encoder outputs ``(B, T', D)`` into transcripts. ``voiced``: each segment's
     :func:`asr.alignment.voiced_span`, which its word times are kept within. ``views``: with
     ``options.tta_speeds``, the encoder outputs of the same batch at those speeds (:func:`encode_views`).
     ``prefixes``: tokens each transcript must start with (beam search only; see
-    :func:`asr.decoding.beam_search`)."""
+    :func:`asr.decoding.beam_search`). ``found``: n-best lists already searched (a streaming final's
+    :class:`asr.growing_search.GrowingSearch`), None for those to search; all are aligned alike."""
     tok = model.tokenizer
     b = enc.size(0)
     offsets = offsets or [0.0] * b
@@ -102,7 +104,9 @@ def decode_encoded(
             raise ValueError("prefixes need the beam search (method 'beam'); greedy CTC cannot force them")
         hyps_per_utt, confidences = _greedy(ctc_lp, enc_lengths, tok.blank_id)
     else:
-        hyps_per_utt, confidences = _search(model, enc, enc_lengths, ctc_lp, options, lm, views, prefixes)
+        hyps_per_utt, confidences = _search(
+            model, enc, enc_lengths, ctc_lp, options, lm, views, prefixes, found
+        )
     shift = model.config.encoder_frame_shift
     out = []
     for i, hyps in enumerate(hyps_per_utt):
@@ -143,14 +147,21 @@ def _search(
     lm: LanguageModel | None,
     views: Sequence[tuple[Tensor, Tensor]],
     prefixes: Sequence[Sequence[int]] | None = None,
+    found: Sequence[list[Hypothesis] | None] | None = None,
 ) -> tuple[list[list[Hypothesis]], list[list[float]]]:
     """Joint CTC/attention beam search (over the TTA views when asked) of the segments in which greedy CTC
     hears speech (``options.ctc_gate``); the others keep greedy CTC's empty hypothesis and its confidence.
-    A segment with a prefix is always searched."""
+    A segment with a prefix is always searched, one with a ``found`` n-best list never."""
     b = enc.size(0)
     out, confidences = _greedy(ctc_lp, enc_lengths, model.tokenizer.blank_id)
     forced = list(prefixes) if prefixes is not None else [()] * b
-    heard = [i for i in range(b) if out[i][0].tokens or forced[i] or not options.ctc_gate]
+    known = list(found) if found is not None else [None] * b
+    for i, hyps in enumerate(known):
+        if hyps is not None:
+            out[i], confidences[i] = hyps, [_hyp_confidence(h) for h in hyps]
+    heard = [
+        i for i in range(b) if known[i] is None and (out[i][0].tokens or forced[i] or not options.ctc_gate)
+    ]
     if not heard:
         return out, confidences
     rows_prefixes = [forced[i] for i in heard] if any(forced) else None

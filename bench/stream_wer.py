@@ -11,7 +11,9 @@ and (early finals) keeps ``final_tail_ms`` of silence after the speech: each pai
 ``--tail-ms`` is one row, with the WER, CER and segments per recording. A streaming model
 (:mod:`asr.online`) also ends an utterance after ``blank_ms`` of CTC blanks and has no early finals: its rows
 pair ``--silence-ms`` with ``--blank-ms``, and the finals of utterances cut by blanks are decoded after their
-sentence so far, up to each of ``--context-s`` seconds of it (0: alone). Default decoding (beam 10) for all.
+sentence so far, up to each of ``--context-s`` seconds of it (0: alone), their beam search grown chunk by
+chunk (``--finals grown``, :mod:`asr.growing_search`) or searched whole at the endpoint (``whole``). Default
+decoding (beam 10) for all.
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[4.0],
         help="streaming models: seconds of the sentence a blank-cut final is decoded after (0: alone)",
     )
+    p.add_argument(
+        "--finals",
+        nargs="+",
+        choices=("grown", "whole"),
+        default=["grown"],
+        help="streaming models: finals searched as their utterance grows, or whole at the endpoint",
+    )
     p.add_argument("--ctc-weight", type=float, help="CTC weight of the joint search, offline and streamed")
     p.add_argument("--lead", type=float, default=0.5, help="seconds of silence before each recording")
     p.add_argument("--trail", type=float, default=1.0, help="seconds of silence after each recording")
@@ -101,12 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     lead = np.zeros(int(args.lead * SAMPLE_RATE), np.float32)
     trail = np.zeros(int(args.trail * SAMPLE_RATE), np.float32)
     rows = itertools.product(
-        args.silence_ms, args.blank_ms if online else args.tail_ms, args.context_s if online else [0.0]
+        args.silence_ms,
+        args.blank_ms if online else args.tail_ms,
+        args.context_s if online else [0.0],
+        args.finals if online else ["whole"],
     )
-    for silence, tail, context in rows:
+    for silence, tail, context, finals_kind in rows:
         if online and not tail and context != args.context_s[0]:
             continue  # without blank endpoints there is no context: one row
-        rec = make_recognizer(model, RecognizerConfig(final_context_seconds=context))
+        grown = finals_kind == "grown"
+        rec = make_recognizer(model, RecognizerConfig(final_context_seconds=context, growing_finals=grown))
         t0 = time.perf_counter()
         ep = (
             EndpointConfig(silence_ms=silence, blank_ms=tail)
@@ -127,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         wer, cer = scores(refs, hyps)
         segs = sum(map(len, finals)) / len(finals)
         name = f"streamed, silence {silence} ms, " + (
-            f"blank {tail} ms" + (f", context {context:g} s" if tail else "")
+            f"blank {tail} ms" + (f", context {context:g} s" if tail else "") + f", {finals_kind}"
             if online
             else f"tail {min(tail, silence)} ms"
         )

@@ -265,6 +265,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "model_name": "name(s) to serve the model(s) under, comma-separated (default: the files' stems)",
         "blank_ms": "streams of chunked-encoder models: ms of CTC blanks after speech that end an utterance "
         "(default 0: the energy rule only; e.g. 240)",
+        "growing_finals": "streams of chunked-encoder models: search each final while its utterance is "
+        "heard, on the finals thread when it is idle, so that only its last tokens are left at the endpoint "
+        "(default on; --no-growing-finals searches finals whole at their endpoint, batched)",
         "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
         "never wait behind a beam search (default 1; 0: finals on the model thread)",
         "device": "cpu, cuda, cuda:1 (default: cuda when available)",

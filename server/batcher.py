@@ -15,6 +15,10 @@ due wait for the next batch (their callers queue again), so final latency does n
 interims. The finals lane may have several threads (``finals_threads``), each decoding a batch of its own:
 under load, finals are most of the work. If a batch fails, each stream is retried alone so that one bad
 stream cannot fail the others.
+
+While the finals lane has nothing queued, its thread grows the searches of open utterances
+(:meth:`asr.streaming.Recognizer.grow_pending`, chunk-streaming models), a slice at a time, so that a final is
+mostly searched before its endpoint; under load that work waits for the finals themselves.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from asr.streaming import Recognizer, Stream
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+GROW_SLICE_S = 0.02  # growing-search work per idle turn of the finals thread: a final waits at most this
 
 
 class _Lane:
@@ -77,6 +83,7 @@ class Batcher:
         self._finals = _Lane("asr-finals", None, finals_threads) if finals_threads else None
         self._lanes = [lane for lane in (self._model, self._finals) if lane is not None]
         self.executor = self._model.executor  # the model thread (warm-up, other model work)
+        self._chunks_done = asyncio.Event()  # set after each model-lane batch: there may be searches to grow
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -123,7 +130,7 @@ class Batcher:
         free = asyncio.Semaphore(lane.threads)
         while True:
             await free.acquire()  # a batch forms when a thread is free to decode it
-            items = [await lane.queue.get()]
+            items = [await self._first(lane)]
             while len(items) < self.max_batch_size and not lane.queue.empty():
                 items.append(lane.queue.get_nowait())
             # Only a lone request waits (up to max_wait) for company; a backlog goes at once, so that a lane
@@ -146,6 +153,37 @@ class Batcher:
             lane.in_flight.add(task)
             task.add_done_callback(lane.in_flight.discard)
             task.add_done_callback(lambda _: free.release())
+
+    async def _first(self, lane: _Lane) -> tuple[Stream, asyncio.Future[None]]:
+        """The lane's next queued stream. The finals lane grows searches while it waits for one."""
+        if lane is not self._finals:
+            return await lane.queue.get()
+        loop = asyncio.get_running_loop()
+        failed = False  # growing failed: not again before the next chunks (the finals must go on)
+        while True:
+            if not lane.queue.empty():
+                return lane.queue.get_nowait()
+            if not failed and self.recognizer.has_growth():
+                try:
+                    await loop.run_in_executor(lane.executor, self.recognizer.grow_pending, GROW_SLICE_S)
+                except Exception:
+                    log.exception("growing searches failed; their finals will be searched whole")
+                    failed = True
+                continue
+            self._chunks_done.clear()
+            get = asyncio.ensure_future(lane.queue.get())
+            wake = asyncio.ensure_future(self._chunks_done.wait())
+            try:
+                await asyncio.wait({get, wake}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # (also when the lane is stopped: no task is left pending, no stream lost)
+                wake.cancel()
+                if not get.done():
+                    get.cancel()
+                elif asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    lane.queue.put_nowait(get.result())
+            if get.done() and not get.cancelled():
+                return get.result()
+            failed = False
 
     async def _decode_batch(self, items: list[tuple[Stream, asyncio.Future[None]]], lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
@@ -173,6 +211,8 @@ class Batcher:
                     except Exception as exc:
                         log.exception("decoding failed for one stream")
                         errors[id(s)] = exc
+        if lane is self._model:
+            self._chunks_done.set()
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(streams))
             self.metrics.batch_seconds.observe(time.perf_counter() - t0)

@@ -71,6 +71,8 @@ class ServerConfig:
     final_tail_ms: int = 300
     # streams of chunked-encoder models: CTC blanks after speech that end an utterance; 0 = energy rule only
     blank_ms: int = EndpointConfig.blank_ms
+    # streams of chunked-encoder models: search finals while their utterance is heard (asr.growing_search)
+    growing_finals: bool = True
     # security
     tls_cert: str = ""  # PEM server certificate chain; with tls_key enables TLS
     tls_key: str = ""

@@ -47,7 +47,8 @@ async def start_models(
             except ValueError as exc:
                 raise ValueError(f"--lm {config.lm} cannot decode model {name!r}: {exc}") from None
         defaults = default_stream_options(config, lm_weight)
-        rec = make_recognizer(m, RecognizerConfig(config.max_batch_size, defaults), lm=lm)
+        rec_config = RecognizerConfig(config.max_batch_size, defaults, growing_finals=config.growing_finals)
+        rec = make_recognizer(m, rec_config, lm=lm)
         batcher = Batcher(
             rec,
             max_batch_size=config.max_batch_size,

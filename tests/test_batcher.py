@@ -5,24 +5,39 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
 
-from server.batcher import Batcher
+from server.batcher import GROW_SLICE_S, Batcher
 
 
 class FakeRecognizer:
     """Streams are strings; ``"final..."`` streams have a final due. A final's decode blocks until
     ``release`` is set; every decode call is recorded with its thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, growth: int = 0, grow_error: bool = False) -> None:
         self.release = threading.Event()
         self.calls: list[tuple[list[str], str]] = []
         self.finals: list[bool] = []  # each call's ``finals``
+        self.growth = growth  # slices of growing-search work pending
+        self.grow_error = grow_error
+        self.grown: list[str] = []  # the thread of each slice grown
 
     def has_final(self, stream: Any) -> bool:
         return str(stream).startswith("final")
+
+    def has_growth(self) -> bool:
+        return self.growth > 0
+
+    def grow_pending(self, budget_s: float) -> int:
+        self.grown.append(threading.current_thread().name)
+        if self.grow_error:
+            raise RuntimeError("a bug in growing")
+        time.sleep(budget_s)
+        self.growth -= 1
+        return 1
 
     def decode_streams(self, streams: list[Any], *, interims: bool = True, finals: bool = True) -> None:
         self.calls.append((list(streams), threading.current_thread().name))
@@ -113,3 +128,41 @@ def test_finals_threads_decode_batches_side_by_side() -> None:
     assert len({thread for _, thread in rec.calls}) == 2
     with pytest.raises(ValueError, match="finals_threads must be 0"):
         Batcher(rec, finals_threads=-1)  # type: ignore[arg-type]
+
+
+def test_the_finals_thread_grows_searches_while_idle_and_a_final_waits_at_most_a_slice() -> None:
+    async def run() -> tuple[FakeRecognizer, float]:
+        rec = FakeRecognizer(growth=1000)
+        batcher = Batcher(rec, max_wait_ms=1.0, finals_threads=1)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            await batcher.decode("chunk-a")  # the model lane's chunks wake the finals thread
+            while len(rec.grown) < 3:
+                await asyncio.sleep(0.01)
+            rec.release.set()
+            t0 = time.perf_counter()
+            await batcher.decode("final-b")
+            return rec, time.perf_counter() - t0
+        finally:
+            await batcher.stop()
+
+    rec, waited = asyncio.run(run())
+    assert rec.grown and all(name.startswith("asr-finals") for name in rec.grown)
+    assert waited < GROW_SLICE_S + 0.5  # one slice, then the final
+
+
+def test_a_failure_to_grow_leaves_the_finals_lane_working() -> None:
+    async def run() -> FakeRecognizer:
+        rec = FakeRecognizer(growth=5, grow_error=True)
+        rec.release.set()
+        batcher = Batcher(rec, max_wait_ms=1.0, finals_threads=1)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            await batcher.decode("chunk-a")
+            await asyncio.wait_for(batcher.decode("final-b"), 5.0)
+            return rec
+        finally:
+            await batcher.stop()
+
+    rec = asyncio.run(run())
+    assert rec.grown and any(s == ["final-b"] for s, _ in rec.calls)

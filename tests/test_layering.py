@@ -29,8 +29,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("network", {"asr.features", "asr.encoder", "asr.lc_blstm", "asr.decoder", "asr.ctc", "asr.model"}),
     # corpora, manifests, batches, augmentation
     ("data", {"asr.data"}),
-    # search, language models, phrase biasing, test-time augmentation
-    ("decoding", {"asr.decoding", "asr.lm", "asr.biasing", "asr.tta"}),
+    # search (whole, or growing with the audio), language models, phrase biasing, test-time augmentation
+    ("decoding", {"asr.decoding", "asr.growing_search", "asr.lm", "asr.biasing", "asr.tta"}),
     # load_model, transcribe, streaming (the recognizer, per-stream state, endpointing)
     (
         "recognition",

@@ -20,6 +20,7 @@ from asr.alignment import voiced_span
 from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions
 from asr.endpointing import EndpointConfig
+from asr.growing_search import UtteranceSearch
 from asr.online import CATCH_UP_CHUNKS, OnlineRecognizer, OnlineStream, make_recognizer
 from asr.streaming import Recognizer, RecognizerConfig, StreamOptions, StreamResult
 from asr.transcribe import decode_encoded, transcribe
@@ -170,19 +171,22 @@ def test_a_stream_behind_catches_up_a_few_chunks_per_call_until_its_input_ends(
 
 
 @pytest.mark.parametrize("blank_ms", [0, 240])
+@pytest.mark.parametrize("growing", [True, False])
 def test_a_server_can_split_chunk_steps_from_finals(
-    model: Transcriber, speech: list[np.ndarray], blank_ms: int
+    model: Transcriber, speech: list[np.ndarray], blank_ms: int, growing: bool
 ) -> None:
     """As a server with a finals lane calls it: a stream with a final due goes to ``interims=False`` calls,
     which decode its finals and encode no chunk until its input has ended; the others to ``finals=False``
-    calls (chunk steps), which leave the finals of the utterances they close. An energy endpoint after a
-    blank endpoint, in an utterance where nothing was heard, is no final due. The results are those of
-    undivided calls."""
+    calls (chunk steps), which leave the finals of the utterances they close, and the finals thread grows
+    the searches when it is idle (``grow_pending``). An energy endpoint after a blank endpoint, in an
+    utterance where nothing was heard, is no final due. The results are those of undivided calls."""
     audio = np.concatenate([silence(0.3), speech[0], silence(1.2), speech[1], silence(1.2)])
     opts = dataclasses.replace(OPTS, endpoint=EndpointConfig(blank_ms=blank_ms))
-    rec = OnlineRecognizer(model)
+    config = RecognizerConfig(growing_finals=growing)
+    rec = OnlineRecognizer(model, config)
     whole = [r.text for _, r in feed(rec, rec.create_stream(opts), audio) if r.is_final]
-    rec = OnlineRecognizer(model)
+    assert rec.finals_grown == (2 if growing else 0)
+    rec = OnlineRecognizer(model, config)
     s = rec.create_stream(opts)
     split, finals_calls = [], 0
     for i in range(0, len(audio) + CHUNK, CHUNK):
@@ -200,8 +204,13 @@ def test_a_server_can_split_chunk_steps_from_finals(
                 finals_calls += 1
             else:
                 rec.decode_streams([s], finals=False)
+                if growing and s.open.tokens:
+                    assert rec.has_growth()
+                rec.grow_pending(10.0)
+                assert not rec.has_growth()
         split += [r.text for r in rec.pop_results(s) if r.is_final]
     assert split == whole and len(whole) == 2
+    assert rec.finals_grown == (2 if growing else 0)
     assert 2 <= finals_calls <= 3  # one per final, and the end of input
 
 
@@ -235,10 +244,19 @@ def words(ws: tuple) -> list[tuple[str, float, float]]:
     return [(w.word, round(w.start, 4), round(w.end, 4)) for w in ws]
 
 
+@pytest.mark.parametrize("growing", [True, False])
 def test_finals_equal_offline_decoding_of_the_utterance(
-    model: Transcriber, streamed: tuple[OnlineRecognizer, list], conversation: np.ndarray
+    model: Transcriber, streamed: tuple[OnlineRecognizer, list], conversation: np.ndarray, growing: bool
 ) -> None:
+    """Each final is the offline decoding of its utterance's audio: the whole beam search of the chunked
+    encoder's frames, or with growing finals, a growing search given those frames chunk by chunk, each
+    chunk's token limit from greedy CTC (so a final depends on its audio only, not on when its search
+    grew)."""
     rec, results = streamed
+    if not growing:
+        rec = OnlineRecognizer(model, RecognizerConfig(growing_finals=False))
+        results = feed(rec, rec.create_stream(CONFIRMED), conversation)
+    chunk = model.config.encoder.chunk_frames
     for f in [r for _, r in results if r.is_final]:
         start = round(f.start * SAMPLE_RATE)
         n = (round(f.end * SAMPLE_RATE) - start) // rec.samples_per_frame
@@ -246,6 +264,13 @@ def test_finals_equal_offline_decoding_of_the_utterance(
         feats, lengths = model.features(wave, torch.tensor([wave.size(1)]))
         enc, _ = model.encode(feats, lengths)  # the chunked encoder over the rest of the stream
         seg = conversation[start : round(f.end * SAMPLE_RATE)]
+        found = None
+        if growing:
+            labels = model.ctc_log_probs(enc[:, :n])[0].argmax(-1).tolist()
+            token_frames = [t for t, x in enumerate(labels) if x != 0 and (t == 0 or x != labels[t - 1])]
+            search = UtteranceSearch(model, OPTS.decoding, None, (), None)
+            found = [search.finish(list(enc[0, :n].split(chunk)), token_frames, n)]
+            assert search.started  # it searched before its last chunk
         want = decode_encoded(
             model,
             enc[:, :n],
@@ -254,6 +279,7 @@ def test_finals_equal_offline_decoding_of_the_utterance(
             offsets=[f.start],
             durations=[len(seg) / SAMPLE_RATE],
             voiced=[voiced_span(seg)],
+            found=found,
         )[0]
         assert [a.text for a in f.alternatives] == [a.text for a in want.alternatives]
         assert [a.score for a in f.alternatives] == pytest.approx(
@@ -290,10 +316,10 @@ def test_finals_cut_by_blank_endpoints_are_decoded_after_their_sentence_so_far(
         final_results = rec._final_results
         forced.clear()
 
-        def spy(pieces, word_times, opts, enc, lengths, short=None, prefixes=None):  # type: ignore[no-untyped-def]
+        def spy(pieces, word_times, opts, enc, lengths, short=None, prefixes=None, found=None):  # type: ignore[no-untyped-def]
             decoded.extend(lengths.tolist())
             forced.extend(model.tokenizer.decode(p) for p in prefixes)
-            return final_results(pieces, word_times, opts, enc, lengths, short, prefixes)
+            return final_results(pieces, word_times, opts, enc, lengths, short, prefixes, found)
 
         rec._final_results = spy  # type: ignore[method-assign]
         return [r for _, r in feed(rec, rec.create_stream(opts), audio) if r.is_final], decoded
@@ -306,7 +332,7 @@ def test_finals_cut_by_blank_endpoints_are_decoded_after_their_sentence_so_far(
     assert 2 <= first_sentence < len(finals)
     own = alone_frames  # each utterance's own frames
     assert frames[:first_sentence] == list(itertools.accumulate(own[:first_sentence]))
-    assert frames[first_sentence:] == own[first_sentence:len(own)]  # a new sentence, no context
+    assert frames[first_sentence:] == own[first_sentence : len(own)]  # a new sentence, no context
     for f in finals:
         assert all(f.start <= w.start < w.end <= f.end + 0.05 for w in f.words)
         assert f.text == " ".join(w.word for w in f.words)

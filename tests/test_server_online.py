@@ -81,14 +81,28 @@ def test_list_models_marks_the_streaming_model(served: Served) -> None:
 
 
 def test_stream_gets_partials_before_its_audio_ends_then_finals(
-    served: Served, streaming_model: Transcriber, audio: np.ndarray
+    served: Served, streaming_model: Transcriber, audio: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Partials while the audio comes, finals as the library gives them, each final's beam search mostly
+    done before its endpoint (the finals thread grew it while idle)."""
     sc = stream_config(interim=True)
     sc.config.model = "streaming"
     sent: list[float] = []
     arrivals = []
+    ahead: list[tuple[int, int]] = []  # each final's search steps before its endpoint, and in all
+    grown = OnlineRecognizer._grown
+
+    def spy(self: OnlineRecognizer, c: Any, opts: Any) -> Any:
+        before = c.search.search.steps if c.search is not None else 0
+        out = grown(self, c, opts)
+        ahead.append((before, c.search.search.steps if c.search is not None else 0))
+        return out
+
+    monkeypatch.setattr(OnlineRecognizer, "_grown", spy)
     for resp in served.stub.StreamingRecognize(paced(audio, sc, sent, delay=0.06)):
         arrivals += [(time.monotonic(), r) for r in resp.results]
+    monkeypatch.undo()
+    assert len(ahead) == 2 and all(total > 0 and before >= total // 2 for before, total in ahead), ahead
     end = sent[0]
     partials = [r for t, r in arrivals if not r.is_final and t < end]
     assert len(partials) >= 4  # partials while the audio was still being sent
