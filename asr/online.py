@@ -97,6 +97,9 @@ class OnlineRecognizer(Recognizer):
         self.feats_per_frame = model.config.encoder.subsampling  # feature frames per encoder frame
         self.samples_per_frame = self.hop * self.feats_per_frame
         self.frame_ms = 1000.0 * self.samples_per_frame / SAMPLE_RATE
+        chunk_ms = self.frame_ms * model.config.encoder.chunk_frames
+        # chunks a growing search may lag behind before it is dropped (0: never)
+        self.max_lag = -(-self.config.growing_lag_ms // int(chunk_ms)) if self.config.growing_lag_ms else 0
         self.chunk_steps = 0  # encoder.step calls
         self.frames_encoded = 0  # encoder frames they produced, all streams
         # streams whose open utterance has chunks its growing search has not had (grow_pending)
@@ -191,7 +194,7 @@ class OnlineRecognizer(Recognizer):
         """Whether the open utterance's final is to be searched as it grows."""
         opts = s.options.decoding
         on = self.config.growing_finals and opts.method == "beam" and not opts.tta_speeds
-        return on and bool(s.open.tokens)
+        return on and bool(s.open.tokens) and not s.open.whole
 
     def _grow(self, s: OnlineStream) -> None:
         """Give the open utterance's growing search its new chunks (starting it once the finals of the
@@ -201,12 +204,16 @@ class OnlineRecognizer(Recognizer):
                 self._to_grow.pop(id(s), None)
             if s.ended or not self._grows(s):
                 return
-            utt = s.open
-            if utt.search is None:
+            utt, fresh = s.open, s.open.search is None
+            if fresh:
                 if any(c.final.text is None for c in s.context):
                     return  # the next call, once their finals are decoded
                 utt.search = self._new_search(s.options.decoding, s.context)
             search, chunks, token_frames = utt.search, list(utt.frames), list(utt.token_frames)
+            assert search is not None
+            if not fresh and self._lags(search, len(chunks)):  # it cannot keep up: searched whole at the end
+                utt.search, utt.whole = None, True
+                return
         with search.lock:
             search.catch_up(chunks, token_frames)
 
@@ -428,6 +435,10 @@ class OnlineRecognizer(Recognizer):
             for (s, _), c, text, r in zip(items, closed, said, results, strict=True)
         ]
 
+    def _lags(self, search: UtteranceSearch, chunks: int) -> bool:
+        """Whether a search that has had ``search.taken`` of an utterance's ``chunks`` chunks lags too far."""
+        return bool(self.max_lag) and chunks - search.taken > self.max_lag
+
     def _new_search(self, opts: DecodingOptions, context: Sequence[ClosedUtterance]) -> UtteranceSearch:
         """A growing search of an utterance after ``context`` (whose finals are known)."""
         said = " ".join(c.final.text for c in context if c.final.text)
@@ -438,10 +449,14 @@ class OnlineRecognizer(Recognizer):
     def _grown(self, c: ClosedUtterance, opts: DecodingOptions) -> list[Hypothesis] | None:
         """The n-best list of ``c``'s growing search, finished: the chunks it has not had yet go in first, as
         they would have while the utterance was heard (so a final is the same however far its search had
-        grown), and one is started over all of them if none was. None without growing finals (``c`` is then
-        searched whole, with the other finals of the call)."""
-        if not self.config.growing_finals or opts.method != "beam" or opts.tta_speeds:
+        grown), and one is started over all of them if none was. None (``c`` is then searched whole, with the
+        other finals of the call) without growing finals, or with ``growing_lag_ms`` when its search never
+        started or fell too far behind."""
+        if not self.config.growing_finals or opts.method != "beam" or opts.tta_speeds or c.whole:
             self.finals_whole += 1
+            return None
+        if self.max_lag and (c.search is None or self._lags(c.search, len(c.chunks))):
+            self.finals_whole += 1  # its search never started or fell behind: batched with the others
             return None
         search = c.search
         if search is None or search.context_utterances != len(c.context):

@@ -45,6 +45,7 @@ class Utterance:
     # its final's beam search, grown chunk by chunk while the utterance is heard (asr.growing_search); None
     # until the recognizer starts it
     search: UtteranceSearch | None = None
+    whole: bool = False  # its search fell too far behind and was dropped: its final is searched whole
 
 
 @dataclass
@@ -75,6 +76,7 @@ class ClosedUtterance:
     chunks: list[Tensor] = field(default_factory=list)
     token_frames: list[int] = field(default_factory=list)
     search: UtteranceSearch | None = None
+    whole: bool = False  # its search fell too far behind and was dropped: its final is searched whole
 
     def joined(self) -> ClosedUtterance:
         """This utterance with its context before it, as one (frames and audio end to end)."""
@@ -184,7 +186,7 @@ class OnlineStream(Stream):
             closed = ClosedUtterance(enc, head, old.start, self.utterance, closes, self.num_samples)
             closed = dataclasses.replace(closed, chunks=old.frames, token_frames=old.token_frames)
             ctx = tuple(self.context)
-            self.closed.append(dataclasses.replace(closed, context=ctx, search=old.search))
+            self.closed.append(dataclasses.replace(closed, context=ctx, search=old.search, whole=old.whole))
             self.utterance += 1
             self._last_interim_text = ""
             self.ended = self.ended or closes

@@ -92,12 +92,19 @@ class RecognizerConfig:
     # (asr.growing_search), so that at the endpoint only its last tokens are left to search; False searches
     # each final whole at its endpoint.
     growing_finals: bool = True
+    # ... unless its search falls this far behind the utterance's audio (ms; 0: never): the final of an
+    # utterance whose search lags more is searched whole, batched with the other finals of its call, and
+    # the search is dropped. A server under load sets it, so that the growing searches (one utterance at a
+    # time) never hold up the batched work; with 0 a final depends on its audio only.
+    growing_lag_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if not 0.0 <= self.final_context_seconds <= 60.0:
             raise ValueError(f"final_context_seconds must be in [0, 60], got {self.final_context_seconds}")
+        if self.growing_lag_ms < 0:
+            raise ValueError(f"growing_lag_ms must be >= 0 (0: never), got {self.growing_lag_ms}")
         if self.max_interim_seconds <= 0:
             raise ValueError(f"max_interim_seconds must be positive, got {self.max_interim_seconds}")
 

@@ -268,6 +268,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "growing_finals": "streams of chunked-encoder models: search each final while its utterance is "
         "heard, on the finals thread when it is idle, so that only its last tokens are left at the endpoint "
         "(default on; --no-growing-finals searches finals whole at their endpoint, batched)",
+        "growing_lag_ms": "a growing search that falls this many ms behind its audio (the server is "
+        "loaded) is dropped, and its final searched whole with the other finals (default 500; 0: never)",
         "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
         "never wait behind a beam search (default 1; 0: finals on the model thread)",
         "device": "cpu, cuda, cuda:1 (default: cuda when available)",

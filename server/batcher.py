@@ -16,7 +16,7 @@ interims. The finals lane may have several threads (``finals_threads``), each de
 under load, finals are most of the work. If a batch fails, each stream is retried alone so that one bad
 stream cannot fail the others.
 
-While the finals lane has nothing queued, its thread grows the searches of open utterances
+While neither lane has anything queued, the finals thread grows the searches of open utterances
 (:meth:`asr.streaming.Recognizer.grow_pending`, chunk-streaming models), a slice at a time, so that a final is
 mostly searched before its endpoint; under load that work waits for the finals themselves.
 """
@@ -163,7 +163,8 @@ class Batcher:
         while True:
             if not lane.queue.empty():
                 return lane.queue.get_nowait()
-            if not failed and self.recognizer.has_growth():
+            # growing is for spare time: the model thread's chunks and partials come first
+            if not failed and self._model.queue.empty() and self.recognizer.has_growth():
                 try:
                     await loop.run_in_executor(lane.executor, self.recognizer.grow_pending, GROW_SLICE_S)
                 except Exception:

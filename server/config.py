@@ -73,6 +73,8 @@ class ServerConfig:
     blank_ms: int = EndpointConfig.blank_ms
     # streams of chunked-encoder models: search finals while their utterance is heard (asr.growing_search)
     growing_finals: bool = True
+    # ... unless a search lags this far behind its audio (the server is loaded): that final is searched whole
+    growing_lag_ms: int = 500
     # security
     tls_cert: str = ""  # PEM server certificate chain; with tls_key enables TLS
     tls_key: str = ""
@@ -106,6 +108,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.final_tail_ms < 20:
             raise ValueError(f"final_tail_ms must be at least 20 (one VAD frame), got {self.final_tail_ms}")
+        if self.growing_lag_ms < 0:
+            raise ValueError(f"growing_lag_ms must be >= 0 (0: never), got {self.growing_lag_ms}")
         if not 0 <= self.blank_ms <= 10_000:
             raise ValueError(f"blank_ms must be in [0, 10000] (0 disables), got {self.blank_ms}")
         if len(self.model_names) != len(self.models) and self.model_name:

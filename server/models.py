@@ -47,7 +47,12 @@ async def start_models(
             except ValueError as exc:
                 raise ValueError(f"--lm {config.lm} cannot decode model {name!r}: {exc}") from None
         defaults = default_stream_options(config, lm_weight)
-        rec_config = RecognizerConfig(config.max_batch_size, defaults, growing_finals=config.growing_finals)
+        rec_config = RecognizerConfig(
+            config.max_batch_size,
+            defaults,
+            growing_finals=config.growing_finals,
+            growing_lag_ms=config.growing_lag_ms,
+        )
         rec = make_recognizer(m, rec_config, lm=lm)
         batcher = Batcher(
             rec,

@@ -214,6 +214,46 @@ def test_a_server_can_split_chunk_steps_from_finals(
     assert 2 <= finals_calls <= 3  # one per final, and the end of input
 
 
+def test_a_search_that_falls_behind_is_dropped_and_its_final_searched_whole(
+    model: Transcriber, speech: list[np.ndarray]
+) -> None:
+    """With ``growing_lag_ms`` (a server's setting), a final whose search was never grown, or lags by more
+    than that, is the whole search's, batched; one whose search kept up is the growing search's."""
+    audio = np.concatenate([silence(0.3), speech[0], silence(1.2), speech[1], silence(1.2)])
+
+    def finals(config: RecognizerConfig, grow_every: int) -> tuple[list[str], OnlineRecognizer]:
+        rec = OnlineRecognizer(model, config)
+        s = rec.create_stream(OPTS)
+        out, calls = [], 0
+        for i in range(0, len(audio) + CHUNK, CHUNK):
+            if i < len(audio):
+                rec.accept_audio(s, audio[i : i + CHUNK])
+            else:
+                rec.input_finished(s)
+            while rec.is_ready(s):
+                if rec.has_final(s):
+                    rec.decode_streams([s], interims=False)
+                else:
+                    rec.decode_streams([s], finals=False)
+                    calls += 1
+                    if grow_every and calls % grow_every == 0:
+                        rec.grow_pending(10.0)
+            out += [r.text for r in rec.pop_results(s) if r.is_final]
+        return out, rec
+
+    whole, _ = finals(RecognizerConfig(growing_finals=False), 0)
+    grown, _ = finals(RecognizerConfig(), 1)
+    lagged = RecognizerConfig(growing_lag_ms=160)  # one chunk
+    kept_up, rec = finals(lagged, 1)
+    assert kept_up == grown and (rec.finals_grown, rec.finals_whole) == (2, 0)
+    never, rec = finals(lagged, 0)
+    assert never == whole and (rec.finals_grown, rec.finals_whole) == (0, 2)
+    behind, rec = finals(lagged, 6)  # grown every sixth chunk: dropped once it lags
+    assert behind == whole and rec.finals_whole == 2
+    with pytest.raises(ValueError, match="growing_lag_ms"):
+        RecognizerConfig(growing_lag_ms=-1)
+
+
 def test_streams_share_one_encoder_step_per_chunk(model: Transcriber, speech: list[np.ndarray]) -> None:
     audios = [np.concatenate([silence(0.3), speech[i], silence(0.8)]) for i in (0, 1, 2)]
     alone = []
