@@ -151,6 +151,11 @@ class CTCPrefixScorer:
         self.blank_cum = torch.cat([self.blank_cum, blank], dim=1)
         self.x = torch.cat([self.x, x], dim=2)
 
+    def rewind(self, frames: int) -> None:
+        """Keep only the first ``frames`` frames (undoes :meth:`grow`)."""
+        self.x = self.x[:, :, :frames]
+        self.blank_cum, self.blank_prev = self.blank_cum[:, :frames], self.blank_prev[:, :frames]
+
     def initial_state(self, utt: Tensor) -> Tensor:
         """State of the empty prefix for hypotheses of utterances ``utt (N,)``: ``(N, 2, T)``."""
         rb = self.blank_cum[utt]

@@ -70,6 +70,7 @@ class GrowingSearch:
         self._waiting: list[Tensor] = []  # frames before the first step
         self.frames = 0  # encoder frames taken in
         self.steps = 0  # search steps taken (tokens after the prefix)
+        self.stepped_at = 0  # the frames taken in when the last step was taken
         self.done = False
 
     @torch.no_grad()
@@ -115,6 +116,33 @@ class GrowingSearch:
             self._beam = self._search._start()
         return self._search
 
+    def rewind(self, frames: int) -> None:
+        """Keep only the first ``frames`` encoder frames, as if no more had been taken in: exact when no step
+        was taken after them (``stepped_at <= frames``); ``ValueError`` otherwise."""
+        if frames > self.frames or self.stepped_at > frames:
+            raise ValueError(
+                f"cannot rewind a search of {self.frames} frames, stepped at {self.stepped_at}, to {frames}"
+            )
+        if frames == self.frames:
+            return
+        self.frames = frames
+        search, beam = self._search, self._beam
+        if search is None or beam is None:
+            enc = torch.cat(self._waiting)[:frames]
+            self._waiting = [enc] if frames else []
+            return
+        search.enc_lengths = torch.full_like(search.enc_lengths, frames)
+        total = (search.enc_lengths.double() * self.options.max_length_ratio).clamp_min(1).long()
+        search.maxlen = (total - search.plen).clamp_min(0)
+        if search.use_att:
+            mem = beam.memory
+            beam.memory = Memory(mem.enc[:, :frames], mem.proj[:, :frames], mem.mask[:, :frames])
+            beam.dstate = beam.dstate._replace(attention=beam.dstate.attention[:, :frames])
+        if search.scorer is not None:
+            search.scorer.rewind(frames)
+            if beam.r is not None:
+                beam.r = beam.r[:, :, :frames]
+
     def _step(self) -> bool:
         search, beam = self._search, self._beam
         assert search is not None and beam is not None
@@ -122,6 +150,7 @@ class GrowingSearch:
         top = search._extend(beam, scored)
         alive = search._retire(beam, top, self.steps)
         self.steps += 1
+        self.stepped_at = self.frames
         return alive
 
     def _take(self, enc: Tensor) -> None:
@@ -227,8 +256,18 @@ class UtteranceSearch:
 
     def finish(self, chunks: Sequence[Tensor], token_frames: Sequence[int], keep: int) -> list[Hypothesis]:
         """The n-best list over the utterance's first ``keep`` frames of ``chunks``: the chunks not yet given
-        go in as milestones first (a search that has gone past ``keep``, or finished before, as when a final
-        is decoded again after a failure, starts again over them)."""
+        go in as milestones first. A search that has taken in frames past ``keep`` (an energy endpoint keeps
+        the utterance to the chunk after the speech's tail, heard some chunks later) is rewound to them when
+        it took no step after them; one that did, or that finished before (a final decoded again after a
+        failure), starts again over them."""
+        if self.taken_frames > keep and not self.search.done:
+            base = self.search.frames - self.taken_frames  # the context's frames
+            sizes = [c.size(0) for c in chunks[: self.taken]]
+            ends = [base + sum(sizes[: k + 1]) for k in range(len(sizes))]
+            at = next((k + 1 for k, e in enumerate(ends) if e == base + keep), None)
+            if at is not None and self.search.stepped_at <= base + keep:
+                self.search.rewind(base + keep)
+                self.taken, self.taken_frames = at, keep
         if self.taken_frames > keep or self.search.done:
             self.search, self.taken, self.taken_frames = self._new(), 0, 0
         kept, total = [], 0

@@ -132,6 +132,29 @@ def test_an_utterance_search_depends_on_its_chunks_not_on_when_they_came() -> No
 
 
 @torch.inference_mode()
+def test_a_search_that_took_silence_past_the_kept_frames_rewinds_to_them() -> None:
+    """An energy endpoint keeps the utterance to the chunk after its speech's tail, heard chunks later: a
+    search that took those later chunks in without a step is rewound to the kept frames, exactly, rather
+    than searched again."""
+    model = CTCModel(seed=6)
+    enc, _ = peaky(PATHS[:1])
+    parts = chunks(enc[0], 2)  # 6 chunks of 2 frames
+    frames = [1, 3]  # the tokens the limits release; none after frame 3
+    grown = UtteranceSearch(model, OPTS, None, (), None)
+    grown.catch_up(parts, frames)
+    kept = grown.search
+    assert kept.steps > 0 and kept.stepped_at <= 8 < kept.frames
+    a = grown.finish(parts, frames, 8)
+    assert grown.search is kept  # rewound, not started again
+    b = UtteranceSearch(model, OPTS, None, (), None).finish(parts, frames, 8)
+    assert [(h.tokens, round(h.score, 9)) for h in a] == [(h.tokens, round(h.score, 9)) for h in b]
+    stepped = GrowingSearch(model, OPTS)
+    stepped.grow(enc[0, :8], 2)
+    with pytest.raises(ValueError, match="cannot rewind"):
+        stepped.rewind(4)
+
+
+@torch.inference_mode()
 def test_a_context_and_its_prefix_come_before_the_utterance() -> None:
     model = CTCModel(seed=5)
     enc, _ = peaky(PATHS[:1])
