@@ -7,6 +7,8 @@ import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,15 @@ class Metrics:
             "asr_batch_seconds", "Model time per batch", buckets=_LATENCY, registry=r
         )
         self._http: Any = None
+        self._finals: _FinalsCollector | None = None
+
+    def watch_finals(self, model: str, recognizer: Any) -> None:
+        """Export how a chunk-streaming model's finals were searched (its recognizer's ``finals_grown`` and
+        ``finals_whole``, read at each scrape) as ``asr_stream_finals_total{model,search}``."""
+        if self._finals is None:
+            self._finals = _FinalsCollector()
+            self.registry.register(self._finals)
+        self._finals.recognizers[model] = recognizer
 
     def count(self, method: str, code: str) -> None:
         """One finished RPC; ``code`` is its status code's name ("OK", "INVALID_ARGUMENT", ...)."""
@@ -69,3 +80,22 @@ class Metrics:
             threading.Thread(target=server.shutdown, daemon=True).start()
             server.server_close()
             self._http = None
+
+
+class _FinalsCollector(Collector):
+    """``asr_stream_finals_total{model,search=grown|whole}`` from the recognizers' own counters."""
+
+    def __init__(self) -> None:
+        self.recognizers: dict[str, Any] = {}
+
+    def collect(self) -> Any:
+        family = CounterMetricFamily(
+            "asr_stream_finals",
+            "Finals of chunk-streaming models by how their beam search ran: grown while the utterance was "
+            "heard, or whole at the endpoint (growing off, or its search fell behind under load)",
+            labels=["model", "search"],
+        )
+        for model, rec in self.recognizers.items():
+            family.add_metric([model, "grown"], rec.finals_grown)
+            family.add_metric([model, "whole"], rec.finals_whole)
+        yield family

@@ -62,6 +62,8 @@ async def start_models(
             finals_threads=config.finals_threads,
         )
         batcher.start()
+        if m.config.encoder.streaming:  # an OnlineRecognizer, whose finals may grow
+            metrics.watch_finals(name, rec)
         if config.warmup:
             t0 = time.perf_counter()
             await batcher.run_in_executor(warm_up, rec)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import tiny_model
+from prometheus_client import generate_latest
 from test_online import OPTS, chunked, feed
 from test_server import CHUNK, code_of, config, pcm_roundtrip, seconds, stream_config
 
@@ -103,6 +105,9 @@ def test_stream_gets_partials_before_its_audio_ends_then_finals(
         arrivals += [(time.monotonic(), r) for r in resp.results]
     monkeypatch.undo()
     assert len(ahead) == 2 and all(total > 0 and before >= total // 2 for before, total in ahead), ahead
+    scraped = generate_latest(served.server.metrics.registry).decode()
+    grown = re.search(r'asr_stream_finals_total\{model="streaming",search="grown"\} ([\d.]+)', scraped)
+    assert grown is not None and float(grown.group(1)) >= 2, scraped
     end = sent[0]
     partials = [r for t, r in arrivals if not r.is_final and t < end]
     assert len(partials) >= 4  # partials while the audio was still being sent
