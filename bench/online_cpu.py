@@ -16,7 +16,8 @@ Reported per stream count: process CPU (user + system, all threads) per second o
 where it went, inclusive times of the recognizer's parts (process CPU per second of audio per stream, so the
 parts of one stream count add up to about the total): accepting audio (energy VAD), features (log-mel +
 CMVN), the encoder's front end and whole step, greedy CTC, the bookkeeping of a chunk (partials, blank
-endpoints), settling (energy endpoints, readiness), and finals (beam search, word times). ``--digest`` writes
+endpoints), settling (energy endpoints, readiness), finals (beam search, word times) and the growing of the
+finals' searches between them (``--whole-finals``: none, each final searched whole). ``--digest`` writes
 every result (text, words, times) and its hash, so that an optimisation can be shown to change nothing.
 
 With ``--threads 2`` on a machine whose other core is busy (a training run), set ``OMP_WAIT_POLICY=PASSIVE``:
@@ -71,6 +72,7 @@ PARTS = (
     ("chunk bookkeeping", "rec", "_heard"),
     ("settle", "rec", "_settle"),
     ("finals", "rec", "_decode_closed"),
+    ("growing searches", "rec", "_grow"),
 )
 
 
@@ -167,7 +169,8 @@ def profiled(top: int) -> Iterator[None]:
 
 
 def measure(model: Any, speech: Sequence[np.ndarray], n: int, args: argparse.Namespace) -> dict[str, Any]:
-    rec = OnlineRecognizer(model, RecognizerConfig(max_batch_size=args.max_batch_size))
+    config = RecognizerConfig(max_batch_size=args.max_batch_size, growing_finals=not args.whole_finals)
+    rec = OnlineRecognizer(model, config)
     timers = Timers()
     roots = {"rec": rec, "encoder": rec.encoder, "model": rec.model}
     for label, owner, name in PARTS:
@@ -226,6 +229,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gap", type=float, default=0.8, help="silence between recordings, seconds")
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--max-batch-size", type=int, default=16, help="RecognizerConfig.max_batch_size")
+    p.add_argument(
+        "--whole-finals",
+        action="store_true",
+        help="search each final whole at its endpoint (RecognizerConfig.growing_finals off)",
+    )
     p.add_argument("--data", type=Path, nargs="+", default=list(DEFAULT_DATA))
     p.add_argument("--profile", type=int, default=0, metavar="TOP", help="print cProfile's top functions")
     p.add_argument("--digest", type=Path, help="write every number and result here (JSON)")
