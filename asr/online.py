@@ -193,7 +193,8 @@ class OnlineRecognizer(Recognizer):
     def _grows(self, s: OnlineStream) -> bool:
         """Whether the open utterance's final is to be searched as it grows."""
         opts = s.options.decoding
-        on = self.config.growing_finals and opts.method == "beam" and not opts.tta_speeds
+        on = self.config.growing_finals and s.options.growing_finals
+        on = on and opts.method == "beam" and not opts.tta_speeds
         return on and bool(s.open.tokens) and not s.open.whole
 
     def _grow(self, s: OnlineStream) -> None:
@@ -428,7 +429,9 @@ class OnlineRecognizer(Recognizer):
         enc = torch.nn.utils.rnn.pad_sequence([c.enc for c in joined], batch_first=True)
         streams = [s for s, _ in items]
         word_times = [s.options.word_times or bool(c.context) for s, c in zip(streams, closed, strict=True)]
-        found = [self._grown(c, opts) for c in closed]
+        found = [
+            self._grown(c, opts, s.options.growing_finals) for (s, _), c in zip(items, closed, strict=True)
+        ]
         results = self._final_results(joined, word_times, opts, enc, lengths, prefixes=prefixes, found=found)
         return [
             _own_words(r, c, len(text.split()), s.options.word_times) if c.context else r
@@ -446,13 +449,15 @@ class OnlineRecognizer(Recognizer):
         prefix = _prefix(self.model.tokenizer, said)
         return UtteranceSearch(self.model, opts, self.lm, prefix, enc, len(context))
 
-    def _grown(self, c: ClosedUtterance, opts: DecodingOptions) -> list[Hypothesis] | None:
+    def _grown(self, c: ClosedUtterance, opts: DecodingOptions, growing: bool) -> list[Hypothesis] | None:
         """The n-best list of ``c``'s growing search, finished: the chunks it has not had yet go in first, as
         they would have while the utterance was heard (so a final is the same however far its search had
         grown), and one is started over all of them if none was. None (``c`` is then searched whole, with the
-        other finals of the call) without growing finals, or with ``growing_lag_ms`` when its search never
+        other finals of the call) without growing finals (the recognizer's or the stream's
+        ``growing_finals``), or with ``growing_lag_ms`` when its search never
         started or fell too far behind."""
-        if not self.config.growing_finals or opts.method != "beam" or opts.tta_speeds or c.whole:
+        on = self.config.growing_finals and growing and opts.method == "beam" and not opts.tta_speeds
+        if not on or c.whole:
             self.finals_whole += 1
             return None
         if self.max_lag and (c.search is None or self._lags(c.search, len(c.chunks))):

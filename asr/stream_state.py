@@ -44,6 +44,9 @@ class StreamOptions:
     # Chunk-streaming models (asr.online): partials and blank endpoints also read greedy CTC over the
     # encoder's provisional look-ahead frames, which come a look-ahead sooner; a word seen there may change.
     lookahead_results: bool = True
+    # Chunk-streaming models: search the final while its utterance is heard (asr.growing_search; sooner
+    # finals) or whole at its endpoint (a little more accurate); RecognizerConfig.growing_finals can veto it.
+    growing_finals: bool = True
 
     def __post_init__(self) -> None:
         if not 100 <= self.interim_interval_ms <= 10_000:

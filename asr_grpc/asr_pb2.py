@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61sr_grpc/asr.proto\x12\x06\x61sr.v1\x1a\x1egoogle/protobuf/duration.proto\"\xec\x01\n\x0e\x44\x65\x63odingConfig\x12-\n\x06method\x18\x01 \x01(\x0e\x32\x1d.asr.v1.DecodingConfig.Method\x12\x11\n\tbeam_size\x18\x02 \x01(\x05\x12\x17\n\nctc_weight\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\tlm_weight\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\ntta_speeds\x18\x05 \x03(\x02\"6\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\n\n\x06GREEDY\x10\x01\x12\x08\n\x04\x42\x45\x41M\x10\x02\x42\r\n\x0b_ctc_weightB\x0c\n\n_lm_weight\"\xdd\x02\n\x11RecognitionConfig\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.asr.v1.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\x18\n\x10max_alternatives\x18\x05 \x01(\x05\x12 \n\x18\x65nable_word_time_offsets\x18\x06 \x01(\x08\x12\x1e\n\x16\x65nable_word_confidence\x18\x07 \x01(\x08\x12(\n\x08\x64\x65\x63oding\x18\x08 \x01(\x0b\x32\x16.asr.v1.DecodingConfig\x12\x15\n\rlanguage_code\x18\t \x01(\t\x12\x0f\n\x07phrases\x18\n \x03(\t\x12\x19\n\x0cphrase_boost\x18\x0b \x01(\x02H\x00\x88\x01\x01\x42\x0f\n\r_phrase_boost\"\x82\x01\n\x0e\x45ndpointConfig\x12\x12\n\nsilence_ms\x18\x01 \x01(\x05\x12\x1b\n\x13max_segment_seconds\x18\x02 \x01(\x02\x12\x1b\n\x13speech_threshold_db\x18\x03 \x01(\x02\x12\x15\n\x08\x62lank_ms\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_blank_ms\"\xc4\x01\n\x1aStreamingRecognitionConfig\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x18\n\x10single_utterance\x18\x03 \x01(\x08\x12+\n\x0b\x65ndpointing\x18\x04 \x01(\x0b\x32\x16.asr.v1.EndpointConfig\x12\x1b\n\x13interim_interval_ms\x18\x05 \x01(\x05\"5\n\x10RecognitionAudio\x12\x11\n\x07\x63ontent\x18\x01 \x01(\x0cH\x00\x42\x0e\n\x0c\x61udio_source\"f\n\x10RecognizeRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x18.asr.v1.RecognitionAudio\"\x89\x01\n\x19StreamingRecognizeRequest\x12>\n\x10streaming_config\x18\x01 \x01(\x0b\x32\".asr.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\x13\n\x11ListModelsRequest\"\x8c\x01\n\x08WordInfo\x12/\n\x0cstart_offset\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04word\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"g\n\x1cSpeechRecognitionAlternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x1f\n\x05words\x18\x03 \x03(\x0b\x32\x10.asr.v1.WordInfo\"\xc3\x01\n\x17SpeechRecognitionResult\x12:\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32$.asr.v1.SpeechRecognitionAlternative\x12\x36\n\x13result_start_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11result_end_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9e\x01\n\x11RecognizeResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.asr.v1.SpeechRecognitionResult\x12\x34\n\x11total_billed_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\x84\x02\n\x1aStreamingRecognitionResult\x12:\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32$.asr.v1.SpeechRecognitionAlternative\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x34\n\x11result_end_offset\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13result_start_offset\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0futterance_index\x18\x06 \x01(\x05\"\xb8\x02\n\x1aStreamingRecognizeResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".asr.v1.StreamingRecognitionResult\x12M\n\x11speech_event_type\x18\x02 \x01(\x0e\x32\x32.asr.v1.StreamingRecognizeResponse.SpeechEventType\x12\x34\n\x11total_billed_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"L\n\x0fSpeechEventType\x12\x1c\n\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45ND_OF_SINGLE_UTTERANCE\x10\x01\"\xcd\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x17\n\x0fvocabulary_kind\x18\x03 \x01(\t\x12\x17\n\x0fvocabulary_size\x18\x04 \x01(\x05\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12\x16\n\x0enum_parameters\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x16\n\x0elanguage_model\x18\x08 \x01(\t\x12\x11\n\tstreaming\x18\t \x01(\x08\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.asr.v1.ModelInfo*l\n\rAudioEncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x08\n\x04\x46LAC\x10\x02\x12\t\n\x05MULAW\x10\x03\x12\x0c\n\x08OGG_OPUS\x10\x04\x12\x07\n\x03MP3\x10\x05\x12\x07\n\x03WAV\x10\x06\x32\xf4\x01\n\nRecognizer\x12@\n\tRecognize\x12\x18.asr.v1.RecognizeRequest\x1a\x19.asr.v1.RecognizeResponse\x12_\n\x12StreamingRecognize\x12!.asr.v1.StreamingRecognizeRequest\x1a\".asr.v1.StreamingRecognizeResponse(\x01\x30\x01\x12\x43\n\nListModels\x12\x19.asr.v1.ListModelsRequest\x1a\x1a.asr.v1.ListModelsResponseBD\n\x10io.lasasr.asr.v1P\x01Z.github.com/las-asr/las-asr/gen/go/asr/v1;asrv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61sr_grpc/asr.proto\x12\x06\x61sr.v1\x1a\x1egoogle/protobuf/duration.proto\"\xec\x01\n\x0e\x44\x65\x63odingConfig\x12-\n\x06method\x18\x01 \x01(\x0e\x32\x1d.asr.v1.DecodingConfig.Method\x12\x11\n\tbeam_size\x18\x02 \x01(\x05\x12\x17\n\nctc_weight\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\tlm_weight\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\ntta_speeds\x18\x05 \x03(\x02\"6\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\n\n\x06GREEDY\x10\x01\x12\x08\n\x04\x42\x45\x41M\x10\x02\x42\r\n\x0b_ctc_weightB\x0c\n\n_lm_weight\"\xdd\x02\n\x11RecognitionConfig\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.asr.v1.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\x18\n\x10max_alternatives\x18\x05 \x01(\x05\x12 \n\x18\x65nable_word_time_offsets\x18\x06 \x01(\x08\x12\x1e\n\x16\x65nable_word_confidence\x18\x07 \x01(\x08\x12(\n\x08\x64\x65\x63oding\x18\x08 \x01(\x0b\x32\x16.asr.v1.DecodingConfig\x12\x15\n\rlanguage_code\x18\t \x01(\t\x12\x0f\n\x07phrases\x18\n \x03(\t\x12\x19\n\x0cphrase_boost\x18\x0b \x01(\x02H\x00\x88\x01\x01\x42\x0f\n\r_phrase_boost\"\x82\x01\n\x0e\x45ndpointConfig\x12\x12\n\nsilence_ms\x18\x01 \x01(\x05\x12\x1b\n\x13max_segment_seconds\x18\x02 \x01(\x02\x12\x1b\n\x13speech_threshold_db\x18\x03 \x01(\x02\x12\x15\n\x08\x62lank_ms\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_blank_ms\"\xf4\x01\n\x1aStreamingRecognitionConfig\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x18\n\x10single_utterance\x18\x03 \x01(\x08\x12+\n\x0b\x65ndpointing\x18\x04 \x01(\x0b\x32\x16.asr.v1.EndpointConfig\x12\x1b\n\x13interim_interval_ms\x18\x05 \x01(\x05\x12\x1b\n\x0egrowing_finals\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\x11\n\x0f_growing_finals\"5\n\x10RecognitionAudio\x12\x11\n\x07\x63ontent\x18\x01 \x01(\x0cH\x00\x42\x0e\n\x0c\x61udio_source\"f\n\x10RecognizeRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x18.asr.v1.RecognitionAudio\"\x89\x01\n\x19StreamingRecognizeRequest\x12>\n\x10streaming_config\x18\x01 \x01(\x0b\x32\".asr.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\x13\n\x11ListModelsRequest\"\x8c\x01\n\x08WordInfo\x12/\n\x0cstart_offset\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04word\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"g\n\x1cSpeechRecognitionAlternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x1f\n\x05words\x18\x03 \x03(\x0b\x32\x10.asr.v1.WordInfo\"\xc3\x01\n\x17SpeechRecognitionResult\x12:\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32$.asr.v1.SpeechRecognitionAlternative\x12\x36\n\x13result_start_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11result_end_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9e\x01\n\x11RecognizeResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.asr.v1.SpeechRecognitionResult\x12\x34\n\x11total_billed_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\x84\x02\n\x1aStreamingRecognitionResult\x12:\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32$.asr.v1.SpeechRecognitionAlternative\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x34\n\x11result_end_offset\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13result_start_offset\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0futterance_index\x18\x06 \x01(\x05\"\xb8\x02\n\x1aStreamingRecognizeResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".asr.v1.StreamingRecognitionResult\x12M\n\x11speech_event_type\x18\x02 \x01(\x0e\x32\x32.asr.v1.StreamingRecognizeResponse.SpeechEventType\x12\x34\n\x11total_billed_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"L\n\x0fSpeechEventType\x12\x1c\n\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45ND_OF_SINGLE_UTTERANCE\x10\x01\"\xcd\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x17\n\x0fvocabulary_kind\x18\x03 \x01(\t\x12\x17\n\x0fvocabulary_size\x18\x04 \x01(\x05\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12\x16\n\x0enum_parameters\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x16\n\x0elanguage_model\x18\x08 \x01(\t\x12\x11\n\tstreaming\x18\t \x01(\x08\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.asr.v1.ModelInfo*l\n\rAudioEncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x08\n\x04\x46LAC\x10\x02\x12\t\n\x05MULAW\x10\x03\x12\x0c\n\x08OGG_OPUS\x10\x04\x12\x07\n\x03MP3\x10\x05\x12\x07\n\x03WAV\x10\x06\x32\xf4\x01\n\nRecognizer\x12@\n\tRecognize\x12\x18.asr.v1.RecognizeRequest\x1a\x19.asr.v1.RecognizeResponse\x12_\n\x12StreamingRecognize\x12!.asr.v1.StreamingRecognizeRequest\x1a\".asr.v1.StreamingRecognizeResponse(\x01\x30\x01\x12\x43\n\nListModels\x12\x19.asr.v1.ListModelsRequest\x1a\x1a.asr.v1.ListModelsResponseBD\n\x10io.lasasr.asr.v1P\x01Z.github.com/las-asr/las-asr/gen/go/asr/v1;asrv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'asr_grpc.asr_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020io.lasasr.asr.v1P\001Z.github.com/las-asr/las-asr/gen/go/asr/v1;asrv1'
-  _globals['_AUDIOENCODING']._serialized_start=2755
-  _globals['_AUDIOENCODING']._serialized_end=2863
+  _globals['_AUDIOENCODING']._serialized_start=2803
+  _globals['_AUDIOENCODING']._serialized_end=2911
   _globals['_DECODINGCONFIG']._serialized_start=63
   _globals['_DECODINGCONFIG']._serialized_end=299
   _globals['_DECODINGCONFIG_METHOD']._serialized_start=216
@@ -44,33 +44,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINTCONFIG']._serialized_start=654
   _globals['_ENDPOINTCONFIG']._serialized_end=784
   _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=787
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=983
-  _globals['_RECOGNITIONAUDIO']._serialized_start=985
-  _globals['_RECOGNITIONAUDIO']._serialized_end=1038
-  _globals['_RECOGNIZEREQUEST']._serialized_start=1040
-  _globals['_RECOGNIZEREQUEST']._serialized_end=1142
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1145
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1282
-  _globals['_LISTMODELSREQUEST']._serialized_start=1284
-  _globals['_LISTMODELSREQUEST']._serialized_end=1303
-  _globals['_WORDINFO']._serialized_start=1306
-  _globals['_WORDINFO']._serialized_end=1446
-  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_start=1448
-  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_end=1551
-  _globals['_SPEECHRECOGNITIONRESULT']._serialized_start=1554
-  _globals['_SPEECHRECOGNITIONRESULT']._serialized_end=1749
-  _globals['_RECOGNIZERESPONSE']._serialized_start=1752
-  _globals['_RECOGNIZERESPONSE']._serialized_end=1910
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1913
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=2173
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=2176
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=2488
-  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_start=2412
-  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_end=2488
-  _globals['_MODELINFO']._serialized_start=2491
-  _globals['_MODELINFO']._serialized_end=2696
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2698
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2753
-  _globals['_RECOGNIZER']._serialized_start=2866
-  _globals['_RECOGNIZER']._serialized_end=3110
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1031
+  _globals['_RECOGNITIONAUDIO']._serialized_start=1033
+  _globals['_RECOGNITIONAUDIO']._serialized_end=1086
+  _globals['_RECOGNIZEREQUEST']._serialized_start=1088
+  _globals['_RECOGNIZEREQUEST']._serialized_end=1190
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1193
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1330
+  _globals['_LISTMODELSREQUEST']._serialized_start=1332
+  _globals['_LISTMODELSREQUEST']._serialized_end=1351
+  _globals['_WORDINFO']._serialized_start=1354
+  _globals['_WORDINFO']._serialized_end=1494
+  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_start=1496
+  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_end=1599
+  _globals['_SPEECHRECOGNITIONRESULT']._serialized_start=1602
+  _globals['_SPEECHRECOGNITIONRESULT']._serialized_end=1797
+  _globals['_RECOGNIZERESPONSE']._serialized_start=1800
+  _globals['_RECOGNIZERESPONSE']._serialized_end=1958
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1961
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=2221
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=2224
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=2536
+  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_start=2460
+  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_end=2536
+  _globals['_MODELINFO']._serialized_start=2539
+  _globals['_MODELINFO']._serialized_end=2744
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2746
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2801
+  _globals['_RECOGNIZER']._serialized_start=2914
+  _globals['_RECOGNIZER']._serialized_end=3158
 # @@protoc_insertion_point(module_scope)

@@ -88,18 +88,20 @@ class EndpointConfig(_message.Message):
     def __init__(self, silence_ms: _Optional[int] = ..., max_segment_seconds: _Optional[float] = ..., speech_threshold_db: _Optional[float] = ..., blank_ms: _Optional[int] = ...) -> None: ...
 
 class StreamingRecognitionConfig(_message.Message):
-    __slots__ = ("config", "interim_results", "single_utterance", "endpointing", "interim_interval_ms")
+    __slots__ = ("config", "interim_results", "single_utterance", "endpointing", "interim_interval_ms", "growing_finals")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     SINGLE_UTTERANCE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTING_FIELD_NUMBER: _ClassVar[int]
     INTERIM_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    GROWING_FINALS_FIELD_NUMBER: _ClassVar[int]
     config: RecognitionConfig
     interim_results: bool
     single_utterance: bool
     endpointing: EndpointConfig
     interim_interval_ms: int
-    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ..., single_utterance: _Optional[bool] = ..., endpointing: _Optional[_Union[EndpointConfig, _Mapping]] = ..., interim_interval_ms: _Optional[int] = ...) -> None: ...
+    growing_finals: bool
+    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ..., single_utterance: _Optional[bool] = ..., endpointing: _Optional[_Union[EndpointConfig, _Mapping]] = ..., interim_interval_ms: _Optional[int] = ..., growing_finals: _Optional[bool] = ...) -> None: ...
 
 class RecognitionAudio(_message.Message):
     __slots__ = ("content",)

@@ -68,15 +68,16 @@ def streaming_config(config: StreamingConfig, sample_rate: int) -> pb.StreamingR
     )
     if config.blank_ms is not None:
         endpointing.blank_ms = config.blank_ms
-    return pb.StreamingRecognizeRequest(
-        streaming_config=pb.StreamingRecognitionConfig(
-            config=recognition_config(config.recognition, pb.LINEAR16, sample_rate),
-            interim_results=config.interim_results,
-            single_utterance=config.single_utterance,
-            endpointing=endpointing,
-            interim_interval_ms=config.interim_interval_ms or 0,
-        )
+    sc = pb.StreamingRecognitionConfig(
+        config=recognition_config(config.recognition, pb.LINEAR16, sample_rate),
+        interim_results=config.interim_results,
+        single_utterance=config.single_utterance,
+        endpointing=endpointing,
+        interim_interval_ms=config.interim_interval_ms or 0,
     )
+    if config.growing_finals is not None:
+        sc.growing_finals = config.growing_finals
+    return pb.StreamingRecognizeRequest(streaming_config=sc)
 
 
 def recognize_request(

@@ -90,6 +90,11 @@ def register(subparsers: Any) -> None:
         help="streaming models: a run of CTC blanks this long after speech ends an utterance; 0 turns it off "
         "(server default: 0; 240 suits fluent speakers)",
     )
+    dec.add_argument(
+        "--growing-finals", action=argparse.BooleanOptionalAction, default=None,
+        help="streaming models: search each final while its utterance is heard, so it comes sooner; "
+        "--no-growing-finals searches it whole at the end, a little more accurate (server default: on)",
+    )
     dec.add_argument("--single-utterance", action="store_true", help="stop after the first utterance")
     add_phrase_args(dec)
     p.set_defaults(func=run)
@@ -196,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         single_utterance=args.single_utterance,
         silence_ms=args.silence_ms,
         blank_ms=args.blank_ms,
+        growing_finals=args.growing_finals,
     )
     printer = Printer(
         sys.stdout, tty=tty, interim=args.interim, as_json=args.json, timestamps=args.timestamps

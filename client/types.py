@@ -78,6 +78,9 @@ class StreamingConfig:
     interim_interval_ms: int | None = None  # least time between two interim results
     # streaming models: CTC blanks after speech that end an utterance, in ms; 0 disables (energy rule only)
     blank_ms: int | None = None
+    # streaming models: search finals as the utterance is heard (sooner) or whole at its end (a little more
+    # accurate on unfamiliar speakers)
+    growing_finals: bool | None = None
 
 
 @dataclass(frozen=True)

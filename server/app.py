@@ -267,7 +267,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default 0: the energy rule only; e.g. 240)",
         "growing_finals": "streams of chunked-encoder models: search each final while its utterance is "
         "heard, on the finals thread when it is idle, so that only its last tokens are left at the endpoint "
-        "(default on; --no-growing-finals searches finals whole at their endpoint, batched)",
+        "(default on; --no-growing-finals searches finals whole at their endpoint, batched); a request's "
+        "growing_finals overrides it",
         "growing_lag_ms": "a growing search that falls this many ms behind its audio (the server is "
         "loaded) is dropped, and its final searched whole with the other finals (default 500; 0: never)",
         "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "

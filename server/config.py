@@ -185,6 +185,7 @@ def default_stream_options(config: ServerConfig, lm_weight: float = 0.0) -> Stre
             tta_speeds=config.tta_speed_values,
         ),
         endpoint=EndpointConfig(final_tail_ms=config.final_tail_ms, blank_ms=config.blank_ms),
+        growing_finals=config.growing_finals,
     )
 
 

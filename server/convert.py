@@ -129,6 +129,7 @@ def stream_options(
         interim_interval_ms=sc.interim_interval_ms or default.interim_interval_ms,
         single_utterance=sc.single_utterance,
         word_times=wants_words(cfg),
+        growing_finals=sc.growing_finals if sc.HasField("growing_finals") else default.growing_finals,
     )
 
 

@@ -50,7 +50,6 @@ async def start_models(
         rec_config = RecognizerConfig(
             config.max_batch_size,
             defaults,
-            growing_finals=config.growing_finals,
             growing_lag_ms=config.growing_lag_ms,
         )
         rec = make_recognizer(m, rec_config, lm=lm)

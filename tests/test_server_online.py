@@ -26,6 +26,8 @@ from asr.audio import SAMPLE_RATE, float_to_pcm16, load_audio
 from asr.online import OnlineRecognizer
 from asr.transcribe import transcribe
 from asr_grpc import asr_pb2, asr_pb2_grpc
+from client.convert import streaming_config
+from client.types import StreamingConfig
 from server.app import create_server
 
 
@@ -94,9 +96,9 @@ def test_stream_gets_partials_before_its_audio_ends_then_finals(
     ahead: list[tuple[int, int]] = []  # each final's search steps before its endpoint, and in all
     grown = OnlineRecognizer._grown
 
-    def spy(self: OnlineRecognizer, c: Any, opts: Any) -> Any:
+    def spy(self: OnlineRecognizer, c: Any, opts: Any, growing: bool) -> Any:
         before = c.search.search.steps if c.search is not None else 0
-        out = grown(self, c, opts)
+        out = grown(self, c, opts, growing)
         ahead.append((before, c.search.search.steps if c.search is not None else 0))
         return out
 
@@ -174,3 +176,30 @@ def test_the_bundled_models_serve_together_from_disk() -> None:
     assert not models["default"].config.encoder.streaming
     enc = models["streaming"].config.encoder
     assert (enc.chunk_frames, enc.lookahead_frames) == (4, 4)
+
+
+def test_a_request_chooses_whole_or_growing_finals(
+    served: Served, audio: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``growing_finals`` false in the request: its finals are searched whole at their endpoints (the
+    metric counts them so), whatever the server's default; the SDK and the CLI send it only when set."""
+
+    def counts() -> dict[str, float]:
+        scraped = generate_latest(served.server.metrics.registry).decode()
+        pattern = r'asr_stream_finals_total\{model="streaming",search="(\w+)"\} ([\d.]+)'
+        return {k: float(v) for k, v in re.findall(pattern, scraped)}
+
+    before = counts()
+    sc = stream_config(interim=False)
+    sc.config.model = "streaming"
+    sc.growing_finals = False
+    finals = [
+        r for resp in served.stub.StreamingRecognize(paced(audio, sc, [], delay=0.0)) for r in resp.results
+    ]
+    after = counts()
+    assert len(finals) == 2 and finals[0].alternatives[0].transcript
+    assert after["whole"] - before["whole"] == 2 and after["grown"] == before["grown"]
+    unset = streaming_config(StreamingConfig(), 16000).streaming_config
+    assert not unset.HasField("growing_finals")
+    chosen = streaming_config(StreamingConfig(growing_finals=False), 16000).streaming_config
+    assert chosen.HasField("growing_finals") and not chosen.growing_finals
