@@ -107,9 +107,6 @@ class OnlineRecognizer(Recognizer):
         self._to_grow: weakref.WeakValueDictionary[int, OnlineStream] = weakref.WeakValueDictionary()
         self.finals_grown = 0  # finals that finished a growing search
         self.finals_whole = 0  # finals searched whole at their endpoint
-        # growing searches' steps taken before their final was due, and at it (the final's latency)
-        self.steps_ahead = 0
-        self.steps_at_final = 0
 
     # -- streams -------------------------------------------------------------------------------------------
 
@@ -190,12 +187,19 @@ class OnlineRecognizer(Recognizer):
             grown += 1
         return grown
 
+    def _growing(self, options: StreamOptions) -> bool:
+        """Whether finals of a stream with ``options`` are searched as their utterance grows."""
+        opts = options.decoding
+        return (
+            self.config.growing_finals
+            and options.growing_finals
+            and opts.method == "beam"
+            and not opts.tta_speeds
+        )
+
     def _grows(self, s: OnlineStream) -> bool:
-        """Whether the open utterance's final is to be searched as it grows."""
-        opts = s.options.decoding
-        on = self.config.growing_finals and s.options.growing_finals
-        on = on and opts.method == "beam" and not opts.tta_speeds
-        return on and bool(s.open.tokens) and not s.open.whole
+        """Whether the open utterance's final is to be searched as it grows (and has anything to search)."""
+        return self._growing(s.options) and bool(s.open.tokens) and not s.open.whole
 
     def _grow(self, s: OnlineStream) -> None:
         """Give the open utterance's growing search its new chunks (starting it once the finals of the
@@ -429,9 +433,7 @@ class OnlineRecognizer(Recognizer):
         enc = torch.nn.utils.rnn.pad_sequence([c.enc for c in joined], batch_first=True)
         streams = [s for s, _ in items]
         word_times = [s.options.word_times or bool(c.context) for s, c in zip(streams, closed, strict=True)]
-        found = [
-            self._grown(c, opts, s.options.growing_finals) for (s, _), c in zip(items, closed, strict=True)
-        ]
+        found = [self._grown(c, s.options) for s, c in zip(streams, closed, strict=True)]
         results = self._final_results(joined, word_times, opts, enc, lengths, prefixes=prefixes, found=found)
         return [
             _own_words(r, c, len(text.split()), s.options.word_times) if c.context else r
@@ -449,15 +451,14 @@ class OnlineRecognizer(Recognizer):
         prefix = _prefix(self.model.tokenizer, said)
         return UtteranceSearch(self.model, opts, self.lm, prefix, enc, len(context))
 
-    def _grown(self, c: ClosedUtterance, opts: DecodingOptions, growing: bool) -> list[Hypothesis] | None:
+    def _grown(self, c: ClosedUtterance, options: StreamOptions) -> list[Hypothesis] | None:
         """The n-best list of ``c``'s growing search, finished: the chunks it has not had yet go in first, as
         they would have while the utterance was heard (so a final is the same however far its search had
         grown), and one is started over all of them if none was. None (``c`` is then searched whole, with the
         other finals of the call) without growing finals (the recognizer's or the stream's
         ``growing_finals``), or with ``growing_lag_ms`` when its search never
         started or fell too far behind."""
-        on = self.config.growing_finals and growing and opts.method == "beam" and not opts.tta_speeds
-        if not on or c.whole:
+        if not self._growing(options) or c.whole:
             self.finals_whole += 1
             return None
         if self.max_lag and (c.search is None or self._lags(c.search, len(c.chunks))):
@@ -465,15 +466,12 @@ class OnlineRecognizer(Recognizer):
             return None
         search = c.search
         if search is None or search.context_utterances != len(c.context):
-            search = self._new_search(opts, c.context)  # (a context whose final failed is left out)
+            search = self._new_search(
+                options.decoding, c.context
+            )  # (a context whose final failed is left out)
         self.finals_grown += 1
         with search.lock:
-            old, before = search.search, search.search.steps
-            hyps = search.finish(c.chunks, c.token_frames, c.enc.size(0))
-            ahead = before if search.search is old else 0  # (a search that started again kept none)
-            self.steps_ahead += ahead
-            self.steps_at_final += search.search.steps - ahead
-            return hyps
+            return search.finish(c.chunks, c.token_frames, c.enc.size(0))
 
 
 def _decoded_context(c: ClosedUtterance) -> ClosedUtterance:

@@ -184,9 +184,16 @@ class OnlineStream(Stream):
             closes = self.options.single_utterance
             enc = torch.cat(old.frames, 0)[:keep_frames]  # a token was heard, so a chunk was encoded
             closed = ClosedUtterance(enc, head, old.start, self.utterance, closes, self.num_samples)
-            closed = dataclasses.replace(closed, chunks=old.frames, token_frames=old.token_frames)
-            ctx = tuple(self.context)
-            self.closed.append(dataclasses.replace(closed, context=ctx, search=old.search, whole=old.whole))
+            self.closed.append(
+                dataclasses.replace(
+                    closed,
+                    context=tuple(self.context),
+                    chunks=old.frames,
+                    token_frames=old.token_frames,
+                    search=old.search,
+                    whole=old.whole,
+                )
+            )
             self.utterance += 1
             self._last_interim_text = ""
             self.ended = self.ended or closes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -64,6 +65,27 @@ def feed(
 def speech_end(audio: np.ndarray) -> float:
     """Seconds at which the voice in ``audio`` ends."""
     return voiced_span(audio)[1]
+
+
+def feed_split(
+    rec: OnlineRecognizer,
+    s: OnlineStream,
+    audio: np.ndarray,
+    finals_call: Callable[[], None],
+    chunks_call: Callable[[], None],
+) -> list[str]:
+    """Real-time-like, as a server with a finals lane calls the recognizer: ``finals_call()`` whenever the
+    stream has a final due, else ``chunks_call()``; the finals' texts."""
+    out: list[str] = []
+    for i in range(0, len(audio) + CHUNK, CHUNK):
+        if i < len(audio):
+            rec.accept_audio(s, audio[i : i + CHUNK])
+        else:
+            rec.input_finished(s)
+        while rec.is_ready(s):
+            (finals_call if rec.has_final(s) else chunks_call)()
+        out += [r.text for r in rec.pop_results(s) if r.is_final]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -188,27 +210,25 @@ def test_a_server_can_split_chunk_steps_from_finals(
     assert rec.finals_grown == (2 if growing else 0)
     rec = OnlineRecognizer(model, config)
     s = rec.create_stream(opts)
-    split, finals_calls = [], 0
-    for i in range(0, len(audio) + CHUNK, CHUNK):
-        if i < len(audio):
-            rec.accept_audio(s, audio[i : i + CHUNK])
-        else:
-            rec.input_finished(s)
-        while rec.is_ready(s):
-            if rec.has_final(s):
-                assert s.closed or s.open.tokens or s.input_done
-                steps = rec.chunk_steps
-                rec.decode_streams([s], interims=False)
-                assert rec.chunk_steps == steps or s.input_done
-                assert not s.closed
-                finals_calls += 1
-            else:
-                rec.decode_streams([s], finals=False)
-                if growing and s.open.tokens:
-                    assert rec.has_growth()
-                rec.grow_pending(10.0)
-                assert not rec.has_growth()
-        split += [r.text for r in rec.pop_results(s) if r.is_final]
+    finals_calls = 0
+
+    def finals_call() -> None:
+        nonlocal finals_calls
+        assert s.closed or s.open.tokens or s.input_done
+        steps = rec.chunk_steps
+        rec.decode_streams([s], interims=False)
+        assert rec.chunk_steps == steps or s.input_done
+        assert not s.closed
+        finals_calls += 1
+
+    def chunks_call() -> None:
+        rec.decode_streams([s], finals=False)
+        if growing and s.open.tokens:
+            assert rec.has_growth()
+        rec.grow_pending(10.0)
+        assert not rec.has_growth()
+
+    split = feed_split(rec, s, audio, finals_call, chunks_call)
     assert split == whole and len(whole) == 2
     assert rec.finals_grown == (2 if growing else 0)
     assert 2 <= finals_calls <= 3  # one per final, and the end of input
@@ -224,21 +244,16 @@ def test_a_search_that_falls_behind_is_dropped_and_its_final_searched_whole(
     def finals(config: RecognizerConfig, grow_every: int) -> tuple[list[str], OnlineRecognizer]:
         rec = OnlineRecognizer(model, config)
         s = rec.create_stream(OPTS)
-        out, calls = [], 0
-        for i in range(0, len(audio) + CHUNK, CHUNK):
-            if i < len(audio):
-                rec.accept_audio(s, audio[i : i + CHUNK])
-            else:
-                rec.input_finished(s)
-            while rec.is_ready(s):
-                if rec.has_final(s):
-                    rec.decode_streams([s], interims=False)
-                else:
-                    rec.decode_streams([s], finals=False)
-                    calls += 1
-                    if grow_every and calls % grow_every == 0:
-                        rec.grow_pending(10.0)
-            out += [r.text for r in rec.pop_results(s) if r.is_final]
+        calls = 0
+
+        def chunks_call() -> None:
+            nonlocal calls
+            rec.decode_streams([s], finals=False)
+            calls += 1
+            if grow_every and calls % grow_every == 0:
+                rec.grow_pending(10.0)
+
+        out = feed_split(rec, s, audio, lambda: rec.decode_streams([s], interims=False), chunks_call)
         return out, rec
 
     whole, _ = finals(RecognizerConfig(growing_finals=False), 0)

@@ -96,9 +96,9 @@ def test_stream_gets_partials_before_its_audio_ends_then_finals(
     ahead: list[tuple[int, int]] = []  # each final's search steps before its endpoint, and in all
     grown = OnlineRecognizer._grown
 
-    def spy(self: OnlineRecognizer, c: Any, opts: Any, growing: bool) -> Any:
+    def spy(self: OnlineRecognizer, c: Any, options: Any) -> Any:
         before = c.search.search.steps if c.search is not None else 0
-        out = grown(self, c, opts, growing)
+        out = grown(self, c, options)
         ahead.append((before, c.search.search.steps if c.search is not None else 0))
         return out
 
