@@ -186,9 +186,21 @@ class AttentionDecoder(nn.Module):
             object.__setattr__(self, "_packed", cached)  # a cache, not a submodule or a buffer
         return cached
 
-    def forward(self, enc: Tensor, enc_lengths: Tensor, ys_in: Tensor) -> Tensor:
-        """Teacher forcing: ``ys_in (B, U)`` starting with <sos> -> logits ``(B, U, V)``."""
-        memory, state = self.prepare(enc, enc_lengths)
+    def forward(
+        self, enc: Tensor, enc_lengths: Tensor, ys_in: Tensor, limits: Tensor | None = None
+    ) -> Tensor:
+        """Teacher forcing: ``ys_in (B, U)`` starting with <sos> -> logits ``(B, U, V)``.
+
+        ``limits (B, U)``: the encoder frames each step may attend to (at most ``enc_lengths``), as a search
+        over frames that are still arriving has them (:mod:`asr.training.triggered`); the initial attention
+        is spread over the first step's frames, as :meth:`prepare` spreads it over a growing search's."""
+        if limits is None:
+            memory, state = self.prepare(enc, enc_lengths)
+        else:
+            memory, state = self.prepare(enc, limits[:, 0])
+            memory = memory._replace(mask=lengths_to_mask(enc_lengths, enc.size(1)))
+            frames = torch.arange(enc.size(1), device=enc.device)
+        full = memory
         p = self.config.sampling_prob if self.training else 0.0
         outputs: list[Tensor] = []
         tokens = ys_in[:, 0]
@@ -199,6 +211,8 @@ class AttentionDecoder(nn.Module):
                     own = outputs[-1].argmax(-1)
                     use_own = torch.rand(tokens.shape, device=tokens.device) < p
                     tokens = torch.where(use_own, own, tokens)
+            if limits is not None:
+                memory = full._replace(mask=full.mask & (frames[None] < limits[:, u, None]))
             logits, state = self.step(tokens, state, memory)
             outputs.append(logits)
         return torch.stack(outputs, dim=1)

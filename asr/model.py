@@ -9,6 +9,7 @@ only: recognition (audio in, :class:`~asr.transcribe.Transcript` out) is a layer
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,6 +25,8 @@ from asr.lc_blstm import LCBLSTMEncoder
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
 
 Tokenizer = CharTokenizer | SentencePieceTokenizer
+# (CTC log posteriors (B, T', V), encoder lengths, targets, target lengths) -> each decoder step's frames
+MemoryLimiter = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 _Section = TypeVar("_Section", FeatureConfig, EncoderConfig, DecoderConfig)
 
 
@@ -117,25 +120,38 @@ class ASRModel(nn.Module):
         targets: Tensor,
         target_lengths: Tensor,
         token_penalty: Tensor | None = None,
+        memory_limits: MemoryLimiter | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """Joint loss for a batch. ``targets (B, U)`` are padded with -1; returns ``(loss, stats)``.
 
         ``token_penalty (B, T')``, in nats per encoder frame, weights the CTC paths that emit tokens there
-        (:mod:`asr.ctc`; e.g. :func:`asr.ctc.silence_penalty`); it leaves the attention loss alone."""
+        (:mod:`asr.ctc`; e.g. :func:`asr.ctc.silence_penalty`); it leaves the attention loss alone.
+        ``memory_limits``: from the CTC posteriors, the frames each decoder step may attend to
+        (:class:`asr.training.triggered.MemoryLimits`); it leaves the CTC loss alone."""
         enc, enc_lengths = self.encode(feats, feat_lengths)
         lam = self.config.ctc_weight
         stats: dict[str, float] = {}
         loss = enc.new_zeros(())
+        lp = self.ctc_log_probs(enc) if lam > 0 or memory_limits is not None else None
         if lam > 0:
-            lp = self.ctc_log_probs(enc).transpose(0, 1)  # (T', B, V)
+            assert lp is not None
             ctc = penalized_ctc_loss(
-                lp, targets.clamp_min(0), enc_lengths, target_lengths, token_penalty, self.tokenizer.blank_id
+                lp.transpose(0, 1),  # (T', B, V)
+                targets.clamp_min(0),
+                enc_lengths,
+                target_lengths,
+                token_penalty,
+                self.tokenizer.blank_id,
             ) / targets.size(0)
             loss = loss + lam * ctc
             stats["ctc"] = float(ctc.detach())
         if lam < 1:
             ys_in, ys_out = self._decoder_io(targets, target_lengths)
-            logits = self.decoder(enc, enc_lengths, ys_in)
+            limits = None
+            if memory_limits is not None:
+                assert lp is not None
+                limits = memory_limits(lp.detach(), enc_lengths, targets, target_lengths)
+            logits = self.decoder(enc, enc_lengths, ys_in, limits)
             att, acc = self.decoder.loss(logits, ys_out)
             loss = loss + (1 - lam) * att
             stats["att"] = float(att.detach())

@@ -35,6 +35,7 @@ from asr.train import (
     train,
 )
 from asr.training.data import read_utterances
+from asr.training.triggered import MemoryLimits
 from client.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -434,3 +435,42 @@ def test_empty_transcripts_and_the_channel_train_when_asked(manifest: Path, tmp_
         assert ("quiet" in {u.id for u in train_utts}) is keep
         summary = train(config)
         assert summary["finished"] and np.isfinite(records(out, "valid")[-1]["valid_loss"])
+
+
+def test_decoder_only_fine_tuning_with_triggered_attention(manifest: Path, tmp_path: Path) -> None:
+    """``trainable: [decoder]`` leaves every other weight (and so greedy CTC) as it was; the triggered
+    attention's limits reach the decoder; a model without a chunk size is refused before the first step."""
+    base = tmp_path / "base"
+    streaming = {**copy.deepcopy(TINY_MODEL)}
+    streaming["encoder"] = {**streaming["encoder"], "chunk_frames": 4, "lookahead_frames": 2}
+    raw = tiny_config(manifest, base, epochs=1, average=0, model=streaming)
+    train(TrainConfig.from_dict(raw))
+    before = load_checkpoint(base / "final.pt")["state_dict"]
+    seen: list[torch.Tensor] = []
+    original = MemoryLimits.__call__
+
+    def spy(self: Any, *args: Any) -> torch.Tensor:
+        seen.append(original(self, *args))
+        return seen[-1]
+
+    out = tmp_path / "tuned"
+    tuned_raw = tiny_config(manifest, out, epochs=2, average=0, init_from=str(base / "final.pt"))
+    tuned_raw.update(trainable=["decoder"], triggered_attention={"prob": 1.0})
+    del tuned_raw["model"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MemoryLimits, "__call__", spy)
+        train(TrainConfig.from_dict(tuned_raw))
+    after = load_checkpoint(out / "final.pt")["state_dict"]
+    for name, weight in before.items():
+        same = torch.equal(weight.float(), after[name].float())
+        assert same != name.startswith("decoder."), name
+    assert len(seen) == 2
+    frames = seen[0].max(dim=1).values
+    assert bool((seen[0] < frames[:, None]).any())  # some steps saw fewer frames than the utterance has
+    offline = tiny_config(manifest, tmp_path / "offline", epochs=1, triggered_attention={"prob": 0.5})
+    with pytest.raises(ValueError, match="chunk size"):
+        train(TrainConfig.from_dict(offline))
+    with pytest.raises(ValueError, match=r"trainable names unknown model parts \['encoderr'\]"):
+        TrainConfig.from_dict(tiny_config(manifest, out, trainable=["encoderr"]))
+    with pytest.raises(ValueError, match=r"triggered_attention.prob must be in \[0, 1\]"):
+        TrainConfig.from_dict(tiny_config(manifest, out, triggered_attention={"prob": 2.0}))

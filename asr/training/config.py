@@ -19,6 +19,10 @@ import yaml
 
 from asr.data.augment import ChannelAugmentConfig, SpecAugmentConfig, VtlpConfig
 from asr.model import ModelConfig
+from asr.training.triggered import TriggeredAttentionConfig
+
+# ASRModel's top-level parts, in the order of the computation
+MODEL_PARTS = ("frontend", "cmvn", "encoder", "ctc", "decoder")
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,18 @@ class TrainConfig:
     # nats per encoder frame against CTC paths that emit tokens in the silence before and after each
     # utterance's voiced part (asr.ctc.silence_penalty): ties the first and last words to their sound
     ctc_silence_penalty: float = 0.0
+    # the model's top-level parts whose weights train (e.g. [decoder]: the encoder and CTC head, and so
+    # greedy CTC and the partials, stay exactly as they are); empty: all of them
+    trainable: tuple[str, ...] = ()
+    # decoder steps over the encoder frames a growing search would have (asr.training.triggered)
+    triggered_attention: TriggeredAttentionConfig = field(default_factory=TriggeredAttentionConfig)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.trainable) - set(MODEL_PARTS))
+        if unknown:
+            raise ValueError(
+                f"trainable names unknown model parts {unknown}; expected some of {list(MODEL_PARTS)}"
+            )
         if self.best_by not in ("loss", "cer"):
             raise ValueError(f"best_by must be 'loss' or 'cer', got {self.best_by!r}")
         if not self.data.train:

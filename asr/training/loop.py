@@ -43,7 +43,7 @@ from asr.training.checkpoints import (
     select_checkpoints,
     set_rng_state,
 )
-from asr.training.config import TrainConfig, finetune_model_config
+from asr.training.config import MODEL_PARTS, TrainConfig, finetune_model_config
 from asr.training.data import build_tokenizer, compute_cmvn, read_utterances, train_loader, valid_loader
 from asr.training.distributed import (
     DistInfo,
@@ -57,6 +57,7 @@ from asr.training.distributed import (
 from asr.training.metrics import EpochMeter, LogWindow, MetricsLog
 from asr.training.optim import build_optimizer
 from asr.training.precision import autocast, use_bf16
+from asr.training.triggered import MemoryLimits, chunk_frames_of
 from asr.training.validation import validate as validate_model
 
 log = logging.getLogger("asr.train")  # the name the training logs have always had
@@ -99,6 +100,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_score = math.inf
         self.stop = self.paused = False
+        self.frozen: list[str] = []  # model parts left out of TrainConfig.trainable
         self.total_wait = self.total_time = 0.0
 
     # ------------------------------------------------------------------------------------------- setup
@@ -110,6 +112,7 @@ class Trainer:
         random.seed(self.config.seed)
         train_utts, valid_utts = read_utterances(self.config.data, self.config.seed)
         state = self._setup_model(resume, train_utts)
+        self._setup_parts()
         self._setup_data(train_utts, valid_utts)
         self._setup_optimizer(state)
         self._setup_progress(state, f"{len(train_utts)} train / {len(valid_utts)} valid utterances")
@@ -132,6 +135,27 @@ class Trainer:
             return state
         self.model = self._finetuned_model() if self.config.init_from else self._new_model(train_utts)
         return {}
+
+    def _setup_parts(self) -> None:
+        """Freezes the parts ``trainable`` leaves out, and checks the triggered attention's chunk."""
+        frozen = [p for p in MODEL_PARTS if self.config.trainable and p not in self.config.trainable]
+        for part in frozen:
+            getattr(self.model, part).requires_grad_(False)
+        if frozen:
+            log.info("training %s; frozen: %s", ", ".join(self.config.trainable), ", ".join(frozen))
+        self.frozen = frozen
+        if self.config.triggered_attention.prob > 0:
+            self._memory_limits(0)  # a model without a chunk fails here, before the first step
+
+    def _memory_limits(self, step: int) -> MemoryLimits | None:
+        """The step's triggered-attention limits (seeded by the step, as a resumed run draws them), or
+        ``None`` when off."""
+        tc = self.config.triggered_attention
+        if tc.prob <= 0:
+            return None
+        chunk = chunk_frames_of(tc, self.model.config.encoder.chunk_frames)
+        seed = self.config.seed * 1_000_003 + step + 1
+        return MemoryLimits(tc, chunk, self.model.tokenizer.blank_id, seed)
 
     def _finetuned_model(self) -> ASRModel:
         ckpt = load_checkpoint(self.config.init_from)
@@ -253,6 +277,8 @@ class Trainer:
         the epoch is done."""
         self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch)
         self.model.train()
+        for part in self.frozen:  # no dropout where nothing learns: the frozen parts compute as in use
+            getattr(self.model, part).eval()
         bar = self._progress_bar()
         meter, window = EpochMeter(), LogWindow()
         epoch_batches = len(self.sampler) + self.batch_in_epoch
@@ -289,7 +315,14 @@ class Trainer:
         feats, feat_lengths = self._features(batch)
         penalty = self._silence_penalty(host, feats.size(1))
         with autocast(self.device, self.bf16):
-            loss, stats = self.ddp_model(feats, feat_lengths, batch.targets, batch.target_lengths, penalty)
+            loss, stats = self.ddp_model(
+                feats,
+                feat_lengths,
+                batch.targets,
+                batch.target_lengths,
+                penalty,
+                self._memory_limits(self.step),
+            )
         loss.backward()
         grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip))
         finite = math.isfinite(grad_norm)

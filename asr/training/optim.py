@@ -36,6 +36,8 @@ def build_optimizer(
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # a frozen part (TrainConfig.trainable)
+            continue
         (no_decay if p.dim() < 2 or "bias" in name or "norm" in name else decay).append(p)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
