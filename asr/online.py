@@ -255,20 +255,24 @@ class OnlineRecognizer(Recognizer):
 
     def _feed(self, streams: list[OnlineStream]) -> list[OnlineStream]:
         """Turn the streams' whole feature frames into normalised features for their encoders (and end them
-        at the end of input); the streams with a chunk ready."""
+        at the end of input); the streams with a chunk ready.
+
+        An encoder ends only where its input had ended when its samples were taken: the end of input (and
+        the last samples before it) may arrive from another thread while these features are computed, and
+        those samples are the next call's."""
         taken = []
         for s in streams:
             with s.lock:
                 if not s.ended:
-                    taken.append((s, s.take_samples()))
-        fed = [(s, x) for s, x in taken if x is not None]
+                    taken.append((s, s.take_samples(), s.input_done))
+        fed = [(s, x) for s, x, _ in taken if x is not None]
         for (s, _), feats in zip(fed, self._features([x for _, x in fed]), strict=True):
             s.open.encoder.push(feats)
         ready = []
-        for s, _ in taken:
+        for s, _, input_done in taken:
             with s.lock:
                 es = s.open.encoder
-                if s.input_done and not es.finished:
+                if input_done and not es.finished:
                     es.finish()
                 if self.encoder.ready(es):
                     ready.append(s)

@@ -415,6 +415,35 @@ def test_input_finished_flushes_the_last_utterance(model: Transcriber, speech: l
     assert len(finals) == 1 and finals[0].text
 
 
+def test_the_end_of_input_arriving_while_features_are_computed_waits_for_its_samples(
+    model: Transcriber, speech: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a server the last audio and the end of input come on the event loop's thread while a model thread
+    computes the stream's features: the encoder must not end before those last samples are in it (it once
+    did, and the next round's push failed: "push() after finish()")."""
+    audio = np.concatenate([silence(0.3), speech[0], silence(0.3)])
+    ref = OnlineRecognizer(model)
+    whole = feed(ref, ref.create_stream(OPTS), audio)
+    rec = OnlineRecognizer(model)
+    s = rec.create_stream(OPTS)
+    cut = len(audio) - SAMPLE_RATE // 2
+    rec.accept_audio(s, audio[:cut])
+    features = rec._features
+
+    def meanwhile(samples: list[np.ndarray]) -> list[torch.Tensor]:
+        if not s.input_done:  # the other thread's turn, between the take and the push
+            rec.accept_audio(s, audio[cut:])
+            rec.input_finished(s)
+        return features(samples)
+
+    monkeypatch.setattr(rec, "_features", meanwhile)
+    while rec.is_ready(s):
+        rec.decode_streams([s])
+    assert s.is_done
+    finals = [r.text for r in rec.pop_results(s) if r.is_final]
+    assert finals == [r.text for _, r in whole if r.is_final]
+
+
 def test_single_utterance_stops_after_its_final(model: Transcriber, speech: list[np.ndarray]) -> None:
     rec = OnlineRecognizer(model)
     s = rec.create_stream(dataclasses.replace(OPTS, single_utterance=True))
