@@ -4,7 +4,8 @@ config.py        TrainConfig and its sections (frozen dataclasses), load_config,
 distributed.py   DistInfo, init_distributed, the device of each rank, agreement between ranks
 precision.py     bf16 autocast (CUDA; CPUs with native bf16 when asked)
 data.py          manifests, tokenizer, CMVN and the loaders
-optim.py         AdamW and the learning-rate schedule
+optim.py         AdamW and the learning-rate schedule (over the trainable parts)
+triggered.py     triggered attention: decoder steps over the frames a growing search would have
 loop.py          Trainer: setup / train / train_epoch / train_step / validate / save_last / finish
 validation.py    validation loss and greedy-CTC CER/WER
 checkpoints.py   last.pt (resume state), epoch pruning, select_checkpoints, average_checkpoints, final.pt
