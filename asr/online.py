@@ -378,7 +378,10 @@ class OnlineRecognizer(Recognizer):
         the encoder needs before its next chunk (for :meth:`is_ready`)."""
         if s.ended:
             return
-        if s.input_done and not s.flushed and not self.encoder.ready(s.open.encoder):
+        es = s.open.encoder
+        # ended by _feed once every sample is in it: a stream whose input has ended but whose last samples
+        # are not yet encoded (a finals-only call, or the end arrived during this one) waits for them
+        if es.finished and not s.flushed and not self.encoder.ready(es):
             self._cut(s, final=True)
             s.flushed = True
         elif s.energy_ends and s.encoded_to >= s.energy_ends[0]:  # the VAD heard the end after the encoder

@@ -444,6 +444,33 @@ def test_the_end_of_input_arriving_while_features_are_computed_waits_for_its_sam
     assert finals == [r.text for _, r in whole if r.is_final]
 
 
+def test_the_end_of_input_during_a_waiting_final_keeps_the_last_audio(
+    model: Transcriber, speech: list[np.ndarray]
+) -> None:
+    """A server's finals-only call on a stream whose input has just ended, with its last samples not yet
+    encoded (the call encodes no chunks while an earlier final waits): the last utterance must wait for
+    them, not end where the encoder stood (it once did, dropping the end of the audio)."""
+    audio = np.concatenate([speech[0], silence(1.2), speech[1], silence(0.3)])
+    ref = OnlineRecognizer(model)
+    whole = [r.text for _, r in feed(ref, ref.create_stream(OPTS), audio) if r.is_final]
+    rec = OnlineRecognizer(model)
+    s = rec.create_stream(OPTS)
+    head = len(speech[0]) + int(1.2 * SAMPLE_RATE) + len(speech[1]) // 3
+    rec.accept_audio(s, audio[:head])  # at once: the silence is heard before the encoder reaches it
+    while rec.is_ready(s) and not rec.has_final(s):  # chunk steps only, until the first final is due
+        rec.decode_streams([s], finals=False)
+    assert s.closed, "the first utterance should be closed, its final waiting"
+    while rec.encoder.ready(s.open.encoder):  # the chunks a model lane would go on encoding meanwhile
+        rec.decode_streams([s], finals=False)
+    rec.accept_audio(s, audio[head:])
+    rec.input_finished(s)
+    rec.decode_streams([s], interims=False)  # the finals lane
+    while rec.is_ready(s):
+        rec.decode_streams([s])
+    assert s.is_done
+    assert [r.text for r in rec.pop_results(s) if r.is_final] == whole
+
+
 def test_single_utterance_stops_after_its_final(model: Transcriber, speech: list[np.ndarray]) -> None:
     rec = OnlineRecognizer(model)
     s = rec.create_stream(dataclasses.replace(OPTS, single_utterance=True))
