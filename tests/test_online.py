@@ -471,6 +471,47 @@ def test_the_end_of_input_during_a_waiting_final_keeps_the_last_audio(
     assert [r.text for r in rec.pop_results(s) if r.is_final] == whole
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_any_order_of_a_servers_calls_gives_the_same_finals(
+    model: Transcriber, speech: list[np.ndarray], seed: int
+) -> None:
+    """A server interleaves audio messages of any size, the end of input, chunk steps (the model lane),
+    finals-only calls (the finals lane) and idle growing as its threads and the network happen to run them:
+    every order ends the stream with the finals of the plain real-time feed, over the same audio. (Their
+    words may differ a little after the first: an utterance starts where the encoder stood when the one
+    before it was cut, or where it dropped the silence after it, and that depends on the order; the LSTM's
+    forward state starts there.)"""
+    audio = np.concatenate([silence(0.2), speech[0], silence(1.2), speech[1], silence(0.3)])
+    ref = OnlineRecognizer(model)
+    whole = [r for _, r in feed(ref, ref.create_stream(OPTS), audio) if r.is_final]
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.ones(4))  # each schedule favours some calls: a busy lane, a fast sender...
+    rec = OnlineRecognizer(model)
+    s = rec.create_stream(OPTS)
+    sent, finals = 0, []
+    for _ in range(100_000):
+        if s.is_done:
+            break
+        op = rng.choice(4, p=weights)
+        if op == 0 and sent < len(audio):
+            n = int(rng.integers(SAMPLE_RATE // 50, SAMPLE_RATE))  # 20 ms to 1 s
+            rec.accept_audio(s, audio[sent : sent + n])
+            sent += n
+            if sent >= len(audio):
+                rec.input_finished(s)
+        elif op == 1 and rec.is_ready(s) and not rec.has_final(s):
+            rec.decode_streams([s], finals=False)
+        elif op == 2 and rec.has_final(s):
+            rec.decode_streams([s], interims=False)
+        elif op == 3:
+            rec.grow_pending(1.0)
+        finals += [r for r in rec.pop_results(s) if r.is_final]
+    assert s.is_done
+    assert len(finals) == len(whole) and finals[0].text == whole[0].text
+    for a, b in zip(finals, whole, strict=True):
+        assert abs(a.start - b.start) <= 0.4 and abs(a.end - b.end) <= 0.4, (a, b)
+
+
 def test_single_utterance_stops_after_its_final(model: Transcriber, speech: list[np.ndarray]) -> None:
     rec = OnlineRecognizer(model)
     s = rec.create_stream(dataclasses.replace(OPTS, single_utterance=True))
