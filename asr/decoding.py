@@ -15,6 +15,7 @@ scorer the bottleneck on long inputs).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,6 +94,13 @@ class DecodingOptions:
             raise ValueError(
                 f"eos_threshold must be >= 1 (it scales the best log-prob), got {self.eos_threshold}"
             )
+
+    def capped(self, beam: int) -> DecodingOptions:
+        """These options with the beam (and n-best) at most ``beam``: what a server behind on its finals
+        searches with (``0``: unchanged)."""
+        if beam <= 0 or self.method != "beam" or self.beam_size <= beam:
+            return self
+        return dataclasses.replace(self, beam_size=beam, nbest=min(self.nbest, beam))
 
 
 class Hypothesis(NamedTuple):

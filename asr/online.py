@@ -133,7 +133,9 @@ class OnlineRecognizer(Recognizer):
     # -- decoding ------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def decode_streams(self, streams: list[Stream], *, interims: bool = True, finals: bool = True) -> None:
+    def decode_streams(
+        self, streams: list[Stream], *, interims: bool = True, finals: bool = True, beam_cap: int = 0
+    ) -> None:
         """Encode the ready chunks of the online ``streams`` (one batched encoder call per round), emit their
         partials, close the utterances that ended and decode their finals; offline streams are decoded as
         :class:`~asr.streaming.Recognizer` does.
@@ -147,7 +149,7 @@ class OnlineRecognizer(Recognizer):
         endpointing needs anyway."""
         offline = [s for s in streams if not isinstance(s, OnlineStream)]
         if offline:
-            super().decode_streams(offline, interims=interims, finals=finals)
+            super().decode_streams(offline, interims=interims, finals=finals, beam_cap=beam_cap)
         online = [s for s in dict.fromkeys(streams) if isinstance(s, OnlineStream)]
         if not online:
             return
@@ -158,7 +160,7 @@ class OnlineRecognizer(Recognizer):
             with s.lock:
                 self._settle(s)
         if finals:
-            self._decode_closed(online)
+            self._decode_closed(online, beam_cap)
         if interims and finals:  # one thread does everything: the searches grow with the chunks
             for s in online:
                 self._grow(s)
@@ -388,10 +390,10 @@ class OnlineRecognizer(Recognizer):
             self._cut(s, final=True, at=s.energy_ends[0])
         s.short = self._frames_short(s.open.encoder)
 
-    def _decode_closed(self, streams: list[OnlineStream]) -> None:
-        """The finals of the closed utterances: one beam search per distinct decoding options, and per round:
-        an utterance whose context holds another utterance of this call waits for that one's final (its
-        words are the next one's prefix)."""
+    def _decode_closed(self, streams: list[OnlineStream], beam_cap: int = 0) -> None:
+        """The finals of the closed utterances: one beam search per distinct decoding options (their beam at
+        most ``beam_cap`` where searched whole), and per round: an utterance whose context holds another
+        utterance of this call waits for that one's final (its words are the next one's prefix)."""
         taken: list[tuple[OnlineStream, ClosedUtterance]] = []
         for s in streams:
             with s.lock:
@@ -412,7 +414,7 @@ class OnlineRecognizer(Recognizer):
                     size = self.config.max_batch_size
                     for k in range(0, len(items), size):
                         batch = items[k : k + size]
-                        for (_, c), r in zip(batch, self._finals(batch, opts), strict=True):
+                        for (_, c), r in zip(batch, self._finals(batch, opts.capped(beam_cap)), strict=True):
                             results[id(c)] = r
                             c.final.text = r.text
         except BaseException:

@@ -16,6 +16,10 @@ interims. The finals lane may have several threads (``finals_threads``), each de
 under load, finals are most of the work. If a batch fails, each stream is retried alone so that one bad
 stream cannot fail the others.
 
+When the finals fall behind (``BEHIND_FINALS`` streams' finals in one batch, or more queued behind it), their
+beam search keeps at most ``load_beam_size`` hypotheses until they have caught up: a little accuracy for
+finals that keep up with many streams.
+
 While neither lane has anything queued, the finals thread grows the searches of open utterances
 (:meth:`asr.streaming.Recognizer.grow_pending`, chunk-streaming models), a slice at a time, so that a final is
 mostly searched before its endpoint; under load that work waits for the finals themselves.
@@ -38,6 +42,9 @@ from server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 GROW_SLICE_S = 0.02  # growing-search work per idle turn of the finals thread: a final waits at most this
+# the finals are behind when a batch holds this many streams' finals, or more wait behind it: the beam search
+# then keeps ``load_beam_size`` hypotheses (32 real-time streams on 2 cores: docs/BENCHMARKS.md, session 27)
+BEHIND_FINALS = 4
 
 
 class _Lane:
@@ -72,8 +79,10 @@ class Batcher:
         metrics: Metrics | None = None,
         executor: concurrent.futures.ThreadPoolExecutor | None = None,
         finals_threads: int = 1,
+        load_beam_size: int = 0,
     ) -> None:
         self.recognizer = recognizer
+        self.load_beam_size = load_beam_size  # the finals' beam while they are behind; 0: never capped
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.metrics = metrics
@@ -186,6 +195,11 @@ class Batcher:
                 return get.result()
             failed = False
 
+    def _behind(self, streams: list[Stream], lane: _Lane) -> bool:
+        """Whether a batch of finals shows the finals falling behind: ``BEHIND_FINALS`` streams' at once,
+        or more queued after it (with ``load_beam_size`` set)."""
+        return self.load_beam_size > 0 and (len(streams) >= BEHIND_FINALS or not lane.queue.empty())
+
     async def _decode_batch(self, items: list[tuple[Stream, asyncio.Future[None]]], lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
         executor = lane.executor
@@ -195,7 +209,15 @@ class Batcher:
         # With a finals lane, the finals that a chunk step brings about (a blank endpoint) are left to it: the
         # stream has a final due when its caller queues it again, and the model thread goes on with chunks.
         finals = self._finals is None or lane is self._finals
-        decode = functools.partial(self.recognizer.decode_streams, interims=not finals_only, finals=finals)
+        behind = self._behind(streams, lane) if finals and (finals_only or lane is self._finals) else False
+        if behind and self.metrics is not None:
+            self.metrics.load_beam_batches.inc()
+        decode = functools.partial(
+            self.recognizer.decode_streams,
+            interims=not finals_only,
+            finals=finals,
+            beam_cap=self.load_beam_size if behind else 0,
+        )
         try:
             await loop.run_in_executor(executor, decode, streams)
             errors: dict[int, BaseException] = {}

@@ -54,6 +54,9 @@ class ServerConfig:
     # made 32 real-time streams' finals later on 2 cores, though streams sent faster than real time (the
     # soak) finish 1.8x sooner with two (docs/BENCHMARKS.md)
     finals_threads: int = 1
+    # the finals' beam while they are behind (4 streams' finals in one batch, or more queued): 32 real-time
+    # streams on 2 cores kept up with 4 and fell behind with 8 (docs/BENCHMARKS.md, session 27); 0 = never
+    load_beam_size: int = 4
     # limits
     max_streams: int = 64  # concurrent StreamingRecognize calls; more get RESOURCE_EXHAUSTED
     max_message_bytes: int = 4 * MiB  # per request message, both RPCs
@@ -98,6 +101,8 @@ class ServerConfig:
             raise ValueError(
                 f"ports must be in [0, 65535], got port={self.port} metrics_port={self.metrics_port}"
             )
+        if self.load_beam_size < 0:
+            raise ValueError(f"load_beam_size must be >= 0 (0: off), got {self.load_beam_size}")
         if self.finals_threads < 0:
             raise ValueError(f"finals_threads must be >= 0, got {self.finals_threads}")
         for name in ("max_batch_size", "max_streams", "max_message_bytes", "max_beam_size", "beam_size"):

@@ -44,6 +44,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.load_beam_batches = Counter(
+            "asr_load_beam_batches",
+            "Batches of finals searched with the --load-beam-size beam because the finals were behind",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "asr_batch_size", "Streams per model batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
         )

@@ -59,6 +59,7 @@ async def start_models(
             max_wait_ms=config.max_wait_ms,
             metrics=metrics,
             finals_threads=config.finals_threads,
+            load_beam_size=config.load_beam_size,
         )
         batcher.start()
         if m.config.encoder.streaming:  # an OnlineRecognizer, whose finals may grow

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from server.batcher import GROW_SLICE_S, Batcher
+from server.batcher import BEHIND_FINALS, GROW_SLICE_S, Batcher
 
 
 class FakeRecognizer:
@@ -21,6 +21,7 @@ class FakeRecognizer:
         self.release = threading.Event()
         self.calls: list[tuple[list[str], str]] = []
         self.finals: list[bool] = []  # each call's ``finals``
+        self.caps: list[int] = []  # each call's ``beam_cap``
         self.growth = growth  # slices of growing-search work pending
         self.grow_error = grow_error
         self.grown: list[str] = []  # the thread of each slice grown
@@ -39,9 +40,12 @@ class FakeRecognizer:
         self.growth -= 1
         return 1
 
-    def decode_streams(self, streams: list[Any], *, interims: bool = True, finals: bool = True) -> None:
+    def decode_streams(
+        self, streams: list[Any], *, interims: bool = True, finals: bool = True, beam_cap: int = 0
+    ) -> None:
         self.calls.append((list(streams), threading.current_thread().name))
         self.finals.append(finals)
+        self.caps.append(beam_cap)
         if any(self.has_final(s) for s in streams):
             assert self.release.wait(10), "the test never released the final"
 
@@ -166,3 +170,36 @@ def test_a_failure_to_grow_leaves_the_finals_lane_working() -> None:
 
     rec = asyncio.run(run())
     assert rec.grown and any(s == ["final-b"] for s, _ in rec.calls)
+
+
+@pytest.mark.parametrize("finals_lane", [True, False])
+def test_finals_that_fall_behind_are_searched_with_the_load_beam(finals_lane: bool) -> None:
+    """A batch of finals with ``BEHIND_FINALS`` streams, or one with more finals queued behind it, searches
+    with ``load_beam_size``; a lone final, chunk steps and a server without a load beam keep the full beam."""
+
+    async def run(load_beam: int) -> FakeRecognizer:
+        rec = FakeRecognizer()
+        batcher = Batcher(rec, max_wait_ms=1.0, finals_threads=int(finals_lane), load_beam_size=load_beam)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.decode("final-a"))  # alone: full beam
+            while not rec.calls:
+                await asyncio.sleep(0.01)
+            # while it runs, more finals than one batch's worth come in, and a stream's chunks
+            more = [asyncio.ensure_future(batcher.decode(f"final-{i}")) for i in range(BEHIND_FINALS + 2)]
+            chunk = asyncio.ensure_future(batcher.decode("chunk-x"))
+            await asyncio.sleep(0.05)
+            rec.release.set()
+            await asyncio.wait_for(asyncio.gather(first, chunk, *more), 10)
+        finally:
+            rec.release.set()
+            await batcher.stop()
+        return rec
+
+    rec = asyncio.run(run(4))
+    calls = [(streams, cap) for (streams, _), cap in zip(rec.calls, rec.caps, strict=True)]
+    assert calls[0] == (["final-a"], 0)
+    assert all(cap == 0 for streams, cap in calls if not any(rec.has_final(s) for s in streams))
+    later = [cap for streams, cap in calls[1:] if any(rec.has_final(s) for s in streams)]
+    assert later and all(cap == 4 for cap in later)
+    assert set(asyncio.run(run(0)).caps) == {0}

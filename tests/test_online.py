@@ -512,6 +512,32 @@ def test_any_order_of_a_servers_calls_gives_the_same_finals(
         assert abs(a.start - b.start) <= 0.4 and abs(a.end - b.end) <= 0.4, (a, b)
 
 
+def test_a_beam_cap_searches_whole_finals_with_the_smaller_beam(
+    model: Transcriber, conversation: np.ndarray
+) -> None:
+    """``decode_streams(beam_cap=...)``, a server's finals that are behind: finals searched whole are those of
+    the smaller beam; a cap at or above the stream's beam changes nothing."""
+    whole = dataclasses.replace(OPTS, growing_finals=False, decoding=DecodingOptions(beam_size=8))
+    small = dataclasses.replace(whole, decoding=DecodingOptions(beam_size=1))
+
+    def finals(opts: StreamOptions, cap: int) -> list[str]:
+        rec = OnlineRecognizer(model)
+        s = rec.create_stream(opts)
+        return feed_split(
+            rec,
+            s,
+            conversation,
+            lambda: rec.decode_streams([s], interims=False, beam_cap=cap),
+            lambda: rec.decode_streams([s], finals=False),
+        )
+
+    capped, one, full = finals(whole, 1), finals(small, 0), finals(whole, 0)
+    assert capped == one != full and finals(whole, 8) == full
+    assert DecodingOptions(beam_size=8, nbest=3).capped(2) == DecodingOptions(beam_size=2, nbest=2)
+    assert DecodingOptions(beam_size=8).capped(0) == DecodingOptions(beam_size=8)
+    assert DecodingOptions(method="greedy").capped(2) == DecodingOptions(method="greedy")
+
+
 def test_single_utterance_stops_after_its_final(model: Transcriber, speech: list[np.ndarray]) -> None:
     rec = OnlineRecognizer(model)
     s = rec.create_stream(dataclasses.replace(OPTS, single_utterance=True))
