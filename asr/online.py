@@ -149,7 +149,7 @@ class OnlineRecognizer(Recognizer):
         endpointing needs anyway."""
         offline = [s for s in streams if not isinstance(s, OnlineStream)]
         if offline:
-            super().decode_streams(offline, interims=interims, finals=finals, beam_cap=beam_cap)
+            super().decode_streams(offline, interims=interims, finals=finals)  # whole recordings: no cap
         online = [s for s in dict.fromkeys(streams) if isinstance(s, OnlineStream)]
         if not online:
             return

@@ -191,8 +191,8 @@ class Recognizer:
         ``interims=False`` decodes only the finals and leaves due interims for a later call: a server under
         load uses it to put finals (what users wait for) ahead of interims (which are best effort).
         ``finals=False`` leaves the finals for a later call (a server's thread for finals, :meth:`has_final`).
-        ``beam_cap``: the finals' beam search keeps at most that many hypotheses (a server behind on its
-        finals trades a little accuracy for keeping up; 0: each stream's own beam).
+        ``beam_cap``: a server's finals that are behind; only the stream finals of a chunk-streaming model
+        (:class:`asr.online.OnlineRecognizer`) search with it, so segments and whole recordings ignore it.
         """
         jobs: list[Job] = []
         for s in streams if finals else ():
@@ -206,7 +206,7 @@ class Recognizer:
         try:
             for k in range(0, len(order), size):
                 idx = order[k : k + size]
-                results.update(zip(idx, self._decode([jobs[i] for i in idx], beam_cap), strict=True))
+                results.update(zip(idx, self._decode([jobs[i] for i in idx]), strict=True))
         except BaseException:
             # give the finals back (latest first, so they keep their order) for a retry stream by stream
             for job in sorted(jobs, key=lambda j: j.start, reverse=True):
@@ -234,7 +234,7 @@ class Recognizer:
                 jobs.append(s._take_interim(self._turn))
         return jobs
 
-    def _decode(self, jobs: list[Job], beam_cap: int = 0) -> list[StreamResult]:
+    def _decode(self, jobs: list[Job]) -> list[StreamResult]:
         enc, enc_lengths, short = encode_waveforms(self.model, [j.audio for j in jobs])
         out: list[StreamResult | None] = [None] * len(jobs)
         interim = [i for i, j in enumerate(jobs) if not j.final]
@@ -248,7 +248,7 @@ class Recognizer:
             if j.final:
                 groups.setdefault(j.stream.options.decoding, []).append(i)
         for opts, idx in groups.items():
-            results = self._decode_finals(jobs, idx, opts.capped(beam_cap), enc, enc_lengths, short)
+            results = self._decode_finals(jobs, idx, opts, enc, enc_lengths, short)
             for i, r in zip(idx, results, strict=True):
                 out[i] = r
         assert all(r is not None for r in out)

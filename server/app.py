@@ -273,8 +273,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "loaded) is dropped, and its final searched whole with the other finals (default 500; 0: never)",
         "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
         "never wait behind a beam search (default 1; 0: finals on the model thread)",
-        "load_beam_size": "beam of the finals' search while they are behind (one has waited a second in the "
-        "queue): a little accuracy for keeping up with many streams (default 4; 0: off)",
+        "load_beam_size": "chunk-streaming models: beam of the stream finals' search while they are "
+        "behind (4 or more streams' finals at once, or more waiting): a little accuracy for keeping up with "
+        "many streams (default 4; 0: off)",
         "device": "cpu, cuda, cuda:1 (default: cuda when available)",
         "cpu_threads": "torch threads of each model thread on CPU (default 0: the cores shared among the "
         "model thread and the finals threads)",

@@ -16,8 +16,8 @@ interims. The finals lane may have several threads (``finals_threads``), each de
 under load, finals are most of the work. If a batch fails, each stream is retried alone so that one bad
 stream cannot fail the others.
 
-When the finals fall behind (one of a batch has waited ``BEHIND_S`` in its queue), their beam search keeps
-at most ``load_beam_size`` hypotheses until they have caught up: a little accuracy for
+When the finals fall behind (``BEHIND_FINALS`` streams' finals in one batch, or more queued behind it), their
+beam search keeps at most ``load_beam_size`` hypotheses until they have caught up: a little accuracy for
 finals that keep up with many streams.
 
 While neither lane has anything queued, the finals thread grows the searches of open utterances
@@ -42,11 +42,11 @@ from server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 GROW_SLICE_S = 0.02  # growing-search work per idle turn of the finals thread: a final waits at most this
-# the finals are behind when one in a batch has waited this long in its queue: the beam search then keeps
-# ``load_beam_size`` hypotheses (32 real-time streams on 2 cores: docs/BENCHMARKS.md, session 27). Finals of a
-# server that keeps up wait a batch's decode at most (tens to hundreds of ms), so concurrent requests alone
-# never lower the beam.
-BEHIND_S = 1.0
+# the finals are behind when a batch holds this many streams' finals, or more wait behind it: the beam search
+# of a chunk-streaming model's stream finals then keeps ``load_beam_size`` hypotheses (32 real-time streams on
+# 2 cores: docs/BENCHMARKS.md, session 27; a wait of 1 s as the sign instead came too late to help). Unary
+# requests and segment streams keep their beam (Recognizer.decode_streams).
+BEHIND_FINALS = 4
 
 
 class _Lane:
@@ -85,7 +85,6 @@ class Batcher:
     ) -> None:
         self.recognizer = recognizer
         self.load_beam_size = load_beam_size  # the finals' beam while they are behind; 0: never capped
-        self._queued_at: dict[int, float] = {}  # id(future) -> when its stream was queued (loop time)
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.metrics = metrics
@@ -129,9 +128,7 @@ class Batcher:
         lane = self._model
         if self._finals is not None and self.recognizer.has_final(stream):
             lane = self._finals
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._queued_at[id(fut)] = loop.time()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await lane.queue.put((stream, fut))
         await fut
 
@@ -200,10 +197,10 @@ class Batcher:
                 return get.result()
             failed = False
 
-    def _behind(self, queued: list[float], now: float) -> bool:
-        """Whether a batch of finals (queued at loop times ``queued``) shows them falling behind: one has
-        waited ``BEHIND_S`` (with ``load_beam_size`` set)."""
-        return self.load_beam_size > 0 and now - min(queued) >= BEHIND_S
+    def _behind(self, streams: list[Stream], lane: _Lane) -> bool:
+        """Whether a batch of finals shows the finals falling behind: ``BEHIND_FINALS`` streams' at once,
+        or more queued after it (with ``load_beam_size`` set)."""
+        return self.load_beam_size > 0 and (len(streams) >= BEHIND_FINALS or not lane.queue.empty())
 
     async def _decode_batch(self, items: list[tuple[Stream, asyncio.Future[None]]], lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
@@ -214,8 +211,7 @@ class Batcher:
         # With a finals lane, the finals that a chunk step brings about (a blank endpoint) are left to it: the
         # stream has a final due when its caller queues it again, and the model thread goes on with chunks.
         finals = self._finals is None or lane is self._finals
-        queued = [self._queued_at.pop(id(fut), loop.time()) for _, fut in items]
-        behind = finals and (finals_only or lane is self._finals) and self._behind(queued, loop.time())
+        behind = self._behind(streams, lane) if finals and (finals_only or lane is self._finals) else False
         if behind and self.metrics is not None:
             self.metrics.load_beam_batches.inc()
         decode = functools.partial(

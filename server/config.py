@@ -54,8 +54,9 @@ class ServerConfig:
     # made 32 real-time streams' finals later on 2 cores, though streams sent faster than real time (the
     # soak) finish 1.8x sooner with two (docs/BENCHMARKS.md)
     finals_threads: int = 1
-    # the finals' beam while they are behind (one waited a second in the queue): 32 real-time streams on
-    # 2 cores kept up with 4 and fell behind with 8 (docs/BENCHMARKS.md, session 27); 0 = never
+    # a chunk-streaming model's stream finals' beam while they are behind (4 streams' finals in one batch, or
+    # more queued): 32 real-time streams on 2 cores kept up with 4 and fell behind with 8 (docs/BENCHMARKS.md,
+    # session 27); 0 = never
     load_beam_size: int = 4
     # limits
     max_streams: int = 64  # concurrent StreamingRecognize calls; more get RESOURCE_EXHAUSTED

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-import server.batcher as batcher_module
-from server.batcher import GROW_SLICE_S, Batcher
+from server.batcher import BEHIND_FINALS, GROW_SLICE_S, Batcher
 
 
 class FakeRecognizer:
@@ -174,12 +173,9 @@ def test_a_failure_to_grow_leaves_the_finals_lane_working() -> None:
 
 
 @pytest.mark.parametrize("finals_lane", [True, False])
-def test_finals_that_fall_behind_are_searched_with_the_load_beam(
-    finals_lane: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch of finals one of which waited ``BEHIND_S`` in its queue searches with ``load_beam_size``; a
-    final that did not wait, chunk steps and a server without a load beam keep the full beam."""
-    monkeypatch.setattr(batcher_module, "BEHIND_S", 0.05)
+def test_finals_that_fall_behind_are_searched_with_the_load_beam(finals_lane: bool) -> None:
+    """A batch of finals with ``BEHIND_FINALS`` streams, or one with more finals queued behind it, searches
+    with ``load_beam_size``; a lone final, chunk steps and a server without a load beam keep the full beam."""
 
     async def run(load_beam: int) -> FakeRecognizer:
         rec = FakeRecognizer()
@@ -190,9 +186,9 @@ def test_finals_that_fall_behind_are_searched_with_the_load_beam(
             while not rec.calls:
                 await asyncio.sleep(0.01)
             # while it runs, more finals than one batch's worth come in, and a stream's chunks
-            more = [asyncio.ensure_future(batcher.decode(f"final-{i}")) for i in range(6)]
+            more = [asyncio.ensure_future(batcher.decode(f"final-{i}")) for i in range(BEHIND_FINALS + 2)]
             chunk = asyncio.ensure_future(batcher.decode("chunk-x"))
-            await asyncio.sleep(0.2)  # they wait behind the first longer than BEHIND_S
+            await asyncio.sleep(0.05)
             rec.release.set()
             await asyncio.wait_for(asyncio.gather(first, chunk, *more), 10)
         finally:

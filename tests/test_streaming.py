@@ -187,7 +187,7 @@ def test_failed_decode_keeps_finals_for_a_retry(
     rec = Recognizer(model)
     s = rec.create_offline_stream(speech[0], StreamOptions(decoding=DecodingOptions(max_length_ratio=FAST)))
 
-    def boom(jobs: list, beam_cap: int = 0) -> list:
+    def boom(jobs: list) -> list:
         raise RuntimeError("device lost")
 
     monkeypatch.setattr(rec, "_decode", boom)
@@ -324,13 +324,13 @@ def test_endpoint_while_the_early_final_is_decoded(model: ASRModel, speech: list
     calls: list[int] = []
 
     class Racing(Recognizer):
-        def _decode(self, jobs: list, beam_cap: int = 0) -> list[StreamResult]:  # type: ignore[type-arg]
+        def _decode(self, jobs: list) -> list[StreamResult]:  # type: ignore[type-arg]
             calls.append(len(jobs))
             if len(calls) == 1:
                 self.accept_audio(s, silence(0.6))
                 self.input_finished(s)
                 assert not s.is_done
-            return super()._decode(jobs, beam_cap)
+            return super()._decode(jobs)
 
     rec = Racing(model)
     greedy = DecodingOptions(method="greedy")
