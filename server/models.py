@@ -59,7 +59,8 @@ async def start_models(
             max_wait_ms=config.max_wait_ms,
             metrics=metrics,
             finals_threads=config.finals_threads,
-            load_beam_size=config.load_beam_size,
+            # only a chunk-streaming model's stream finals search with it (Recognizer.decode_streams)
+            load_beam_size=config.load_beam_size if m.config.encoder.streaming else 0,
         )
         batcher.start()
         if m.config.encoder.streaming:  # an OnlineRecognizer, whose finals may grow
