@@ -27,6 +27,8 @@ from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
 Tokenizer = CharTokenizer | SentencePieceTokenizer
 # (CTC log posteriors (B, T', V), encoder lengths, targets, target lengths) -> each decoder step's frames
 MemoryLimiter = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+# (encoder states, lengths) -> (a further loss term, its statistics), e.g. asr.training.distill
+EncoderLoss = Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]]
 _Section = TypeVar("_Section", FeatureConfig, EncoderConfig, DecoderConfig)
 
 
@@ -121,13 +123,15 @@ class ASRModel(nn.Module):
         target_lengths: Tensor,
         token_penalty: Tensor | None = None,
         memory_limits: MemoryLimiter | None = None,
+        encoder_loss: EncoderLoss | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """Joint loss for a batch. ``targets (B, U)`` are padded with -1; returns ``(loss, stats)``.
 
         ``token_penalty (B, T')``, in nats per encoder frame, weights the CTC paths that emit tokens there
         (:mod:`asr.ctc`; e.g. :func:`asr.ctc.silence_penalty`); it leaves the attention loss alone.
         ``memory_limits``: from the CTC posteriors, the frames each decoder step may attend to
-        (:class:`asr.training.triggered.MemoryLimits`); it leaves the CTC loss alone."""
+        (:class:`asr.training.triggered.MemoryLimits`); it leaves the CTC loss alone. ``encoder_loss``: a
+        further term on the encoder states (:class:`asr.training.distill.Distilling`), added as it is."""
         enc, enc_lengths = self.encode(feats, feat_lengths)
         lam = self.config.ctc_weight
         stats: dict[str, float] = {}
@@ -156,6 +160,10 @@ class ASRModel(nn.Module):
             loss = loss + (1 - lam) * att
             stats["att"] = float(att.detach())
             stats["acc"] = float(acc)
+        if encoder_loss is not None:
+            extra, extra_stats = encoder_loss(enc, enc_lengths)
+            loss = loss + extra
+            stats.update(extra_stats)
         stats["loss"] = float(loss.detach())
         return loss, stats
 

@@ -19,6 +19,7 @@ import yaml
 
 from asr.data.augment import ChannelAugmentConfig, SpecAugmentConfig, VtlpConfig
 from asr.model import ModelConfig
+from asr.training.distill import DistillConfig
 from asr.training.triggered import TriggeredAttentionConfig
 
 # ASRModel's top-level parts, in the order of the computation
@@ -108,6 +109,8 @@ class TrainConfig:
     trainable: tuple[str, ...] = ()
     # decoder steps over the encoder frames a growing search would have (asr.training.triggered)
     triggered_attention: TriggeredAttentionConfig = field(default_factory=TriggeredAttentionConfig)
+    # a head on the encoder learns Whisper tiny's encoder states of the same audio (asr.training.distill)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.trainable) - set(MODEL_PARTS))

@@ -45,6 +45,7 @@ from asr.training.checkpoints import (
 )
 from asr.training.config import MODEL_PARTS, TrainConfig, finetune_model_config
 from asr.training.data import build_tokenizer, compute_cmvn, read_utterances, train_loader, valid_loader
+from asr.training.distill import DistillHead, Distilling, WhisperTeacher
 from asr.training.distributed import (
     DistInfo,
     agree,
@@ -84,7 +85,9 @@ class Trainer:
     batch to train on; ``history`` lists the epoch checkpoints with their validation scores."""
 
     model: ASRModel
-    ddp_model: nn.Module  # the model, wrapped in DDP under torchrun
+    trained: nn.Module  # the model, or the model and its distillation head (asr.training.distill)
+    ddp_model: nn.Module  # ``trained``, wrapped in DDP under torchrun
+    teacher: WhisperTeacher | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     loader: DataLoader
@@ -199,18 +202,33 @@ class Trainer:
         total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps:
             total_steps = min(total_steps, config.max_steps)
-        self.optimizer, self.scheduler = build_optimizer(self.model, config.optim, total_steps, fused=cuda)
+        self._setup_distill(state)
+        self.optimizer, self.scheduler = build_optimizer(self.trained, config.optim, total_steps, fused=cuda)
         if state:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"], self.device)
-        self.ddp_model = self.model
+        self.ddp_model = self.trained
         if self.dinfo.world_size > 1:
             self.ddp_model = DistributedDataParallel(
-                self.model,
+                self.trained,
                 device_ids=[self.device.index] if cuda else None,
                 find_unused_parameters=self.model.config.ctc_weight in (0.0, 1.0),
             )
+
+    def _setup_distill(self, state: dict[str, Any]) -> None:
+        """The Whisper teacher and the head that learns its states (restored on resume), when on."""
+        dc = self.config.distill
+        self.trained, self.teacher = self.model, None
+        if dc.weight <= 0:
+            return
+        self.teacher = WhisperTeacher(dc.teacher, dc.threads)
+        probe, _ = self.teacher.targets(torch.zeros(1, 16000), torch.tensor([16000]))
+        head = DistillHead(self.model.config.encoder.output_dim, probe.size(-1)).to(self.device)
+        if "distill_head" in state:
+            head.load_state_dict(state["distill_head"])
+        self.trained = Distilling(self.model, head, dc.weight)
+        log.info("distilling Whisper's encoder states (weight %g)", dc.weight)
 
     def _setup_progress(self, state: dict[str, Any], data_note: str) -> None:
         self.epoch = int(state.get("epoch", 0))
@@ -314,6 +332,9 @@ class Trainer:
         batch = batch.to(self.device)
         feats, feat_lengths = self._features(batch)
         penalty = self._silence_penalty(host, feats.size(1))
+        extra = {}
+        if self.teacher is not None:  # Whisper's states of the same augmented audio (TrainConfig.distill)
+            extra["teacher"] = self.teacher.targets(host.audio, host.audio_lengths)
         with autocast(self.device, self.bf16):
             loss, stats = self.ddp_model(
                 feats,
@@ -322,9 +343,10 @@ class Trainer:
                 batch.target_lengths,
                 penalty,
                 self._memory_limits(self.step),
+                **extra,
             )
         loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip))
+        grad_norm = float(nn.utils.clip_grad_norm_(self.trained.parameters(), self.config.grad_clip))
         finite = math.isfinite(grad_norm)
         if finite:  # every rank sees the same all-reduced gradients, so all skip together
             self.optimizer.step()
@@ -448,6 +470,8 @@ class Trainer:
             "history": self.history,
             "config": self.config.to_dict(),
         }
+        if isinstance(self.trained, Distilling):
+            train_state["distill_head"] = self.trained.head.state_dict()
         save_resume_state(self.model, train_state, self.last_path)
 
     def save_epoch(self, record: dict[str, Any], score: float) -> None:
