@@ -103,6 +103,14 @@ class GrowingSearch:
         self.done = True
         return search.results()[0]
 
+    def best(self) -> tuple[int, ...]:
+        """The tokens (after the prefix) of the best hypothesis still searched; ``()`` before the first step
+        or once the search has finished."""
+        beam = self._beam
+        if beam is None or self.steps == 0 or self.done or beam.scores.numel() == 0:
+            return ()
+        return tuple(beam.yseq[int(beam.scores.argmax()), 1:].tolist())
+
     def _started(self) -> _JointSearch:
         """The search, started over the frames so far when its first step comes (so that a search that
         takes no step before the end is exactly the offline one)."""

@@ -219,10 +219,18 @@ class OnlineRecognizer(Recognizer):
             search, chunks, token_frames = utt.search, list(utt.frames), list(utt.token_frames)
             assert search is not None
             if not fresh and self._lags(search, len(chunks)):  # it cannot keep up: searched whole at the end
-                utt.search, utt.whole = None, True
+                utt.search, utt.whole, utt.searched = None, True, []
+                self._send_partial(s)
                 return
         with search.lock:
             search.catch_up(chunks, token_frames)
+            best = list(search.search.best())
+        with s.lock:
+            if not self.config.searched_partials:
+                return
+            if s.open is utt and not s.ended and utt.search is search and best != utt.searched:
+                utt.searched = best
+                self._send_partial(s)
 
     def _encode_ready(self, streams: list[OnlineStream]) -> None:
         """The next chunk of every stream that has one, in one ``encoder.step``; further rounds for the
@@ -312,10 +320,8 @@ class OnlineRecognizer(Recognizer):
             if label != blank and label != last:
                 tentative.append(label)
             last = label
-        shown = utt.tokens + tentative
-        if shown != utt.shown and shown and s.options.interim_results:
-            utt.shown = shown
-            s._add_result(self._partial(s, len(ahead)))
+        utt.shown, utt.ahead = utt.tokens + tentative, len(ahead)
+        self._send_partial(s)
         # a run of blanks that goes on through the look-ahead counts its frames too
         run = utt.blank_run + (len(ahead) if all(label == blank for label in ahead) else 0)
         ep = s.options.endpoint
@@ -333,11 +339,20 @@ class OnlineRecognizer(Recognizer):
         if idle and utt.num_frames * self.frame_ms >= max(ep.pre_speech_ms, self.frame_ms):
             self._cut(s, final=False, sentence_end=False)  # nothing heard: again, without the silence
 
-    def _partial(self, s: OnlineStream, ahead: int) -> StreamResult:
-        """The open utterance's partial: its tokens and tentative tokens, covering its frames and ``ahead``
-        provisional ones."""
+    def _send_partial(self, s: OnlineStream) -> None:
+        """A partial for the open utterance (``s.lock`` held) when what it would say has changed: the growing
+        search's words so far, then greedy CTC's after them (:func:`_spliced`). The search lags greedy CTC
+        by a few frames and a token, and reads them better."""
         utt = s.open
-        text = self.model.tokenizer.decode(utt.shown)
+        tokens = _spliced(self.model.tokenizer, utt.searched, utt.shown)
+        if tokens != utt.sent and tokens and s.options.interim_results:
+            utt.sent = tokens
+            s._add_result(self._partial(s, tokens))
+
+    def _partial(self, s: OnlineStream, tokens: list[int]) -> StreamResult:
+        """The open utterance's partial saying ``tokens``, covering its frames and the look-ahead's."""
+        utt, ahead = s.open, s.open.ahead
+        text = self.model.tokenizer.decode(tokens)
         common = len(_common_prefix(s._last_interim_text, text))
         return StreamResult(
             text=text,
@@ -481,6 +496,21 @@ class OnlineRecognizer(Recognizer):
         self.finals_grown += 1
         with search.lock:
             return search.finish(c.chunks, c.token_frames, c.enc.size(0))
+
+
+def _spliced(tok: Tokenizer, searched: Sequence[int], greedy: Sequence[int]) -> list[int]:
+    """A partial's tokens: the growing search's best hypothesis up to its last word start (the words it has
+    finished), then greedy CTC's tokens from the word after as many words; the whole hypothesis when
+    greedy CTC has no more words (the two may split words differently); greedy CTC's alone before the
+    search has finished a word."""
+    starts = [i for i, w in enumerate(tok.word_starts(searched)) if w]
+    if searched and searched[-1] == tok.space_id:  # its last word is finished too
+        starts.append(len(searched))
+    if len(starts) < 2:
+        return list(greedy)
+    done, words = starts[-1], len(starts) - 1
+    later = [i for i, w in enumerate(tok.word_starts(greedy)) if w][words:]
+    return list(searched[:done]) + list(greedy[later[0] :]) if later else list(searched)
 
 
 def _decoded_context(c: ClosedUtterance) -> ClosedUtterance:

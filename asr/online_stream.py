@@ -41,7 +41,12 @@ class Utterance:
     token_frames: list[int] = field(default_factory=list)  # the frame of each token (where it starts)
     last_id: int = -1  # the path's last frame label (blank or token), for collapsing repeats
     blank_run: int = 0  # blank frames since the last token frame
-    shown: list[int] = field(default_factory=list)  # tokens of the last partial sent (look-ahead's too)
+    shown: list[int] = field(default_factory=list)  # greedy CTC's tokens and the look-ahead's, last read
+    ahead: int = 0  # the look-ahead frames last read
+    # the growing search's best hypothesis so far: partials show it in place of the first len(searched)
+    # greedy tokens (it reads them with the attention decoder and the CTC prefix scores)
+    searched: list[int] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)  # the tokens of the last partial sent
     # its final's beam search, grown chunk by chunk while the utterance is heard (asr.growing_search); None
     # until the recognizer starts it
     search: UtteranceSearch | None = None

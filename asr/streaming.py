@@ -97,6 +97,10 @@ class RecognizerConfig:
     # the search is dropped. A server under load sets it, so that the growing searches (one utterance at a
     # time) never hold up the batched work; with 0 a final depends on its audio only.
     growing_lag_ms: int = 0
+    # Chunk-streaming models with growing finals: partials show the growing search's best hypothesis so far
+    # in place of the greedy CTC tokens it has read (a token or so behind them), then greedy CTC's after
+    # it; a partial may then revise its words. False: greedy CTC alone, only ever extended.
+    searched_partials: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

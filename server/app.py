@@ -271,6 +271,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "growing_finals overrides it",
         "growing_lag_ms": "a growing search that falls this many ms behind its audio (the server is "
         "loaded) is dropped, and its final searched whole with the other finals (default 500; 0: never)",
+        "searched_partials": "streams of chunked-encoder models with growing finals: partials show the "
+        "growing search's best hypothesis so far, then greedy CTC's newer tokens (default on; "
+        "--no-searched-partials: greedy CTC alone, only ever extended)",
         "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
         "never wait behind a beam search (default 1; 0: finals on the model thread)",
         "load_beam_size": "chunk-streaming models: beam of the stream finals' search while they are "

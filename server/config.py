@@ -79,6 +79,8 @@ class ServerConfig:
     growing_finals: bool = True
     # ... unless a search lags this far behind its audio (the server is loaded): that final is searched whole
     growing_lag_ms: int = 500
+    # streams of chunked-encoder models: partials show the growing search's best hypothesis so far
+    searched_partials: bool = True
     # security
     tls_cert: str = ""  # PEM server certificate chain; with tls_key enables TLS
     tls_key: str = ""

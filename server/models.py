@@ -51,6 +51,7 @@ async def start_models(
             config.max_batch_size,
             defaults,
             growing_lag_ms=config.growing_lag_ms,
+            searched_partials=config.searched_partials,
         )
         rec = make_recognizer(m, rec_config, lm=lm)
         batcher = Batcher(

@@ -22,8 +22,9 @@ from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions
 from asr.endpointing import EndpointConfig
 from asr.growing_search import UtteranceSearch
-from asr.online import CATCH_UP_CHUNKS, OnlineRecognizer, OnlineStream, make_recognizer
+from asr.online import CATCH_UP_CHUNKS, OnlineRecognizer, OnlineStream, _spliced, make_recognizer
 from asr.streaming import Recognizer, RecognizerConfig, StreamOptions, StreamResult
+from asr.tokenizer import CharTokenizer
 from asr.transcribe import decode_encoded, transcribe
 
 CHUNK = SAMPLE_RATE // 10  # 100 ms messages
@@ -93,15 +94,18 @@ def conversation(speech: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([silence(0.6), speech[3], silence(1.5), speech[2], silence(1.5)])
 
 
+GREEDY = RecognizerConfig(searched_partials=False)  # partials from greedy CTC alone
+
+
 @pytest.fixture(scope="module")
 def streamed(model: Transcriber, conversation: np.ndarray) -> tuple[OnlineRecognizer, list]:
-    rec = OnlineRecognizer(model)
+    rec = OnlineRecognizer(model, GREEDY)
     return rec, feed(rec, rec.create_stream(CONFIRMED), conversation)
 
 
 @pytest.fixture(scope="module")
 def streamed_ahead(model: Transcriber, conversation: np.ndarray) -> list[tuple[float, StreamResult]]:
-    rec = OnlineRecognizer(model)
+    rec = OnlineRecognizer(model, GREEDY)
     return feed(rec, rec.create_stream(OPTS), conversation)
 
 
@@ -117,6 +121,40 @@ def test_partials_grow_chunk_by_chunk_before_the_final(streamed: tuple[OnlineRec
             assert b.text.startswith(a.text) and len(b.text) > len(a.text) and a.end < b.end
         assert all(r.stability < 1.0 for r in partials) and mine[-1][1].stability == 1.0
         assert all(t < float("inf") for t, _ in mine)  # all before the input ended, the final too
+
+
+def test_searched_partials_show_the_growing_search_words_before_the_final(
+    model: Transcriber, conversation: np.ndarray, streamed: tuple[OnlineRecognizer, list]
+) -> None:
+    """With growing finals, partials show the words the search has read (attention and CTC prefix scores)
+    in place of greedy CTC's: before each final, the last partial agrees with the final on at least as many
+    leading words as greedy CTC's did, on more for some utterance; the finals are the same."""
+    _, greedy = streamed
+    rec = OnlineRecognizer(model)
+    searched = feed(rec, rec.create_stream(CONFIRMED), conversation)
+    finals = [r.text for _, r in greedy if r.is_final]
+    assert [r.text for _, r in searched if r.is_final] == finals
+
+    def agreed(results: list[tuple[float, StreamResult]], k: int) -> int:
+        last = [r.text for _, r in results if r.utterance == k and not r.is_final][-1].split()
+        return next(
+            (i for i, (a, b) in enumerate(zip(last, finals[k].split(), strict=False)) if a != b), len(last)
+        )
+
+    gains = [agreed(searched, k) - agreed(greedy, k) for k in range(len(finals))]
+    assert min(gains) >= 0 and max(gains) > 0, gains
+    assert len([r for _, r in searched if not r.is_final]) > len([r for _, r in greedy if not r.is_final])
+
+
+def test_spliced_partials_join_the_search_words_to_greedy_ctc_at_a_word() -> None:
+    tok = CharTokenizer.default()
+    e = tok.encode
+    assert _spliced(tok, e("THANK Y"), e("TANKO VERI MA")) == e("THANK VERI MA")
+    space = [tok.space_id]
+    assert _spliced(tok, e("THANK YOU") + space, e("TANKO VERI MA")) == e("THANK YOU MA")
+    assert _spliced(tok, e("THAN"), e("TANKO VE")) == e("TANKO VE")  # no finished word yet
+    assert _spliced(tok, e("THANK YOU VE"), e("TANKOVERI")) == e("THANK YOU VE")  # greedy has fewer words
+    assert _spliced(tok, [], e("TA")) == e("TA")
 
 
 def test_lookahead_partials_come_sooner_and_finals_are_the_same(
