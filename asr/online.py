@@ -500,9 +500,10 @@ class OnlineRecognizer(Recognizer):
 
 def _spliced(tok: Tokenizer, searched: Sequence[int], greedy: Sequence[int]) -> list[int]:
     """A partial's tokens: the growing search's best hypothesis up to its last word start (the words it has
-    finished), then greedy CTC's tokens from the word after as many words; the whole hypothesis when
-    greedy CTC has no more words (the two may split words differently); greedy CTC's alone before the
-    search has finished a word."""
+    finished), then greedy CTC's tokens from the word after as many words. When greedy CTC has no more words
+    (the two may split words differently), the whole hypothesis, then the greedy tokens after as many as it
+    has read (one search step per greedy token), so that partials keep up with the audio. Greedy CTC's
+    alone before the search has finished a word."""
     starts = [i for i, w in enumerate(tok.word_starts(searched)) if w]
     if searched and searched[-1] == tok.space_id:  # its last word is finished too
         starts.append(len(searched))
@@ -510,7 +511,9 @@ def _spliced(tok: Tokenizer, searched: Sequence[int], greedy: Sequence[int]) -> 
         return list(greedy)
     done, words = starts[-1], len(starts) - 1
     later = [i for i, w in enumerate(tok.word_starts(greedy)) if w][words:]
-    return list(searched[:done]) + list(greedy[later[0] :]) if later else list(searched)
+    if later:
+        return list(searched[:done]) + list(greedy[later[0] :])
+    return list(searched) + list(greedy[len(searched) :])  # the greedy tokens it has not read yet
 
 
 def _decoded_context(c: ClosedUtterance) -> ClosedUtterance:
