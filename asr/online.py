@@ -220,17 +220,14 @@ class OnlineRecognizer(Recognizer):
             assert search is not None
             if not fresh and self._lags(search, len(chunks)):  # it cannot keep up: searched whole at the end
                 utt.search, utt.whole, utt.searched = None, True, []
-                self._send_partial(s)
                 return
         with search.lock:
             search.catch_up(chunks, token_frames)
             best = list(search.search.best())
-        with s.lock:
-            if not self.config.searched_partials:
-                return
-            if s.open is utt and not s.ended and utt.search is search and best != utt.searched:
-                utt.searched = best
-                self._send_partial(s)
+        if self.config.searched_partials:  # shown by the next chunk's partial: no more messages than before
+            with s.lock:
+                if s.open is utt and utt.search is search:
+                    utt.searched = best
 
     def _encode_ready(self, streams: list[OnlineStream]) -> None:
         """The next chunk of every stream that has one, in one ``encoder.step``; further rounds for the
@@ -500,19 +497,20 @@ class OnlineRecognizer(Recognizer):
 
 def _spliced(tok: Tokenizer, searched: Sequence[int], greedy: Sequence[int]) -> list[int]:
     """A partial's tokens: the growing search's best hypothesis up to its last word start (the words it has
-    finished), then greedy CTC's tokens from the word after as many words. When greedy CTC has no more words
-    (the two may split words differently), the whole hypothesis, then the greedy tokens after as many as it
-    has read (one search step per greedy token), so that partials keep up with the audio. Greedy CTC's
-    alone before the search has finished a word."""
+    finished), then greedy CTC's tokens from its word start nearest to as many tokens in (the search takes
+    one step per greedy token; the two may split words differently). When greedy CTC has no later word, the
+    whole hypothesis and the greedy tokens after as many as it has read, so that partials keep up with the
+    audio. Greedy CTC's alone before the search has finished a word."""
     starts = [i for i, w in enumerate(tok.word_starts(searched)) if w]
     if searched and searched[-1] == tok.space_id:  # its last word is finished too
         starts.append(len(searched))
     if len(starts) < 2:
         return list(greedy)
-    done, words = starts[-1], len(starts) - 1
-    later = [i for i, w in enumerate(tok.word_starts(greedy)) if w][words:]
+    done = starts[-1]
+    later = [i for i, w in enumerate(tok.word_starts(greedy)) if w and i > 0]
     if later:
-        return list(searched[:done]) + list(greedy[later[0] :])
+        at = min(later, key=lambda i: (abs(i - done), -i))
+        return list(searched[:done]) + list(greedy[at:])
     return list(searched) + list(greedy[len(searched) :])  # the greedy tokens it has not read yet
 
 

@@ -153,7 +153,9 @@ def test_spliced_partials_join_the_search_words_to_greedy_ctc_at_a_word() -> Non
     space = [tok.space_id]
     assert _spliced(tok, e("THANK YOU") + space, e("TANKO VERI MA")) == e("THANK YOU MA")
     assert _spliced(tok, e("THAN"), e("TANKO VE")) == e("TANKO VE")  # no finished word yet
-    # greedy CTC has fewer words: the tokens the search has not read yet follow the whole hypothesis
+    # greedy CTC split a word the search reads as one: joined at the greedy word start nearest by count
+    assert _spliced(tok, e("ALPENTHE") + space, e("UKE THE GO")) == e("ALPENTHE GO")
+    # greedy CTC has no later word: the tokens the search has not read yet follow the whole hypothesis
     assert _spliced(tok, e("THANK YOU VE"), e("TANKOVERI")) == e("THANK YOU VE")
     assert _spliced(tok, e("THANK YOU VE"), e("TANKOVERIMATS")) == e("THANK YOU VES")
     assert _spliced(tok, [], e("TA")) == e("TA")
