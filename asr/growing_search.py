@@ -262,6 +262,10 @@ class UtteranceSearch:
             limit = token_limit(token_frames, self.taken_frames, GUARD_FRAMES, MARGIN_TOKENS)
             self.search.grow(chunk, limit)
 
+    def best(self) -> tuple[int, ...]:
+        """The best hypothesis so far (:meth:`GrowingSearch.best`)."""
+        return self.search.best()
+
     def finish(self, chunks: Sequence[Tensor], token_frames: Sequence[int], keep: int) -> list[Hypothesis]:
         """The n-best list over the utterance's first ``keep`` frames of ``chunks``: the chunks not yet given
         go in as milestones first. A search that has taken in frames past ``keep`` (an energy endpoint keeps

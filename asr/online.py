@@ -223,7 +223,7 @@ class OnlineRecognizer(Recognizer):
                 return
         with search.lock:
             search.catch_up(chunks, token_frames)
-            best = list(search.search.best())
+            best = list(search.best())
         if self.config.searched_partials:  # shown by the next chunk's partial: no more messages than before
             with s.lock:
                 if s.open is utt and utt.search is search:
