@@ -1,9 +1,11 @@
-"""Distilling Whisper tiny's encoder (asr.training.distill): packing utterances into Whisper's 30 s windows,
-pooling to the listener's frames, the loss and its masks, the head beside the model, and a training run
-that resumes exactly (the head and its optimizer state travel in last.pt)."""
+"""Distillation (asr.training.distill): Whisper tiny's encoder (packing utterances into Whisper's 30 s
+windows, pooling to the listener's frames, the loss and its masks, the head beside the model, and a
+training run that resumes exactly: the head and its optimizer state travel in last.pt), and a
+whole-utterance model's CTC posteriors taught to a chunked student (asr.training.ctc_teacher)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -13,8 +15,9 @@ import torch.nn.functional as F
 from conftest import tiny_model
 from test_train import manifest, one_thread, records, tiny_config  # noqa: F401 (fixtures)
 
-from asr.checkpoint import load_checkpoint
+from asr.checkpoint import load_checkpoint, save_checkpoint
 from asr.train import TrainConfig, train
+from asr.training.ctc_teacher import CTCTeacher, PosteriorLoss
 from asr.training.distill import (
     STATE_SAMPLES,
     WINDOW_SAMPLES,
@@ -141,3 +144,83 @@ def test_distillation_trains_and_resumes_exactly(manifest: Path, tmp_path: Path,
     assert not any(
         k.startswith(("head.", "model.")) for k in final["state_dict"]
     )  # exported without the head
+
+
+# --- distill.kind: ctc, a whole-utterance model's CTC posteriors taught to a chunked one ---
+
+
+def test_posterior_loss_is_the_kl_summed_per_utterance_over_the_frames_both_have() -> None:
+    torch.manual_seed(0)
+    ctc = torch.nn.Linear(6, 5)
+
+    def student(enc: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(ctc(enc), dim=-1)
+
+    loss = PosteriorLoss(student)
+    enc, lengths = torch.randn(2, 7, 6), torch.tensor([7, 3])
+    with torch.no_grad():
+        own = student(enc)
+        assert float(loss.loss(enc, lengths, own, lengths)) == pytest.approx(0.0, abs=1e-6)
+        target = F.log_softmax(torch.randn(2, 7, 5) * 3, dim=-1)
+        target_lengths = torch.tensor([6, 5])  # frames 6 of the first and 3.. of the second are not both had
+        kl = (target.exp() * (target - own)).sum(-1)
+        expected = (kl[0, :6].sum() + kl[1, :3].sum()) / 2
+        got = loss.loss(enc, lengths, target, target_lengths)
+        assert float(got) == pytest.approx(float(expected), rel=1e-5) and float(got) > 0
+        assert float(loss.loss(enc, lengths, target[:, :4], torch.tensor([4, 4]))) == pytest.approx(
+            float((kl[0, :4].sum() + kl[1, :3].sum()) / 2), rel=1e-5
+        )  # a shorter target: only the frames it has
+    loss.loss(enc, lengths, target, target_lengths).backward()
+    assert ctc.weight.grad is not None and ctc.weight.grad.abs().sum() > 0  # it trains the student's head
+    assert not list(loss.parameters())  # and has no weights of its own
+    with pytest.raises(ValueError, match=r"distill.kind must be one of"):
+        DistillConfig(kind="hubert")
+
+
+def test_ctc_teacher_gives_the_offline_posteriors_and_refuses_a_stranger(tmp_path: Path) -> None:
+    teacher_model = tiny_model(seed=3)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(teacher_model, path)
+    t = CTCTeacher(str(path), teacher_model, torch.device("cpu"))
+    torch.manual_seed(0)
+    audio, lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 9000])
+    log_p, n = t.targets(audio, lengths)
+    with torch.no_grad():
+        feats, feat_lengths = teacher_model.features(audio, lengths)
+        enc, enc_lengths = teacher_model.encode(feats, feat_lengths)
+        torch.testing.assert_close(log_p, teacher_model.ctc_log_probs(enc))
+        self_taught = PosteriorLoss(teacher_model.ctc_log_probs).loss(enc, enc_lengths, log_p, n)
+    assert n.tolist() == enc_lengths.tolist() and not log_p.requires_grad
+    assert float(self_taught) == pytest.approx(0.0, abs=1e-5)  # the teacher as its own student learns nothing
+    other = tiny_model(seed=3)
+    other.config = dataclasses.replace(
+        other.config, features=dataclasses.replace(other.config.features, hop_length=320)
+    )
+    with pytest.raises(ValueError, match=r"cannot teach this model's CTC head: it has different features"):
+        CTCTeacher(str(path), other, torch.device("cpu"))
+    with pytest.raises(FileNotFoundError, match=r"not found"):
+        CTCTeacher(str(tmp_path / "missing"), teacher_model, torch.device("cpu"))
+
+
+def test_ctc_distillation_trains_a_chunked_student_from_its_offline_self(
+    manifest: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    common = {"data__max_batch_seconds": 4.5, "data__valid": [], "average": 0}
+    offline = tmp_path / "offline"
+    train(TrainConfig.from_dict(tiny_config(manifest, offline, epochs=1, **common)))
+    teacher = str(offline / "final.pt")
+    student = tmp_path / "student"
+    raw = tiny_config(manifest, student, epochs=2, init_from=teacher, **common)
+    raw["model"] = {"encoder": {"chunk_frames": 2, "lookahead_frames": 1}}
+    raw["distill"] = {"kind": "ctc", "teacher": teacher, "weight": 0.5}
+    train(TrainConfig.from_dict(raw))
+    steps = records(student, "train")
+    assert steps and all(r["distill"] > 0 for r in steps)  # the chunked encoder differs from its teacher
+    assert all(
+        r["loss"] == pytest.approx(0.3 * r["ctc"] + 0.7 * r["att"] + 0.5 * r["distill"], rel=1e-4)
+        for r in steps
+    )
+    final = load_checkpoint(student / "final.pt")
+    assert final["config"]["encoder"]["chunk_frames"] == 2
+    assert not any(k.startswith(("head.", "model.")) for k in final["state_dict"])

