@@ -117,3 +117,29 @@ def test_table_cells_and_ratios() -> None:
         "0.52",
     ]
     assert ratio(400.0, 800.0) == 0.5 and ratio(1.0, 0.0) is None and ratio(None, 1.0) is None
+
+
+def test_audio_latency_stamps_results_with_the_audio_fed_and_counts_words(speech: list[np.ndarray]) -> None:
+    """bench/audio_latency.py on the bundled streaming model: results come in audio order, none before the
+    audio that let it out, a final after the end of speech; the words it got are counted where first seen."""
+    from asr.checkpoint import load_model
+    from asr.online import OnlineRecognizer, RecognizerConfig
+    from asr.stream_state import StreamOptions
+    from bench.audio_latency import measure, percentiles, run_clip
+
+    wave = speech[3]  # "THANK YOU VERY MUCH"
+    end = len(wave) / SAMPLE_RATE
+    words = tuple((w, end * (k + 1) / 4) for k, w in enumerate(["THANK", "YOU", "VERY", "MUCH"]))
+    clip = compose([Piece(wave, words, end)], 0.0)
+    rec = OnlineRecognizer(load_model("streaming", device="cpu"), RecognizerConfig())
+    results = run_clip(rec, clip, StreamOptions())
+    times = [t for t, _ in results]
+    assert times == sorted(times) and times[-1] <= len(clip.audio) / SAMPLE_RATE
+    assert all(r.end <= t + 1e-6 for t, r in results)  # nothing covers audio not yet fed
+    finals = [t for t, r in results if r.is_final]
+    assert finals and finals[-1] > clip.speech_end
+    out = measure("streaming", [clip], blank_ms=160)
+    assert out["final"]["count"] == 1 and out["final"]["p50_ms"] is not None
+    assert out["word"]["count"] == out["word_in_partial"]["count"] + out["word_in_final"]["count"] >= 1
+    assert percentiles([0.1, 0.2, 0.3, 0.4]) == {"p50_ms": 300, "p95_ms": 400, "count": 4}
+    assert percentiles([]) == {"p50_ms": None, "p95_ms": None, "count": 0}
