@@ -8,7 +8,7 @@ the entry point of the recognition API: it gives a :class:`~asr.transcribe.Trans
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,6 +112,28 @@ def load_model(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval()
+
+
+def with_chunk_ms(model: _Model, chunk_ms: int) -> _Model:
+    """A chunk-streaming ``model`` run with chunks of ``chunk_ms`` (its look-ahead unchanged), same weights
+    and device: the chunk shapes no weight, so a deployment may trade CPU and accuracy for latency without
+    a new checkpoint (docs/BENCHMARKS.md, "chunk size"). ``chunk_ms`` must be a whole number of encoder
+    frames; the model's own chunk gives ``model`` back."""
+    enc, shift_ms = model.config.encoder, round(model.config.encoder_frame_shift * 1000)
+    if not enc.streaming:
+        raise ValueError(
+            "chunk_ms applies to chunk-streaming models only; this model's encoder is not chunked"
+        )
+    if chunk_ms < shift_ms or chunk_ms % shift_ms:
+        raise ValueError(
+            f"chunk_ms must be a positive multiple of the encoder's {shift_ms} ms frames, got {chunk_ms}"
+        )
+    if chunk_ms // shift_ms == enc.chunk_frames:
+        return model
+    config = replace(model.config, encoder=replace(enc, chunk_frames=chunk_ms // shift_ms))
+    out = type(model)(config, model.tokenizer)
+    out.load_state_dict(model.state_dict())
+    return out.to(model.device).train(model.training)
 
 
 @dataclass(frozen=True)

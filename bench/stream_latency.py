@@ -5,6 +5,7 @@
     python bench/stream_latency.py --models default --measures latency --utterances 3 --streams 1
     python bench/stream_latency.py --models default,streaming,streaming@480 --measures latency  # blank 480
     python bench/stream_latency.py --models streaming@160/whole,streaming@160 --measures latency
+    python bench/stream_latency.py --models streaming@160,streaming@160/chunk80 --measures latency
 
 For each of ``--models`` (names under models/ or checkpoint paths) the bench starts ``asr serve --model NAME``
 on loopback with ``--server-threads`` torch threads per model thread (default: the server's own choice), one
@@ -455,16 +456,21 @@ def measure_load(target: str, pid: int, clips: Sequence[Clip], config: Any) -> d
 def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any) -> dict[str, Any]:
     """Start a server for ``name``, run the chosen measures on it, stop it. ``NAME@MS``: the server's
     default blank endpoint (``--blank-ms``) set to MS, e.g. ``streaming@480``; a ``/whole`` suffix
-    searches finals whole at their endpoint (``--no-growing-finals``), e.g. ``streaming@160/whole``."""
+    searches finals whole at their endpoint (``--no-growing-finals``), e.g. ``streaming@160/whole``; a
+    ``/chunkMS`` suffix runs the model with MS-millisecond chunks (``--chunk-ms``), e.g.
+    ``streaming@160/chunk80``."""
     from asr.checkpoint import resolve_model_path
 
-    spec, _, variant = name.partition("/")
+    spec, *variants = name.split("/")
     model, _, blank = spec.partition("@")
-    if variant not in ("", "whole"):
-        raise SystemExit(f"{name}: unknown variant {variant!r} (known: whole)")
     env = {"ASR_BLANK_MS": blank} if blank else {}
-    if variant == "whole":
-        env["ASR_GROWING_FINALS"] = "false"
+    for variant in variants:
+        if variant == "whole":
+            env["ASR_GROWING_FINALS"] = "false"
+        elif variant.startswith("chunk") and variant[5:].isdigit():
+            env["ASR_CHUNK_MS"] = variant[5:]
+        else:
+            raise SystemExit(f"{name}: unknown variant {variant!r} (known: whole, chunkMS)")
     try:
         resolve_model_path(model)
         proc, target = start_server(model, args.server_threads, env)

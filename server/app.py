@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from asr import precision
-from asr.checkpoint import load_model, resolve_model_path, summarize
+from asr.checkpoint import load_model, resolve_model_path, summarize, with_chunk_ms
 from asr.model import ASRModel
 from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.auth import BearerTokenInterceptor
@@ -139,6 +139,11 @@ def _models_to_serve(
             models = {name: model.eval()}
     if not models:
         raise ValueError("create_server needs at least one model")
+    if config.chunk_ms:
+        models = {
+            k: with_chunk_ms(m, config.chunk_ms) if m.config.encoder.streaming else m
+            for k, m in models.items()
+        }
     return models
 
 
@@ -274,6 +279,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "searched_partials": "streams of chunked-encoder models with growing finals: partials show the "
         "growing search's best hypothesis so far, then greedy CTC's newer tokens (default on; "
         "--no-searched-partials: greedy CTC alone, only ever extended)",
+        "chunk_ms": "chunk-streaming models: encode chunks of this many ms (a multiple of 40) instead of "
+        "their checkpoint's: 80 against the bundled model's 160 gives finals and partials about 40 ms "
+        "sooner for about 1 WER point and more chunk steps (default 0: each model's own)",
         "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
         "never wait behind a beam search (default 1; 0: finals on the model thread)",
         "load_beam_size": "chunk-streaming models: beam of the stream finals' search while they are "

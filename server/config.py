@@ -81,6 +81,8 @@ class ServerConfig:
     growing_lag_ms: int = 500
     # streams of chunked-encoder models: partials show the growing search's best hypothesis so far
     searched_partials: bool = True
+    # chunked-encoder models: run with chunks of this many ms instead of their checkpoint's; 0 = their own
+    chunk_ms: int = 0
     # security
     tls_cert: str = ""  # PEM server certificate chain; with tls_key enables TLS
     tls_key: str = ""
@@ -118,6 +120,8 @@ class ServerConfig:
             raise ValueError(f"final_tail_ms must be at least 20 (one VAD frame), got {self.final_tail_ms}")
         if self.growing_lag_ms < 0:
             raise ValueError(f"growing_lag_ms must be >= 0 (0: never), got {self.growing_lag_ms}")
+        if self.chunk_ms < 0:
+            raise ValueError(f"chunk_ms must be >= 0 (0: each model's own), got {self.chunk_ms}")
         if not 0 <= self.blank_ms <= 10_000:
             raise ValueError(f"blank_ms must be in [0, 10000] (0 disables), got {self.blank_ms}")
         if len(self.model_names) != len(self.models) and self.model_name:

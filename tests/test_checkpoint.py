@@ -157,3 +157,35 @@ def test_files_get_the_usual_permissions(tmp_path: Path, umask_022: None) -> Non
     for name in ("m.pt", "a.txt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "m.pt"]  # no temporary file left
+
+
+def test_with_chunk_ms_reruns_a_streaming_model_with_another_chunk() -> None:
+    """The chunk shapes no weight: the same weights encode 80 ms chunks (their look-ahead unchanged), the
+    encoding of a frame then depending only on its window, so it differs from the 160 ms encoding; a
+    non-streaming model, a size that is not whole frames, and the model's own size are handled."""
+    from asr.checkpoint import with_chunk_ms
+
+    offline = tiny_model()
+    with pytest.raises(ValueError, match=r"chunk-streaming models only"):
+        with_chunk_ms(offline, 80)
+    enc = offline.config.encoder
+    config = ModelConfig(
+        offline.config.features,
+        EncoderConfig(**{**enc.__dict__, "chunk_frames": 4, "lookahead_frames": 2}),
+        offline.config.decoder,
+    )
+    model = Transcriber(config, offline.tokenizer)
+    model.load_state_dict(offline.state_dict())
+    model.eval()
+    shift = round(config.encoder_frame_shift * 1000)
+    assert with_chunk_ms(model, 4 * shift) is model
+    small = with_chunk_ms(model, 2 * shift)
+    assert (small.config.encoder.chunk_frames, small.config.encoder.lookahead_frames) == (2, 2)
+    assert not small.training and small.device == model.device
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(small.state_dict()[k], v)
+    waves = torch.randn(1, 16000) * 0.1
+    assert not torch.allclose(outputs(small, waves), outputs(model, waves))
+    for bad in (0, shift + 1, 3 * shift // 2):
+        with pytest.raises(ValueError, match=r"multiple of the encoder's"):
+            with_chunk_ms(model, bad)
