@@ -1,7 +1,7 @@
 """Algorithmic latency of a chunk-streaming model, in audio time (issue 30): no server, no clock.
 
     python bench/audio_latency.py --models streaming               # 48 recordings, blank endpoint 160 ms
-    python bench/audio_latency.py --models streaming,exp/run/final.pt --utterances 96 --blank-ms 0
+    python bench/audio_latency.py --models streaming,streaming/chunk80,exp/run/final.pt --blank-ms 0
 
 The same recordings, reference word ends and end of speech as ``bench/stream_latency.py`` (cathy and
 commonvoice-sample, trimmed, 0.5 s of silence before and 1.5 s after; words force-aligned by the offline
@@ -53,15 +53,18 @@ def run_clip(rec: Any, clip: Clip, options: Any) -> list[tuple[float, Any]]:
 
 
 def measure(model_name: str, clips: Sequence[Clip], blank_ms: int) -> dict[str, Any]:
-    from asr.checkpoint import load_model
+    from asr.checkpoint import load_model, with_chunk_ms
     from asr.decoding import DecodingOptions
     from asr.endpointing import EndpointConfig
     from asr.online import OnlineRecognizer, RecognizerConfig
     from asr.stream_state import StreamOptions
 
-    model = load_model(model_name, device="cpu")
+    name, _, chunk = model_name.partition("/chunk")  # NAME/chunkMS: run with MS-millisecond chunks
+    model = load_model(name, device="cpu")
     if not model.config.encoder.streaming:
-        raise SystemExit(f"{model_name}: not a chunk-streaming model (encoder.chunk_frames is 0)")
+        raise SystemExit(f"{name}: not a chunk-streaming model (encoder.chunk_frames is 0)")
+    if chunk:
+        model = with_chunk_ms(model, int(chunk))
     rec = OnlineRecognizer(model, RecognizerConfig())
     options = StreamOptions(decoding=DecodingOptions(beam_size=8), endpoint=EndpointConfig(blank_ms=blank_ms))
     finals: list[float] = []
@@ -102,7 +105,11 @@ def percentiles(xs: Sequence[float]) -> dict[str, int | None]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="streaming", help="comma-separated names or checkpoint paths")
+    p.add_argument(
+        "--models",
+        default="streaming,streaming/chunk80",
+        help="comma-separated names or checkpoint paths; NAME/chunkMS runs NAME with MS-millisecond chunks",
+    )
     p.add_argument("--utterances", type=int, default=48)
     p.add_argument("--blank-ms", type=int, default=160, help="the blank endpoint (0: energy rule only)")
     p.add_argument("--data", type=Path, nargs="+", default=list(DEFAULT_DATA))
