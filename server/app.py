@@ -259,53 +259,57 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+# help of each `asr serve` flag (ServerConfig field); a field without one shows its default
+SERVE_HELP = {
+    "host": "address to bind (default [::], all interfaces)",
+    "port": "gRPC port (default 50051; 0 picks a free one)",
+    "metrics_port": "Prometheus /metrics HTTP port (default 9090; -1 disables)",
+    "model": "model name under models/ or checkpoint path; several comma-separated, the first the "
+    "default, e.g. default,streaming (default: default)",
+    "model_name": "name(s) to serve the model(s) under, comma-separated (default: the files' stems)",
+    "blank_ms": "streams of chunked-encoder models: ms of CTC blanks after speech that end an utterance "
+    "(default 0: the energy rule only; e.g. 240)",
+    "growing_finals": "streams of chunked-encoder models: search each final while its utterance is "
+    "heard, on the finals thread when it is idle, so that only its last tokens are left at the endpoint "
+    "(default on; --no-growing-finals searches finals whole at their endpoint, batched); a request's "
+    "growing_finals overrides it",
+    "growing_lag_ms": "a growing search that falls this many ms behind its audio (the server is "
+    "loaded) is dropped, and its final searched whole with the other finals (default 500; 0: never)",
+    "searched_partials": "streams of chunked-encoder models with growing finals: partials show the "
+    "growing search's best hypothesis so far, then greedy CTC's newer tokens (default on; "
+    "--no-searched-partials: greedy CTC alone, only ever extended)",
+    "chunk_ms": "chunk-streaming models: encode chunks of this many ms (a multiple of 40) instead of "
+    "their checkpoint's: 80 against the bundled model's 160 gives finals and partials 50-70 ms sooner "
+    "for about 0.6 WER points and 1.6x the CPU (default 0: each model's own)",
+    "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
+    "never wait behind a beam search (default 1; 0: finals on the model thread)",
+    "load_beam_size": "chunk-streaming models: beam of the stream finals' search while they are "
+    "behind (4 or more streams' finals at once, or more waiting): a little accuracy for keeping up with "
+    "many streams (default 4; 0: off)",
+    "device": "cpu, cuda, cuda:1 (default: cuda when available)",
+    "cpu_threads": "torch threads of each model thread on CPU (default 0: the cores shared among the "
+    "model thread and the finals threads)",
+    "precision": "number format of the LSTMs' products: auto (the encoder's in bfloat16 on CPUs with "
+    "AMX, the decoder's steps on int8 weights on CPUs), float32, bfloat16 or int8 (default auto)",
+    "lm": "language model from 'asr lm train', fused into beam search (default: none)",
+    "lm_weight": "default weight of --lm in beam search; requests may set their own (default 0.3)",
+    "max_phrases": "phrase hints a request may carry (default 1000)",
+    "phrase_boost": "default score per token of a completed phrase hint "
+    f"(default {ServerConfig.phrase_boost:g})",
+    "tta_speeds": "default test-time augmentation of beam finals: also decode at these speeds, "
+    "e.g. 0.9,1.1 (about 5x the decoding time of finals; default: none)",
+    "token": "require 'authorization: Bearer TOKEN' (comma-separate several; prefer ASR_TOKEN)",
+    "tls_cert": "PEM certificate chain (enables TLS with --tls-key)",
+    "tls_key": "PEM private key",
+    "tls_client_ca": "PEM CA bundle: require client certificates it signed (mutual TLS)",
+    "idle_timeout_s": "seconds without a message before a stream ends with DEADLINE_EXCEEDED",
+    "grace_s": "seconds in-flight calls get to finish on SIGTERM",
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     f = {fl.name: fl for fl in dataclasses.fields(ServerConfig)}
-    helps = {
-        "host": "address to bind (default [::], all interfaces)",
-        "port": "gRPC port (default 50051; 0 picks a free one)",
-        "metrics_port": "Prometheus /metrics HTTP port (default 9090; -1 disables)",
-        "model": "model name under models/ or checkpoint path; several comma-separated, the first the "
-        "default, e.g. default,streaming (default: default)",
-        "model_name": "name(s) to serve the model(s) under, comma-separated (default: the files' stems)",
-        "blank_ms": "streams of chunked-encoder models: ms of CTC blanks after speech that end an utterance "
-        "(default 0: the energy rule only; e.g. 240)",
-        "growing_finals": "streams of chunked-encoder models: search each final while its utterance is "
-        "heard, on the finals thread when it is idle, so that only its last tokens are left at the endpoint "
-        "(default on; --no-growing-finals searches finals whole at their endpoint, batched); a request's "
-        "growing_finals overrides it",
-        "growing_lag_ms": "a growing search that falls this many ms behind its audio (the server is "
-        "loaded) is dropped, and its final searched whole with the other finals (default 500; 0: never)",
-        "searched_partials": "streams of chunked-encoder models with growing finals: partials show the "
-        "growing search's best hypothesis so far, then greedy CTC's newer tokens (default on; "
-        "--no-searched-partials: greedy CTC alone, only ever extended)",
-        "chunk_ms": "chunk-streaming models: encode chunks of this many ms (a multiple of 40) instead of "
-        "their checkpoint's: 80 against the bundled model's 160 gives finals and partials 50-70 ms sooner "
-        "for about 0.6 WER points and 1.6x the CPU (default 0: each model's own)",
-        "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
-        "never wait behind a beam search (default 1; 0: finals on the model thread)",
-        "load_beam_size": "chunk-streaming models: beam of the stream finals' search while they are "
-        "behind (4 or more streams' finals at once, or more waiting): a little accuracy for keeping up with "
-        "many streams (default 4; 0: off)",
-        "device": "cpu, cuda, cuda:1 (default: cuda when available)",
-        "cpu_threads": "torch threads of each model thread on CPU (default 0: the cores shared among the "
-        "model thread and the finals threads)",
-        "precision": "number format of the LSTMs' products: auto (the encoder's in bfloat16 on CPUs with "
-        "AMX, the decoder's steps on int8 weights on CPUs), float32, bfloat16 or int8 (default auto)",
-        "lm": "language model from 'asr lm train', fused into beam search (default: none)",
-        "lm_weight": "default weight of --lm in beam search; requests may set their own (default 0.3)",
-        "max_phrases": "phrase hints a request may carry (default 1000)",
-        "phrase_boost": "default score per token of a completed phrase hint "
-        f"(default {ServerConfig.phrase_boost:g})",
-        "tta_speeds": "default test-time augmentation of beam finals: also decode at these speeds, "
-        "e.g. 0.9,1.1 (about 5x the decoding time of finals; default: none)",
-        "token": "require 'authorization: Bearer TOKEN' (comma-separate several; prefer ASR_TOKEN)",
-        "tls_cert": "PEM certificate chain (enables TLS with --tls-key)",
-        "tls_key": "PEM private key",
-        "tls_client_ca": "PEM CA bundle: require client certificates it signed (mutual TLS)",
-        "idle_timeout_s": "seconds without a message before a stream ends with DEADLINE_EXCEEDED",
-        "grace_s": "seconds in-flight calls get to finish on SIGTERM",
-    }
+    helps = SERVE_HELP
     for name, fl in f.items():
         flag = "--" + name.replace("_", "-")
         if fl.type in ("bool", bool):
