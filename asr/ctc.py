@@ -16,6 +16,10 @@ weights lattice paths in the same way, there to cut latency.
 
 :func:`silence_penalty` gives the usual penalty: the frames before and after the voiced part of each
 utterance (:func:`asr.alignment.voiced_span`), so tokens are pushed off the leading and trailing silence.
+:func:`delay_penalty` gives the other: a penalty that grows with the frame index, so that among the alignments
+of the same tokens the earlier ones weigh more and the model learns to fire its tokens sooner (a streaming
+model's partials and endpoints wait for them; issue 30). It is icefall's delay penalty (Kang et al. 2022,
+"Delay-penalized transducer for low-latency streaming ASR") on the CTC lattice.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def penalized_ctc_loss(
     token_penalty: Tensor | None,
     blank: int,
 ) -> Tensor:
-    """Summed CTC loss of ``(T, B, V)`` log-probs, each path penalised by ``token_penalty (B, T)`` (>= 0, in
+    """Summed CTC loss of ``(T, B, V)`` log-probs, each path penalised by ``token_penalty (B, T)`` (in
     nats) on the frames where it emits a non-blank token; ``None`` or all zeros is ``F.ctc_loss``.
     Utterances without any valid alignment add 0 (``zero_infinity``)."""
     if token_penalty is None:
@@ -95,6 +99,16 @@ def penalized_ctc_loss(
     penalised = log_probs - token_penalty.t().to(log_probs)[..., None] * nonblank
     losses = _WeightedCTC.apply(penalised, targets, input_lengths, target_lengths, blank)
     return losses.sum()
+
+
+def delay_penalty(lengths: Tensor, num_frames: int, per_frame: float) -> Tensor:
+    """``(B, num_frames)`` penalties ``per_frame * t`` on the frames ``t < T_b`` of each utterance
+    (``lengths``, in encoder frames), 0 on padding: a token fired one frame sooner saves ``per_frame`` nats.
+    Not centred on the utterance (as icefall's transducer penalty is): a CTC path may hold a token over
+    several frames, and a bonus on the early frames would pay it to spread the first tokens over the leading
+    silence; from 0 up, every extra frame a token holds costs, so the spikes stay one frame wide."""
+    t = torch.arange(num_frames, dtype=torch.float32, device=lengths.device)[None, :]
+    return torch.where(t < lengths.to(t.device)[:, None], per_frame * t, 0.0)
 
 
 def silence_penalty(

@@ -23,6 +23,7 @@ from conftest import tiny_model
 
 import asr.train as train_module
 from asr.checkpoint import load_checkpoint, load_model, save_checkpoint
+from asr.ctc import delay_penalty
 from asr.data.importers import import_corpus
 from asr.data.manifest import write_manifest
 from asr.model import ASRModel, ModelConfig
@@ -211,6 +212,7 @@ def test_resume_refuses_another_world_size(manifest: Path, tmp_path: Path) -> No
         ({"optim__lr": "fast"}, "'optim.lr' must be a number"),
         ({"best_by": "cer", "model__ctc_weight": 0.0}, "needs the CTC head"),
         ({"ctc_silence_penalty": -1.0}, "ctc_silence_penalty must be >= 0"),
+        ({"ctc_delay_penalty": -0.1}, "ctc_delay_penalty must be >= 0"),
         ({"data__vtlp": {"max_warp": 0.7}}, r"vtlp.max_warp must be in \[0, 0.5\)"),
         ({"data__vtlp": {"warp": 0.1}}, "warp"),
     ],
@@ -385,6 +387,33 @@ def test_ctc_silence_penalty_weights_the_training_loss(
     assert any(bool((p == 8.0).any()) for p in seen)  # espeak-ng leaves some silence before and after
     valid = records(out, "valid")
     assert valid[-1]["valid_loss"] < 0.7 * valid[0]["valid_loss"]
+
+
+def test_ctc_delay_penalty_adds_to_the_silence_penalty(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both penalties reach the model's loss, summed, per utterance at the encoder's frame rate."""
+    seen: list[torch.Tensor] = []
+    real = ASRModel.forward
+
+    def spy(self: Any, feats: torch.Tensor, feat_lengths: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        if len(args) < 3 or args[2] is None:  # validation: no penalties
+            return real(self, feats, feat_lengths, *args, **kw)
+        seen.append(args[2].cpu())
+        frames = self.config.encoder.output_lengths(feat_lengths).cpu()
+        assert args[2].shape == (feats.size(0), int(frames.max()))
+        delay = delay_penalty(frames, args[2].size(1), 0.25)
+        rest = args[2].cpu() - delay
+        assert set(rest.unique().tolist()) <= {0.0, 8.0}  # what is left is the silence penalty
+        return real(self, feats, feat_lengths, *args, **kw)
+
+    monkeypatch.setattr(ASRModel, "forward", spy)
+    cfg = tiny_config(
+        manifest, tmp_path / "d", epochs=2, average=0, ctc_silence_penalty=8.0, ctc_delay_penalty=0.25
+    )
+    train(TrainConfig.from_dict(cfg))
+    assert len(seen) == 2
+    assert all(bool((p % 8.0 > 0).any()) for p in seen)  # the delay penalty is there
 
 
 def test_average_files_averages_given_checkpoints_and_refuses_other_models(

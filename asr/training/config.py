@@ -104,6 +104,9 @@ class TrainConfig:
     # nats per encoder frame against CTC paths that emit tokens in the silence before and after each
     # utterance's voiced part (asr.ctc.silence_penalty): ties the first and last words to their sound
     ctc_silence_penalty: float = 0.0
+    # nats per encoder frame of delay: CTC paths that fire their tokens later weigh less
+    # (asr.ctc.delay_penalty), so a streaming model's tokens, partials and blank endpoints come sooner
+    ctc_delay_penalty: float = 0.0
     # the model's top-level parts whose weights train (e.g. [decoder]: the encoder and CTC head, and so
     # greedy CTC and the partials, stay exactly as they are); empty: all of them
     trainable: tuple[str, ...] = ()
@@ -125,6 +128,10 @@ class TrainConfig:
         if self.ctc_silence_penalty < 0:
             raise ValueError(
                 f"ctc_silence_penalty must be >= 0 (nats per frame), got {self.ctc_silence_penalty}"
+            )
+        if self.ctc_delay_penalty < 0:
+            raise ValueError(
+                f"ctc_delay_penalty must be >= 0 (nats per frame of delay), got {self.ctc_delay_penalty}"
             )
         model = ModelConfig.from_dict(self.model)  # fail early on a bad model section
         if self.best_by == "cer" and model.ctc_weight == 0.0 and not self.init_from:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from asr.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from asr.ctc import silence_penalty
+from asr.ctc import delay_penalty, silence_penalty
 from asr.data.augment import spec_augment, vtlp
 from asr.data.dataset import Batch
 from asr.data.manifest import Utterance
@@ -338,7 +338,7 @@ class Trainer:
         host = batch  # the silence penalty reads the waveforms here, not back from the GPU
         batch = batch.to(self.device)
         feats, feat_lengths = self._features(batch)
-        penalty = self._silence_penalty(host, feats.size(1))
+        penalty = self._token_penalty(host, feats.size(1), feat_lengths)
         extra = {}
         if self.teacher is not None:  # the teacher's view of the same augmented audio (TrainConfig.distill)
             with autocast(self.device, self.bf16):
@@ -375,19 +375,26 @@ class Trainer:
         feats = spec_augment(feats, lengths, self.config.data.specaugment, gen)
         return feats, lengths
 
-    def _silence_penalty(self, host: Batch, num_feats: int) -> torch.Tensor | None:
-        if self.config.ctc_silence_penalty <= 0:
+    def _token_penalty(self, host: Batch, num_feats: int, feat_lengths: torch.Tensor) -> torch.Tensor | None:
+        """The CTC paths' penalties (asr.ctc): on tokens in the silence around the speech, and on delay."""
+        cfg, mc = self.config, self.model.config
+        if cfg.ctc_silence_penalty <= 0 and cfg.ctc_delay_penalty <= 0:
             return None
-        mc = self.model.config
         frames = int(mc.encoder.output_lengths(torch.tensor([num_feats])))
-        return silence_penalty(
-            host.audio,
-            host.audio_lengths,
-            frames,
-            mc.encoder_frame_shift,
-            self.config.ctc_silence_penalty,
-            mc.features.sample_rate,
-        )
+        penalty = torch.zeros(host.audio.size(0), frames, device=feat_lengths.device)
+        if cfg.ctc_silence_penalty > 0:
+            penalty += silence_penalty(
+                host.audio,
+                host.audio_lengths,
+                frames,
+                mc.encoder_frame_shift,
+                cfg.ctc_silence_penalty,
+                mc.features.sample_rate,
+            ).to(penalty.device)
+        if cfg.ctc_delay_penalty > 0:
+            lengths = mc.encoder.output_lengths(feat_lengths)
+            penalty += delay_penalty(lengths, frames, cfg.ctc_delay_penalty)
+        return penalty
 
     def _audio_seconds(self, batch: Batch) -> float:
         return float(batch.audio_lengths.sum()) / self.model.config.features.sample_rate
