@@ -149,6 +149,29 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
         out_lengths = self.config.output_lengths(lengths)
         if bool((out_lengths <= 0).any()):
             return super().forward(x, lengths)  # raises the offline encoder's error
+        out = self._all_windows(x, lengths, ahead=False)
+        return self._chunks(out, out_lengths), out_lengths
+
+    def forward_provisional(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward`, and each frame as a stream's partials read it before it is encoded for good:
+        ``(enc, provisional, lengths)``. A frame of chunk ``k >= 1`` that the look-ahead of window ``k - 1``
+        covers comes from there (what :meth:`step_ahead` returns, with less future than its final
+        encoding); the others, the first chunk's among them, are their final encoding. A loss on
+        ``provisional`` teaches the encoder to read the look-ahead well, so that words show in partials a
+        look-ahead sooner."""
+        out_lengths = self.config.output_lengths(lengths)
+        if bool((out_lengths <= 0).any()):
+            super().forward(x, lengths)  # raises the offline encoder's error
+        out = self._all_windows(x, lengths, ahead=True)
+        chunk = self.config.chunk_frames
+        m = min(chunk, self.config.lookahead_frames)
+        read_ahead = torch.cat([out[:, :-1, chunk : chunk + m], out[:, 1:, m:chunk]], 2)  # chunks 1..K-1
+        early = torch.cat([out[:, :1, :chunk], read_ahead], 1)
+        return self._chunks(out, out_lengths), self._chunks(early, out_lengths), out_lengths
+
+    def _all_windows(self, x: Tensor, lengths: Tensor, ahead: bool) -> Tensor:
+        """Every window of the whole batch, ``(B, K, chunk + look-ahead, D)`` with ``ahead``, else without
+        the last layer's look-ahead ``(B, K, chunk, D)``."""
         if self.front is not None:
             x, lengths = self.front(x, lengths)
         c0 = self.config.chunk_frames * self.scale
@@ -158,11 +181,13 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
         windows = x.unfold(1, w0, c0).transpose(2, 3)  # (B, K, W, D)
         starts = torch.arange(k, device=lengths.device) * c0
         valid = (lengths[:, None] - starts[None, :]).clamp(0, w0)
-        out, _ = self._windows(windows, valid, None)
-        b = out.size(0)
+        return self._windows(windows, valid, None, ahead=ahead)[0]
+
+    def _chunks(self, out: Tensor, out_lengths: Tensor) -> Tensor:
+        """The chunks' frames of ``out (B, K, >= chunk, D)`` end to end, ``(B, max(out_lengths), D)``."""
         chunk = self.config.chunk_frames
-        enc = out[:, :, :chunk].reshape(b, k * chunk, -1)[:, : int(out_lengths.max())]
-        return enc, out_lengths
+        b, k = out.shape[:2]
+        return out[:, :, :chunk].reshape(b, k * chunk, -1)[:, : int(out_lengths.max())]
 
     def _windows(
         self,

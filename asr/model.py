@@ -124,6 +124,7 @@ class ASRModel(nn.Module):
         token_penalty: Tensor | None = None,
         memory_limits: MemoryLimiter | None = None,
         encoder_loss: EncoderLoss | None = None,
+        provisional_ctc: float = 0.0,
     ) -> tuple[Tensor, dict[str, float]]:
         """Joint loss for a batch. ``targets (B, U)`` are padded with -1; returns ``(loss, stats)``.
 
@@ -131,24 +132,31 @@ class ASRModel(nn.Module):
         (:mod:`asr.ctc`; e.g. :func:`asr.ctc.silence_penalty`); it leaves the attention loss alone.
         ``memory_limits``: from the CTC posteriors, the frames each decoder step may attend to
         (:class:`asr.training.triggered.MemoryLimits`); it leaves the CTC loss alone. ``encoder_loss``: a
-        further term on the encoder states (:class:`asr.training.distill.Distilling`), added as it is."""
-        enc, enc_lengths = self.encode(feats, feat_lengths)
+        further term on the encoder states (:class:`asr.training.distill.Distilling`), added as it is.
+        ``provisional_ctc``: the weight of a CTC loss on the frames as a stream's partials first read them
+        (a chunk-streaming encoder's look-ahead, :meth:`asr.lc_blstm.LCBLSTMEncoder.forward_provisional`)."""
+        early = None
+        if provisional_ctc > 0:
+            if not isinstance(self.encoder, LCBLSTMEncoder):
+                raise ValueError("provisional_ctc needs a chunk-streaming encoder (encoder.chunk_frames > 0)")
+            enc, early, enc_lengths = self.encoder.forward_provisional(self.cmvn(feats), feat_lengths)
+        else:
+            enc, enc_lengths = self.encode(feats, feat_lengths)
         lam = self.config.ctc_weight
         stats: dict[str, float] = {}
         loss = enc.new_zeros(())
         lp = self.ctc_log_probs(enc) if lam > 0 or memory_limits is not None else None
         if lam > 0:
             assert lp is not None
-            ctc = penalized_ctc_loss(
-                lp.transpose(0, 1),  # (T', B, V)
-                targets.clamp_min(0),
-                enc_lengths,
-                target_lengths,
-                token_penalty,
-                self.tokenizer.blank_id,
-            ) / targets.size(0)
+            ctc = self._ctc_loss(lp, enc_lengths, targets, target_lengths, token_penalty)
             loss = loss + lam * ctc
             stats["ctc"] = float(ctc.detach())
+        if early is not None:
+            ctc = self._ctc_loss(
+                self.ctc_log_probs(early), enc_lengths, targets, target_lengths, token_penalty
+            )
+            loss = loss + provisional_ctc * ctc
+            stats["ctc_ahead"] = float(ctc.detach())
         if lam < 1:
             ys_in, ys_out = self._decoder_io(targets, target_lengths)
             limits = None
@@ -166,6 +174,20 @@ class ASRModel(nn.Module):
             stats.update(extra_stats)
         stats["loss"] = float(loss.detach())
         return loss, stats
+
+    def _ctc_loss(
+        self, lp: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor, penalty: Tensor | None
+    ) -> Tensor:
+        """The (penalised) CTC loss of ``lp (B, T', V)``: summed over frames, mean per utterance."""
+        loss = penalized_ctc_loss(
+            lp.transpose(0, 1),  # (T', B, V)
+            targets.clamp_min(0),
+            lengths,
+            target_lengths,
+            penalty,
+            self.tokenizer.blank_id,
+        )
+        return loss / targets.size(0)
 
     def _decoder_io(self, targets: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``<sos> y`` as input and ``y <eos>`` as output, both ``(B, U + 1)``; output padded with -1."""

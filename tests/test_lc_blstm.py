@@ -112,6 +112,33 @@ def test_step_ahead_adds_the_look_ahead_frames_and_keeps_the_chunks() -> None:
         torch.testing.assert_close(x, lc.step([b])[0])
 
 
+@pytest.mark.parametrize("chunk, ahead", [(3, 2), (2, 2), (2, 3)])
+def test_forward_provisional_is_the_partials_last_read_before_the_final_one(chunk: int, ahead: int) -> None:
+    """Frame by frame, the provisional sequence for training is what a stream's ``step_ahead`` read last
+    before encoding the frame for good: the previous window's look-ahead where it reaches, else (the first
+    chunk, the end of a chunk longer than the look-ahead) the final encoding."""
+    lc, _ = _pair(_config(chunk_frames=chunk, lookahead_frames=ahead))
+    enc, early, lengths = lc.forward_provisional(X, LENGTHS)
+    torch.testing.assert_close(enc, lc(X, LENGTHS)[0])
+    assert early.shape == enc.shape
+    assert not torch.allclose(early, enc, atol=1e-3)
+    for b in range(3):
+        s, read = lc.new_stream(), {}
+        s.push(X[b, : LENGTHS[b]])
+        s.finish()
+        while lc.ready(s):
+            start = s.emitted
+            (frames,), (provisional,) = lc.step_ahead([s])
+            for i, frame in enumerate(frames):
+                read.setdefault(start + i, frame)  # a frame never read ahead: its final encoding
+            for i, frame in enumerate(provisional):
+                read[start + frames.size(0) + i] = frame
+        n = int(lengths[b])
+        torch.testing.assert_close(
+            torch.stack([read[i] for i in range(n)]), early[b, :n], atol=1e-5, rtol=1e-5
+        )
+
+
 def test_many_streams_in_one_step_equal_one_at_a_time() -> None:
     lc, _ = _pair(_config())
     alone = [_streamed(lc, X[b, : LENGTHS[b]], seed=0) for b in range(3)]

@@ -213,6 +213,7 @@ def test_resume_refuses_another_world_size(manifest: Path, tmp_path: Path) -> No
         ({"best_by": "cer", "model__ctc_weight": 0.0}, "needs the CTC head"),
         ({"ctc_silence_penalty": -1.0}, "ctc_silence_penalty must be >= 0"),
         ({"ctc_delay_penalty": -0.1}, "ctc_delay_penalty must be >= 0"),
+        ({"provisional_ctc": -0.5}, "provisional_ctc must be >= 0"),
         ({"data__vtlp": {"max_warp": 0.7}}, r"vtlp.max_warp must be in \[0, 0.5\)"),
         ({"data__vtlp": {"warp": 0.1}}, "warp"),
     ],
@@ -414,6 +415,26 @@ def test_ctc_delay_penalty_adds_to_the_silence_penalty(
     train(TrainConfig.from_dict(cfg))
     assert len(seen) == 2
     assert all(bool((p % 8.0 > 0).any()) for p in seen)  # the delay penalty is there
+
+
+def test_provisional_ctc_trains_the_look_ahead_reading(manifest: Path, tmp_path: Path) -> None:
+    """``provisional_ctc`` adds a CTC loss on the frames partials read from the look-ahead; it falls as the
+    model learns, and an offline model, which has no look-ahead, is refused at the first step."""
+    streaming = {**copy.deepcopy(TINY_MODEL)}
+    streaming["encoder"] = {**streaming["encoder"], "chunk_frames": 2, "lookahead_frames": 2}
+    out = tmp_path / "ahead"
+    train(
+        TrainConfig.from_dict(
+            tiny_config(manifest, out, epochs=12, average=0, model=streaming, provisional_ctc=1.0)
+        )
+    )
+    steps = [r for r in records(out, "train") if "ctc_ahead" in r]
+    assert steps and steps[-1]["ctc_ahead"] < 0.7 * steps[0]["ctc_ahead"]
+    valid = records(out, "valid")
+    assert len(valid) == 12 and all(0 <= r["valid_cer_ahead"] <= 1.5 for r in valid)
+    offline = tiny_config(manifest, tmp_path / "offline", epochs=1, provisional_ctc=1.0)
+    with pytest.raises(ValueError, match="chunk-streaming encoder"):
+        train(TrainConfig.from_dict(offline))
 
 
 def test_average_files_averages_given_checkpoints_and_refuses_other_models(

@@ -107,6 +107,9 @@ class TrainConfig:
     # nats per encoder frame of delay: CTC paths that fire their tokens later weigh less
     # (asr.ctc.delay_penalty), so a streaming model's tokens, partials and blank endpoints come sooner
     ctc_delay_penalty: float = 0.0
+    # a chunk-streaming model: the weight of a CTC loss on the frames as partials first read them, from the
+    # look-ahead (asr.lc_blstm.LCBLSTMEncoder.forward_provisional), so that words show a look-ahead sooner
+    provisional_ctc: float = 0.0
     # the model's top-level parts whose weights train (e.g. [decoder]: the encoder and CTC head, and so
     # greedy CTC and the partials, stay exactly as they are); empty: all of them
     trainable: tuple[str, ...] = ()
@@ -133,6 +136,8 @@ class TrainConfig:
             raise ValueError(
                 f"ctc_delay_penalty must be >= 0 (nats per frame of delay), got {self.ctc_delay_penalty}"
             )
+        if self.provisional_ctc < 0:
+            raise ValueError(f"provisional_ctc must be >= 0 (a loss weight), got {self.provisional_ctc}")
         model = ModelConfig.from_dict(self.model)  # fail early on a bad model section
         if self.best_by == "cer" and model.ctc_weight == 0.0 and not self.init_from:
             raise ValueError(

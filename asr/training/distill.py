@@ -173,9 +173,11 @@ class Distilling(nn.Module):
         super().__init__()
         self.model, self.head, self.weight = model, head, weight
 
-    def forward(self, *args: Any, teacher: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, *args: Any, teacher: tuple[Tensor, Tensor], **kwargs: Any
+    ) -> tuple[Tensor, dict[str, float]]:
         def encoder_loss(enc: Tensor, enc_lengths: Tensor) -> tuple[Tensor, dict[str, float]]:
             d = self.head.loss(enc, enc_lengths, *teacher)
             return self.weight * d, {"distill": float(d.detach())}
 
-        return self.model(*args, encoder_loss=encoder_loss)
+        return self.model(*args, encoder_loss=encoder_loss, **kwargs)

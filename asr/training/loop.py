@@ -339,7 +339,9 @@ class Trainer:
         batch = batch.to(self.device)
         feats, feat_lengths = self._features(batch)
         penalty = self._token_penalty(host, feats.size(1), feat_lengths)
-        extra = {}
+        extra: dict[str, Any] = {}
+        if self.config.provisional_ctc > 0:
+            extra["provisional_ctc"] = self.config.provisional_ctc
         if self.teacher is not None:  # the teacher's view of the same augmented audio (TrainConfig.distill)
             with autocast(self.device, self.bf16):
                 extra["teacher"] = self.teacher.targets(host.audio, host.audio_lengths)
@@ -452,6 +454,8 @@ class Trainer:
                 valid_wer=round(v.wer, 4),
                 valid_seconds=round(v.seconds, 2),
             )
+            if not math.isnan(v.cer_ahead):
+                record["valid_cer_ahead"] = round(v.cer_ahead, 4)
         self.metrics.write("valid", self.step, record)
         log.info(
             "epoch %d: %d steps in %.1f s (%.2f steps/s, %.0f s audio/s), data wait %.1f%%%s",
@@ -463,6 +467,11 @@ class Trainer:
             100 * record["data_wait"],
             f" | valid loss {record['valid_loss']:.3f} CER {record['valid_cer']:.3f} "
             f"WER {record['valid_wer']:.3f}"
+            + (
+                f", CER over the look-ahead {record['valid_cer_ahead']:.3f}"
+                if "valid_cer_ahead" in record
+                else ""
+            )
             if "valid_loss" in record
             else "",
         )
