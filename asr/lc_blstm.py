@@ -54,6 +54,8 @@ def _run(
 
 def _flip_valid(x: Tensor, lengths: Tensor) -> Tensor:
     """Reverse each row of ``x (N, T, D)`` within its first ``lengths[n]`` steps; padding stays put."""
+    if bool((lengths == x.size(1)).all()):  # no padding (a stream's chunk steps, mostly): a plain flip
+        return x.flip(1)
     t = torch.arange(x.size(1), device=x.device)[None, :]
     idx = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
     return x.gather(1, idx[:, :, None].expand_as(x))
