@@ -175,10 +175,10 @@ def test_the_bundled_models_serve_together_from_disk() -> None:
     assert list(models) == ["default", "streaming"]
     assert not models["default"].config.encoder.streaming
     enc = models["streaming"].config.encoder
-    assert (enc.chunk_frames, enc.lookahead_frames) == (4, 4)
-    rechunked = _models_to_serve(ServerConfig(model="default,streaming", chunk_ms=80), None, None)
+    assert (enc.chunk_frames, enc.lookahead_frames) == (2, 4)
+    rechunked = _models_to_serve(ServerConfig(model="default,streaming", chunk_ms=160), None, None)
     enc = rechunked["streaming"].config.encoder
-    assert (enc.chunk_frames, enc.lookahead_frames) == (2, 4)  # --chunk-ms: the streaming model's only
+    assert (enc.chunk_frames, enc.lookahead_frames) == (4, 4)  # --chunk-ms: the streaming model's only
     assert rechunked["default"].config.encoder == models["default"].config.encoder
     with pytest.raises(ValueError, match=r"chunk_ms must be a positive multiple of the encoder's 40 ms"):
         _models_to_serve(ServerConfig(model="streaming", chunk_ms=100), None, None)
