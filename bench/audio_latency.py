@@ -1,7 +1,7 @@
 """Algorithmic latency of a chunk-streaming model, in audio time (issue 30): no server, no clock.
 
     python bench/audio_latency.py --models streaming               # 48 recordings, blank endpoint 160 ms
-    python bench/audio_latency.py --models streaming,streaming/chunk80,exp/run/final.pt --blank-ms 0
+    python bench/audio_latency.py --models streaming,streaming/chunk160,exp/run/final.pt --blank-ms 0
 
 The same recordings, reference word ends and end of speech as ``bench/stream_latency.py`` (cathy and
 commonvoice-sample, trimmed, 0.5 s of silence before and 1.5 s after; words force-aligned by the offline
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--models",
-        default="streaming,streaming/chunk80",
+        default="streaming,streaming/chunk160",
         help="comma-separated names or checkpoint paths; NAME/chunkMS runs NAME with MS-millisecond chunks",
     )
     p.add_argument("--utterances", type=int, default=48)

@@ -5,7 +5,7 @@
     python bench/stream_latency.py --models default --measures latency --utterances 3 --streams 1
     python bench/stream_latency.py --models default,streaming,streaming@480 --measures latency  # blank 480
     python bench/stream_latency.py --models streaming@160/whole,streaming@160 --measures latency
-    python bench/stream_latency.py --models streaming@160,streaming@160/chunk80 --measures latency
+    python bench/stream_latency.py --models streaming@160,streaming@160/chunk160 --measures latency
 
 For each of ``--models`` (names under models/ or checkpoint paths) the bench starts ``asr serve --model NAME``
 on loopback with ``--server-threads`` torch threads per model thread (default: the server's own choice), one
@@ -458,7 +458,7 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
     default blank endpoint (``--blank-ms``) set to MS, e.g. ``streaming@480``; a ``/whole`` suffix
     searches finals whole at their endpoint (``--no-growing-finals``), e.g. ``streaming@160/whole``; a
     ``/chunkMS`` suffix runs the model with MS-millisecond chunks (``--chunk-ms``), e.g.
-    ``streaming@160/chunk80``."""
+    ``streaming@160/chunk160``."""
     from asr.checkpoint import resolve_model_path
 
     spec, *variants = name.split("/")
