@@ -111,6 +111,13 @@ class ASRModel(nn.Module):
         """``(B, T, n_mels)`` features -> ``(B, T', D)`` encoder states with lengths."""
         return self.encoder(self.cmvn(feats), feat_lengths)
 
+    def encode_provisional(self, feats: Tensor, feat_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`encode`, and the frames as a stream's partials read them first, from the look-ahead:
+        ``(enc, provisional, lengths)`` (:meth:`asr.lc_blstm.LCBLSTMEncoder.forward_provisional`)."""
+        if not isinstance(self.encoder, LCBLSTMEncoder):
+            raise ValueError("provisional_ctc needs a chunk-streaming encoder (encoder.chunk_frames > 0)")
+        return self.encoder.forward_provisional(self.cmvn(feats), feat_lengths)
+
     def ctc_log_probs(self, enc: Tensor) -> Tensor:
         """``(B, T', D)`` -> ``(B, T', V)`` CTC log posteriors (float32)."""
         return F.log_softmax(self.ctc(enc).float(), dim=-1)
@@ -137,9 +144,7 @@ class ASRModel(nn.Module):
         (a chunk-streaming encoder's look-ahead, :meth:`asr.lc_blstm.LCBLSTMEncoder.forward_provisional`)."""
         early = None
         if provisional_ctc > 0:
-            if not isinstance(self.encoder, LCBLSTMEncoder):
-                raise ValueError("provisional_ctc needs a chunk-streaming encoder (encoder.chunk_frames > 0)")
-            enc, early, enc_lengths = self.encoder.forward_provisional(self.cmvn(feats), feat_lengths)
+            enc, early, enc_lengths = self.encode_provisional(feats, feat_lengths)
         else:
             enc, enc_lengths = self.encode(feats, feat_lengths)
         lam = self.config.ctc_weight

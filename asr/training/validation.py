@@ -12,7 +12,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from asr.decoding import ctc_greedy
-from asr.lc_blstm import LCBLSTMEncoder
 from asr.model import ASRModel
 from asr.tokenizer import normalize_text
 from asr.training.precision import autocast
@@ -47,15 +46,15 @@ def validate(model: ASRModel, loader: DataLoader, texts: Sequence[str], bf16: bo
     hyps: list[str] = []
     early_hyps: list[str] = []
     use_ctc = model.config.ctc_weight > 0
-    encoder = model.encoder
+    streaming = model.config.encoder.streaming
     for batch in loader:
         batch = batch.to(model.device)
         feats, lengths = model.features(batch.audio, batch.audio_lengths)
         with autocast(model.device, bf16):
             loss, _ = model(feats, lengths, batch.targets, batch.target_lengths)
             if use_ctc:
-                if isinstance(encoder, LCBLSTMEncoder):
-                    enc, early, enc_lengths = encoder.forward_provisional(model.cmvn(feats), lengths)
+                if streaming:
+                    enc, early, enc_lengths = model.encode_provisional(feats, lengths)
                     early_hyps += _greedy(model, early, enc_lengths)
                 else:
                     enc, enc_lengths = model.encode(feats, lengths)
