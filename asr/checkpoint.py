@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from torch import Tensor
 
 from asr.files import atomic_save  # re-exported: training code imports it from here
 from asr.model import ASRModel, ModelConfig
@@ -27,14 +28,39 @@ DEFAULT_MODEL = "default"
 _Model = TypeVar("_Model", bound=ASRModel)
 
 
+# weights that a half-precision export stores in 8 bits, a scale per output row: the Whisper front end's
+# matrices and kernels, which stay frozen at values 8 bits hold exactly (asr.training.whisper_init)
+INT8_PREFIX = "encoder.front."
+
+
+def int8_rows(w: Tensor) -> tuple[Tensor, Tensor]:
+    """``w`` -> ``(q, scale)``: int8 ``q`` and a float32 scale per output row (dim 0); ``q * scale ~ w``."""
+    scale = w.detach().float().abs().flatten(1).amax(dim=1).clamp_min(1e-12) / 127.0
+    scale = scale.view(-1, *([1] * (w.dim() - 1)))
+    return torch.round(w.detach().float() / scale).clamp(-127, 127).to(torch.int8), scale
+
+
+def int8_round_trip(w: Tensor) -> Tensor:
+    """``w`` as its 8-bit export gives it back."""
+    q, scale = int8_rows(w)
+    return (q.float() * scale).to(w.dtype)
+
+
 def checkpoint_dict(
     model: ASRModel, extra: dict[str, Any] | None = None, half: bool = False
 ) -> dict[str, Any]:
-    state = {
-        k: (v.half() if half and v.is_floating_point() and not k.startswith("cmvn.") else v).detach().cpu()
-        for k, v in model.state_dict().items()
-    }
-    return {
+    state: dict[str, Tensor] = {}
+    scales: dict[str, Tensor] = {}
+    int8 = half and model.config.encoder.frontend == "whisper"
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if int8 and k.startswith(INT8_PREFIX) and v.is_floating_point() and v.dim() >= 2:
+            state[k], scales[k] = int8_rows(v)
+        elif half and v.is_floating_point() and not k.startswith("cmvn."):
+            state[k] = v.half()
+        else:
+            state[k] = v
+    ckpt = {
         "format": FORMAT,
         "version": VERSION,
         "config": model.config.to_dict(),
@@ -42,6 +68,9 @@ def checkpoint_dict(
         "state_dict": state,
         "extra": extra or {},
     }
+    if scales:
+        ckpt["int8_scales"] = scales  # state_dict[k] * int8_scales[k] is the weight
+    return ckpt
 
 
 def save_checkpoint(
@@ -90,7 +119,12 @@ def _build(cls: type[_Model], ckpt: dict[str, Any]) -> _Model:
     if missing:
         raise ValueError(f"checkpoint lacks {missing}")
     model = cls(ModelConfig.from_dict(ckpt["config"]), tokenizer_from_dict(ckpt["tokenizer"]))
+    scales = ckpt.get("int8_scales", {})
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    for k, scale in scales.items():
+        if k not in state or state[k].dtype != torch.int8:
+            raise ValueError(f"checkpoint has an 8-bit scale for {k} but no 8-bit weight; export it again")
+        state[k] = state[k].float() * scale.float()
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors

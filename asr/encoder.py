@@ -14,6 +14,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asr.features import lengths_to_mask
+from asr.whisper_encoder import WhisperEncoderConfig, WhisperFrontEnd
+
+FRONTENDS = ("conv", "whisper")
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,18 @@ class EncoderConfig:
     # with lookahead_frames of future; 0 = offline, the whole utterance at once.
     chunk_frames: int = 0
     lookahead_frames: int = 0
+    # "conv": ConvFrontEnd with conv_channels (0: none); "whisper": Whisper's encoder (asr.whisper_encoder) of
+    # these sizes (tiny's by default) over Whisper log-mel features (features.kind: whisper)
+    frontend: str = "conv"
+    whisper_width: int = 384
+    whisper_heads: int = 6
+    whisper_layers: int = 4
 
     def __post_init__(self) -> None:
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"encoder.frontend must be one of {list(FRONTENDS)}, got {self.frontend!r}")
+        if self.frontend == "whisper" and self.chunk_frames:
+            raise ValueError("a Whisper front end reads whole utterances: it cannot stream (chunk_frames: 0)")
         if self.chunk_frames < 0 or self.lookahead_frames < 0:
             raise ValueError(
                 "chunk_frames and lookahead_frames must be >= 0, "
@@ -52,12 +65,25 @@ class EncoderConfig:
         return 2 * self.hidden_size
 
     @property
+    def whisper(self) -> WhisperEncoderConfig | None:
+        if self.frontend != "whisper":
+            return None
+        return WhisperEncoderConfig(
+            self.input_dim, self.whisper_width, self.whisper_heads, self.whisper_layers
+        )
+
+    @property
+    def halves_in_front(self) -> bool:
+        """Whether the front end halves time (both kinds do, when present)."""
+        return self.frontend == "whisper" or self.conv_channels > 0
+
+    @property
     def subsampling(self) -> int:
         """Total time reduction from input frames to encoder frames."""
-        return (2 if self.conv_channels else 1) * 2**self.pyramid_layers
+        return (2 if self.halves_in_front else 1) * 2**self.pyramid_layers
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
-        if self.conv_channels:
+        if self.halves_in_front:
             lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
         for _ in range(self.pyramid_layers):
             lengths = torch.div(lengths, 2, rounding_mode="floor")
@@ -97,7 +123,11 @@ class PyramidalBLSTMEncoder(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.front = ConvFrontEnd(config.input_dim, config.conv_channels) if config.conv_channels else None
+        self.front: ConvFrontEnd | WhisperFrontEnd | None = None
+        if config.whisper is not None:
+            self.front = WhisperFrontEnd(config.whisper)
+        elif config.conv_channels:
+            self.front = ConvFrontEnd(config.input_dim, config.conv_channels)
         in_dim = self.front.out_dim if self.front is not None else config.input_dim
         layers = []
         for i in range(config.num_layers):

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from asr.audio import SAMPLE_RATE
 
+FEATURE_KINDS = ("logmel", "whisper")
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
@@ -25,6 +27,16 @@ class FeatureConfig:
     n_fft: int = 512
     win_length: int = 400  # 25 ms
     hop_length: int = 160  # 10 ms
+    # "logmel": :class:`LogMel` with the fields above, normalised by :class:`GlobalCMVN`; "whisper": Whisper's
+    # own normalised log-mel (asr.whisper_encoder.WhisperLogMel: 80 Slaney mels, centred 25 ms frames every
+    # 10 ms, two per 20 ms of audio), for an encoder whose front end is Whisper's (``encoder.frontend``)
+    kind: str = "logmel"
+
+    def __post_init__(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"features.kind must be one of {list(FEATURE_KINDS)}, got {self.kind!r}")
+        if self.kind == "whisper" and (self.sample_rate, self.hop_length) != (SAMPLE_RATE, 160):
+            raise ValueError("whisper features are 16 kHz audio with a 160-sample hop; keep those fields")
 
     @property
     def frame_shift(self) -> float:
@@ -32,7 +44,9 @@ class FeatureConfig:
         return self.hop_length / self.sample_rate
 
     def num_frames(self, num_samples: Tensor) -> Tensor:
-        """Frame count for each sample count (0 when shorter than one ``n_fft`` frame)."""
+        """Frame count for each sample count (logmel: 0 when shorter than one ``n_fft`` frame)."""
+        if self.kind == "whisper":
+            return 2 * ((num_samples + 2 * self.hop_length - 1) // (2 * self.hop_length))
         return torch.clamp((num_samples - self.n_fft) // self.hop_length + 1, min=0)
 
 

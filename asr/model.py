@@ -23,6 +23,7 @@ from asr.encoder import EncoderConfig, PyramidalBLSTMEncoder
 from asr.features import FeatureConfig, GlobalCMVN, LogMel
 from asr.lc_blstm import LCBLSTMEncoder
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
+from asr.whisper_encoder import WhisperLogMel
 
 Tokenizer = CharTokenizer | SentencePieceTokenizer
 # (CTC log posteriors (B, T', V), encoder lengths, targets, target lengths) -> each decoder step's frames
@@ -46,6 +47,11 @@ class ModelConfig:
             raise ValueError(
                 f"encoder.input_dim ({self.encoder.input_dim}) must equal "
                 f"features.n_mels ({self.features.n_mels})"
+            )
+        if (self.encoder.frontend == "whisper") != (self.features.kind == "whisper"):
+            raise ValueError(
+                "a Whisper front end reads Whisper's features and only it does: set encoder.frontend and "
+                f"features.kind to whisper together, not {self.encoder.frontend!r} and {self.features.kind!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,7 +97,12 @@ class ASRModel(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         v = tokenizer.vocab_size
-        self.frontend = LogMel(config.features)
+        # Whisper's features come normalised: their CMVN stays the identity (the trainer skips its statistics)
+        self.frontend = (
+            WhisperLogMel(config.features.n_mels)
+            if config.features.kind == "whisper"
+            else LogMel(config.features)
+        )
         self.cmvn = GlobalCMVN(config.features.n_mels)
         self.encoder = (LCBLSTMEncoder if config.encoder.streaming else PyramidalBLSTMEncoder)(config.encoder)
         self.ctc = nn.Linear(config.encoder.output_dim, v)

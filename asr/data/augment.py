@@ -149,6 +149,10 @@ def vtlp(
     (linear interpolation between neighbouring bins). Returns a new tensor; the input when turned off."""
     if config.max_warp <= 0:
         return feats
+    if features.kind != "logmel":
+        raise ValueError(
+            f"vtlp warps the bins of logmel features, not {features.kind!r} ones: set data.vtlp.max_warp: 0"
+        )
     b, t, f = feats.shape
     alpha = 1.0 + (torch.rand(b, generator=generator) * 2 - 1) * config.max_warp
     pos = vtlp_source_bins(alpha.to(feats.device), features, config.boundary_hz)  # (B, F)

