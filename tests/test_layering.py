@@ -25,8 +25,19 @@ LAYERS: list[tuple[str, set[str]]] = [
         "foundations",
         {"asr.audio", "asr.tokenizer", "asr.alignment", "asr.files", "asr.significance", "asr.precision"},
     ),
-    # front end, encoder, decoder, CTC loss, the model: knows nothing of search or recognition
-    ("network", {"asr.features", "asr.encoder", "asr.lc_blstm", "asr.decoder", "asr.ctc", "asr.model"}),
+    # front ends (log-mel, Whisper's encoder), encoder, decoder, CTC loss, the model: no search or recognition
+    (
+        "network",
+        {
+            "asr.features",
+            "asr.whisper_encoder",
+            "asr.encoder",
+            "asr.lc_blstm",
+            "asr.decoder",
+            "asr.ctc",
+            "asr.model",
+        },
+    ),
     # corpora, manifests, batches, augmentation
     ("data", {"asr.data"}),
     # search (whole, or growing with the audio), language models, phrase biasing, test-time augmentation
