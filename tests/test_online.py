@@ -1,8 +1,8 @@
 """asr.online without the server: partials that grow chunk by chunk, blank endpoints, each chunk encoded once,
 finals equal to offline decoding of the same utterance by the chunked model.
 
-The model is the bundled default's weights run as a latency-controlled encoder (160 ms chunks, 80 ms
-look-ahead), which is what models/streaming.pt is before its fine-tuning: real speech, real blanks.
+The model is the bundled streaming model's weights run with 160 ms chunks and an 80 ms look-ahead (its own
+are 80 and 160 ms): real speech, real blanks. (The default model's Whisper front end cannot stream.)
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def chunked(model: ASRModel, chunk: int = 4, lookahead: int = 2) -> Transcriber:
 
 @pytest.fixture(scope="module")
 def model() -> Transcriber:
-    return chunked(load_model("default", device="cpu"))
+    return chunked(load_model("streaming", device="cpu"))
 
 
 def feed(
@@ -622,7 +622,7 @@ def test_audio_sent_at_once_cuts_where_real_time_audio_does(
     while not s.is_done:
         rec.decode_streams([s])
     at_once = [r for r in rec.pop_results(s) if r.is_final]
-    assert len(paced) == 2
+    assert len(paced) >= 2  # two sentences; blank endpoints may cut one at a pause
     assert [r.text for r in at_once] == [r.text for r in paced]
     # a real-time stream learns of an energy endpoint silence_ms after the speech, when its encoder has passed
     # the cut that audio sent at once gets: up to a chunk, its look-ahead and a message later

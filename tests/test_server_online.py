@@ -52,7 +52,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def streaming_model() -> Transcriber:
-    return chunked(load_model("default", device="cpu"))
+    return chunked(load_model("streaming", device="cpu"))
 
 
 @pytest.fixture(scope="module")
