@@ -15,6 +15,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
+from asr import whisper_encoder
 from asr.audio import SAMPLE_RATE
 
 FEATURE_KINDS = ("logmel", "whisper")
@@ -46,7 +47,7 @@ class FeatureConfig:
     def num_frames(self, num_samples: Tensor) -> Tensor:
         """Frame count for each sample count (logmel: 0 when shorter than one ``n_fft`` frame)."""
         if self.kind == "whisper":
-            return 2 * ((num_samples + 2 * self.hop_length - 1) // (2 * self.hop_length))
+            return whisper_encoder.frames(num_samples)
         return torch.clamp((num_samples - self.n_fft) // self.hop_length + 1, min=0)
 
 

