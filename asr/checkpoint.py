@@ -28,8 +28,9 @@ DEFAULT_MODEL = "default"
 _Model = TypeVar("_Model", bound=ASRModel)
 
 
-# weights that a half-precision export stores in 8 bits, a scale per output row: the Whisper front end's
-# matrices and kernels, which stay frozen at values 8 bits hold exactly (asr.training.whisper_init)
+# weights that a half-precision export may store in 8 bits, a scale per output row: the Whisper front end's
+# matrices and kernels that stayed frozen at values 8 bits hold exactly (asr.training.whisper_init); the
+# ones that trained (e.g. its top layers, fine-tuned) are off that grid and go to fp16 like the rest
 INT8_PREFIX = "encoder.front."
 
 
@@ -46,6 +47,11 @@ def int8_round_trip(w: Tensor) -> Tensor:
     return (q.float() * scale).to(w.dtype)
 
 
+def on_int8_grid(w: Tensor) -> bool:
+    """Whether the 8-bit export holds ``w`` exactly (to float32 rounding): it loses nothing there."""
+    return torch.allclose(int8_round_trip(w.detach().float()), w.detach().float(), rtol=1e-5, atol=1e-8)
+
+
 def checkpoint_dict(
     model: ASRModel, extra: dict[str, Any] | None = None, half: bool = False
 ) -> dict[str, Any]:
@@ -54,7 +60,7 @@ def checkpoint_dict(
     int8 = half and model.config.encoder.frontend == "whisper"
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
-        if int8 and k.startswith(INT8_PREFIX) and v.is_floating_point() and v.dim() >= 2:
+        if int8 and k.startswith(INT8_PREFIX) and v.is_floating_point() and v.dim() >= 2 and on_int8_grid(v):
             state[k], scales[k] = int8_rows(v)
         elif half and v.is_floating_point() and not k.startswith("cmvn."):
             state[k] = v.half()

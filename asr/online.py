@@ -25,7 +25,10 @@ alike), but nothing is decoded twice:
   heard (:mod:`asr.growing_search`): after each call's chunks, or on a server's finals thread when it is idle
   (:meth:`grow_pending`), so that at the endpoint only its last tokens are left to search. Its result
   depends on the utterance's chunks only, however far it had grown; otherwise each final is searched whole
-  at its endpoint, batched with the other finals of the call.
+  at its endpoint, batched with the other finals of the call. With a ``final_model`` (two passes, e.g. the
+  bundled default, whose Whisper front end cannot stream), that model decodes each closed utterance's audio
+  (after its context's, as above) for its final instead: the streaming model gives the partials and the
+  endpoints, the final model the accuracy, for its encoding time after each endpoint.
 
 An utterance ends on an encoder frame boundary (a whole number of feature frames): the next one starts there
 with a fresh encoder state, taking over the features the old one had not encoded yet and the audio not yet
@@ -59,7 +62,7 @@ from asr.online_stream import ClosedUtterance, OnlineStream, Utterance
 from asr.stream_state import Stream, StreamOptions, StreamResult
 from asr.streaming import Recognizer, RecognizerConfig, _common_prefix
 from asr.tokenizer import Tokenizer
-from asr.transcribe import Alternative
+from asr.transcribe import Alternative, encode_waveforms
 
 if TYPE_CHECKING:
     from asr.model import ASRModel
@@ -71,19 +74,32 @@ CATCH_UP_CHUNKS = 4  # chunks a stream that is behind may encode in one decode_s
 
 
 def make_recognizer(
-    model: ASRModel, config: RecognizerConfig | None = None, lm: LanguageModel | None = None
+    model: ASRModel,
+    config: RecognizerConfig | None = None,
+    lm: LanguageModel | None = None,
+    final_model: ASRModel | None = None,
 ) -> Recognizer:
-    """The recognizer for ``model``: :class:`OnlineRecognizer` for a chunked encoder, else the segment
-    :class:`~asr.streaming.Recognizer`."""
-    cls = OnlineRecognizer if model.config.encoder.streaming else Recognizer
-    return cls(model, config, lm)
+    """The recognizer for ``model``: :class:`OnlineRecognizer` for a chunked encoder (its finals from
+    ``final_model`` when given), else the segment :class:`~asr.streaming.Recognizer`."""
+    if model.config.encoder.streaming:
+        return OnlineRecognizer(model, config, lm, final_model)
+    if final_model is not None:
+        raise ValueError(
+            "a final model is for chunk-streaming models (encoder.chunk_frames > 0); this one decodes "
+            "its finals itself, from whole segments"
+        )
+    return Recognizer(model, config, lm)
 
 
 class OnlineRecognizer(Recognizer):
     """Decodes many :class:`OnlineStream` objects chunk by chunk with a chunked-encoder model."""
 
     def __init__(
-        self, model: ASRModel, config: RecognizerConfig | None = None, lm: LanguageModel | None = None
+        self,
+        model: ASRModel,
+        config: RecognizerConfig | None = None,
+        lm: LanguageModel | None = None,
+        final_model: ASRModel | None = None,
     ) -> None:
         if not isinstance(model.encoder, LCBLSTMEncoder):
             raise ValueError(
@@ -91,6 +107,12 @@ class OnlineRecognizer(Recognizer):
                 "use asr.streaming.Recognizer for this one"
             )
         super().__init__(model, config, lm)
+        # Two passes: the streaming model's chunks give the partials and the endpoints, and an offline model
+        # (e.g. the bundled default) decodes each closed utterance's audio for its final, once, at its
+        # endpoint. Its finals are then that model's, at the cost of encoding each utterance a second time.
+        self.final_model = final_model.eval() if final_model is not None else None
+        if final_model is not None and final_model.config.features.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"the final model must take {SAMPLE_RATE} Hz audio, as the streaming model does")
         self.encoder: LCBLSTMEncoder = model.encoder
         feats = model.config.features
         self.n_fft, self.hop = feats.n_fft, feats.hop_length
@@ -107,6 +129,7 @@ class OnlineRecognizer(Recognizer):
         self._to_grow: weakref.WeakValueDictionary[int, OnlineStream] = weakref.WeakValueDictionary()
         self.finals_grown = 0  # finals that finished a growing search
         self.finals_whole = 0  # finals searched whole at their endpoint
+        self.finals_second_pass = 0  # finals the final model decoded from their audio
 
     # -- streams -------------------------------------------------------------------------------------------
 
@@ -193,7 +216,8 @@ class OnlineRecognizer(Recognizer):
         """Whether finals of a stream with ``options`` are searched as their utterance grows."""
         opts = options.decoding
         return (
-            self.config.growing_finals
+            self.final_model is None  # the streaming model's search would not give the final
+            and self.config.growing_finals
             and options.growing_finals
             and opts.method == "beam"
             and not opts.tta_speeds
@@ -445,17 +469,27 @@ class OnlineRecognizer(Recognizer):
         """Finals of closed utterances that share the decoding options ``opts``: one beam search, each
         utterance decoded after its context (the sentence's earlier utterances), whose finals' words are
         forced as the transcript's start, and keeping the words after them."""
-        tok = self.model.tokenizer
         closed = [_decoded_context(c) for _, c in items]
         joined = [c.joined() for c in closed]
         said = [" ".join(x.final.text for x in c.context if x.final.text) for c in closed]
-        prefixes = [_prefix(tok, text) for text in said]
-        lengths = torch.tensor([c.enc.size(0) for c in joined], device=self.model.device)
-        enc = torch.nn.utils.rnn.pad_sequence([c.enc for c in joined], batch_first=True)
         streams = [s for s, _ in items]
         word_times = [s.options.word_times or bool(c.context) for s, c in zip(streams, closed, strict=True)]
-        found = [self._grown(c, s.options) for s, c in zip(streams, closed, strict=True)]
-        results = self._final_results(joined, word_times, opts, enc, lengths, prefixes=prefixes, found=found)
+        if self.final_model is not None:  # the second pass: the final model reads the audio
+            fm = self.final_model
+            prefixes = [_prefix(fm.tokenizer, text) for text in said]
+            enc, lengths, short = encode_waveforms(fm, [c.audio for c in joined])
+            self.finals_second_pass += len(joined)
+            results = self._final_results(
+                joined, word_times, opts, enc, lengths, short=short, prefixes=prefixes, model=fm
+            )
+        else:
+            prefixes = [_prefix(self.model.tokenizer, text) for text in said]
+            lengths = torch.tensor([c.enc.size(0) for c in joined], device=self.model.device)
+            enc = torch.nn.utils.rnn.pad_sequence([c.enc for c in joined], batch_first=True)
+            found = [self._grown(c, s.options) for s, c in zip(streams, closed, strict=True)]
+            results = self._final_results(
+                joined, word_times, opts, enc, lengths, prefixes=prefixes, found=found
+            )
         return [
             _own_words(r, c, len(text.split()), s.options.word_times) if c.context else r
             for (s, _), c, text, r in zip(items, closed, said, results, strict=True)

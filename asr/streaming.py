@@ -299,16 +299,19 @@ class Recognizer:
         short: list[bool] | None = None,
         prefixes: Sequence[Sequence[int]] | None = None,
         found: Sequence[list[Hypothesis] | None] | None = None,
+        model: ASRModel | None = None,
     ) -> list[StreamResult]:
         """The finals of closed pieces of streams (encoder outputs ``enc`` with ``lengths``) that share the
         decoding options ``opts``: one beam search, words timed from the stream start where ``word_times``;
         a ``short`` piece gets an empty final. ``prefixes``: tokens each transcript must start with;
-        ``found``: n-best lists already searched (:mod:`asr.growing_search`), None for pieces to search."""
+        ``found``: n-best lists already searched (:mod:`asr.growing_search`), None for pieces to search.
+        ``model``: the model whose encoder gave ``enc`` (default: the recognizer's)."""
+        model = model or self.model
         audio = [p.audio for p in pieces]
         timed = any(word_times)
-        views = encode_views(self.model, audio, opts.tta_speeds) if opts.tta_speeds else ()
+        views = encode_views(model, audio, opts.tta_speeds) if opts.tta_speeds else ()
         transcripts = decode_encoded(
-            self.model,
+            model,
             enc,
             lengths,
             opts,

@@ -6,6 +6,7 @@
     python bench/stream_latency.py --models default,streaming,streaming@480 --measures latency  # blank 480
     python bench/stream_latency.py --models streaming@160/whole,streaming@160 --measures latency
     python bench/stream_latency.py --models streaming@160,streaming@160/chunk160 --measures latency
+    python bench/stream_latency.py --models streaming,streaming/finals=default   # two-pass finals
 
 For each of ``--models`` (names under models/ or checkpoint paths) the bench starts ``asr serve --model NAME``
 on loopback with ``--server-threads`` torch threads per model thread (default: the server's own choice), one
@@ -458,22 +459,28 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
     default blank endpoint (``--blank-ms``) set to MS, e.g. ``streaming@480``; a ``/whole`` suffix
     searches finals whole at their endpoint (``--no-growing-finals``), e.g. ``streaming@160/whole``; a
     ``/chunkMS`` suffix runs the model with MS-millisecond chunks (``--chunk-ms``), e.g.
-    ``streaming@160/chunk160``."""
+    ``streaming@160/chunk160``; a ``/finals=OTHER`` suffix serves OTHER beside it and has it decode each
+    utterance's final again (``--streaming-finals``), e.g. ``streaming/finals=default``."""
     from asr.checkpoint import resolve_model_path
 
     spec, *variants = name.split("/")
     model, _, blank = spec.partition("@")
     env = {"ASR_BLANK_MS": blank} if blank else {}
+    served = [model]
     for variant in variants:
         if variant == "whole":
             env["ASR_GROWING_FINALS"] = "false"
         elif variant.startswith("chunk") and variant[5:].isdigit():
             env["ASR_CHUNK_MS"] = variant[5:]
+        elif variant.startswith("finals=") and variant[7:]:
+            served.append(variant[7:])
+            env["ASR_STREAMING_FINALS"] = Path(variant[7:]).stem  # its served name
         else:
-            raise SystemExit(f"{name}: unknown variant {variant!r} (known: whole, chunkMS)")
+            raise SystemExit(f"{name}: unknown variant {variant!r} (known: whole, chunkMS, finals=MODEL)")
     try:
-        resolve_model_path(model)
-        proc, target = start_server(model, args.server_threads, env)
+        for m in served:
+            resolve_model_path(m)
+        proc, target = start_server(",".join(served), args.server_threads, env)
     except (FileNotFoundError, SystemExit) as exc:
         print(f"  {name}: {exc}", file=sys.stderr)
         return {"error": str(exc)}

@@ -12,8 +12,9 @@ and (early finals) keeps ``final_tail_ms`` of silence after the speech: each pai
 (:mod:`asr.online`) also ends an utterance after ``blank_ms`` of CTC blanks and has no early finals: its rows
 pair ``--silence-ms`` with ``--blank-ms``, and the finals of utterances cut by blanks are decoded after their
 sentence so far, up to each of ``--context-s`` seconds of it (0: alone), their beam search grown chunk by
-chunk (``--finals grown``, :mod:`asr.growing_search`) or searched whole at the endpoint (``whole``). Default
-decoding (beam 10) for all.
+chunk (``--finals grown``, :mod:`asr.growing_search`), searched whole at the endpoint (``whole``), or decoded
+again from the utterance's audio by ``--final-model`` (``second``: two passes, :mod:`asr.online`; the bundled
+default by default, whose offline row is printed too). Default decoding (beam 10) for all.
 """
 
 from __future__ import annotations
@@ -65,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--finals",
         nargs="+",
-        choices=("grown", "whole"),
+        choices=("grown", "whole", "second"),
         default=["grown"],
-        help="streaming models: finals searched as their utterance grows, or whole at the endpoint",
+        help="streaming models: finals searched as their utterance grows, whole at the endpoint, or decoded "
+        "again from the utterance's audio by --final-model (a second pass)",
     )
+    p.add_argument("--final-model", default="default", help="the second pass's model (--finals second)")
     p.add_argument("--ctc-weight", type=float, help="CTC weight of the joint search, offline and streamed")
     p.add_argument("--lead", type=float, default=0.5, help="seconds of silence before each recording")
     p.add_argument("--trail", type=float, default=1.0, help="seconds of silence after each recording")
@@ -107,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     print(row.format("offline (whole recordings)", wer, cer, 1.0, time.perf_counter() - t0), flush=True)
 
     online = model.config.encoder.streaming  # chunk by chunk: the blank rule, no early finals (no tails)
+    final_model = load_model(args.final_model) if online and "second" in args.finals else None
+    if final_model is not None:
+        t0 = time.perf_counter()
+        texts = [t.text for t in transcribe_batch(final_model, waves, dec, batch_size=args.batch)]
+        wer, cer = scores(refs, texts)
+        name = f"offline, {args.final_model} (the second pass's model)"
+        print(row.format(name, wer, cer, 1.0, time.perf_counter() - t0), flush=True)
     lead = np.zeros(int(args.lead * SAMPLE_RATE), np.float32)
     trail = np.zeros(int(args.trail * SAMPLE_RATE), np.float32)
     rows = itertools.product(
@@ -119,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if online and not tail and context != args.context_s[0]:
             continue  # without blank endpoints there is no context: one row
         grown = finals_kind == "grown"
-        rec = make_recognizer(model, RecognizerConfig(final_context_seconds=context, growing_finals=grown))
+        config = RecognizerConfig(final_context_seconds=context, growing_finals=grown)
+        rec = make_recognizer(model, config, final_model=final_model if finals_kind == "second" else None)
         t0 = time.perf_counter()
         ep = (
             EndpointConfig(silence_ms=silence, blank_ms=tail)

@@ -281,6 +281,10 @@ SERVE_HELP = {
     "chunk_ms": "chunk-streaming models: encode chunks of this many ms (a multiple of 40) instead of "
     "their checkpoint's: 80 against the bundled model's 160 gives finals and partials 50-70 ms sooner "
     "for about 0.6 WER points and 1.6x the CPU (default 0: each model's own)",
+    "streaming_finals": "streams of chunk-streaming models: the served model (a name, e.g. default) that "
+    "decodes each utterance's audio again at its endpoint for the final, while the streaming model gives "
+    "the partials and endpoints: finals as accurate as that model's, for its encoding time after each "
+    "endpoint (default: none, the streaming model's own search)",
     "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
     "never wait behind a beam search (default 1; 0: finals on the model thread)",
     "load_beam_size": "chunk-streaming models: beam of the stream finals' search while they are "

@@ -83,6 +83,9 @@ class ServerConfig:
     searched_partials: bool = True
     # chunked-encoder models: run with chunks of this many ms instead of their checkpoint's; 0 = their own
     chunk_ms: int = 0
+    # streams of chunked-encoder models: the served model (a name) that decodes each utterance's audio for
+    # its final, a second pass at the endpoint (asr.online); "" = the streaming model's own search
+    streaming_finals: str = ""
     # security
     tls_cert: str = ""  # PEM server certificate chain; with tls_key enables TLS
     tls_key: str = ""

@@ -88,7 +88,7 @@ class Metrics:
 
 
 class _FinalsCollector(Collector):
-    """``asr_stream_finals_total{model,search=grown|whole}`` from the recognizers' own counters."""
+    """``asr_stream_finals_total{model,search=grown|whole|second_pass}`` from the recognizers' counters."""
 
     def __init__(self) -> None:
         self.recognizers: dict[str, Any] = {}
@@ -97,10 +97,12 @@ class _FinalsCollector(Collector):
         family = CounterMetricFamily(
             "asr_stream_finals",
             "Finals of chunk-streaming models by how their beam search ran: grown while the utterance was "
-            "heard, or whole at the endpoint (growing off, or its search fell behind under load)",
+            "heard, whole at the endpoint (growing off, or its search fell behind under load), or by the "
+            "final model (--streaming-finals) from the utterance's audio",
             labels=["model", "search"],
         )
         for model, rec in self.recognizers.items():
             family.add_metric([model, "grown"], rec.finals_grown)
             family.add_metric([model, "whole"], rec.finals_whole)
+            family.add_metric([model, "second_pass"], rec.finals_second_pass)
         yield family

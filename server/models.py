@@ -40,6 +40,12 @@ async def start_models(
     lm_weight = config.lm_weight if lm is not None else 0.0
     loaded: dict[str, LoadedModel] = {}
     default_name = next(iter(models))
+    if config.streaming_finals and config.streaming_finals not in models:
+        raise ValueError(
+            f"--streaming-finals {config.streaming_finals!r} is not a served model; serve it too "
+            f"(--model ...), or pick one of {list(models)}"
+        )
+    second = models.get(config.streaming_finals) if config.streaming_finals else None
     for name, m in models.items():
         if lm is not None:
             try:
@@ -53,7 +59,10 @@ async def start_models(
             growing_lag_ms=config.growing_lag_ms,
             searched_partials=config.searched_partials,
         )
-        rec = make_recognizer(m, rec_config, lm=lm)
+        final_model = second if m.config.encoder.streaming and second is not m else None
+        rec = make_recognizer(m, rec_config, lm=lm, final_model=final_model)
+        if final_model is not None:
+            log.info("finals by a second pass", extra={"model": name, "final_model": config.streaming_finals})
         batcher = Batcher(
             rec,
             max_batch_size=config.max_batch_size,

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from client_support import tiny_checkpoint
+from test_online import chunked
 
+from asr.checkpoint import load_model, save_checkpoint
 from bench.stream_wer import main
 
-ROW = re.compile(r"^(offline|streamed)[^|]*\| +([\d.]+)% \| +([\d.]+)% \| +([\d.]+) \|", re.M)
+ROW = re.compile(r"^(offline|streamed)([^|]*)\| +([\d.]+)% \| +([\d.]+)% \| +([\d.]+) \|", re.M)
 
 
 def test_stream_wer_prints_offline_and_streamed_rows(
@@ -25,7 +27,7 @@ def test_stream_wer_prints_offline_and_streamed_rows(
     assert [r[0] for r in rows] == ["offline", "streamed", "streamed"], out
     assert "tail 300 ms" in out and "tail 800 ms" in out
     # each recording is one utterance with silence around it: the endpointer gives one segment each
-    assert all(float(r[3]) == 1.0 for r in rows), out
+    assert all(float(r[4]) == 1.0 for r in rows), out
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(SystemExit, match="no utterances"):
@@ -33,3 +35,23 @@ def test_stream_wer_prints_offline_and_streamed_rows(
     with pytest.raises(SystemExit):
         main([str(manifest), "--limit", "-1"])
     assert "--limit must be >= 0" in capsys.readouterr().err
+
+
+def test_stream_wer_rows_of_a_streaming_model_with_a_second_pass(
+    speech_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chunk-streaming model: grown finals, then finals decoded again by the final model, after that
+    model's own offline row."""
+    offline = tiny_checkpoint(tmp_path / "offline.pt", seed=1)
+    streaming = tmp_path / "streaming.pt"
+    save_checkpoint(chunked(load_model(tiny_checkpoint(tmp_path / "base.pt"), device="cpu")), streaming)
+    args = [str(speech_manifest), "--model", str(streaming), "--final-model", str(offline), "--threads", "1"]
+    assert main([*args, "--finals", "grown", "second", "--blank-ms", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = ROW.findall(out)
+    assert [(r[0], r[1].split(",")[-1].strip()) for r in rows] == [
+        ("offline", "(whole recordings)"),
+        ("offline", f"{offline} (the second pass's model)"),
+        ("streamed", "grown"),
+        ("streamed", "second"),
+    ], out

@@ -390,6 +390,38 @@ def test_finals_equal_offline_decoding_of_the_utterance(
     assert "THANK" in next(r.text for _, r in results if r.is_final)
 
 
+@pytest.fixture(scope="module")
+def default_model() -> Transcriber:
+    return load_model("default", device="cpu")
+
+
+def test_a_final_model_decodes_each_utterance_again_for_its_final(
+    model: Transcriber,
+    default_model: Transcriber,
+    streamed: tuple[OnlineRecognizer, list],
+    conversation: np.ndarray,
+) -> None:
+    """Two passes: the streaming model's chunks give the same partials and cuts, and the final model (the
+    offline default, whose Whisper front end cannot stream) decodes each utterance's audio for its final:
+    its transcript of that audio, words timed from the stream start, no growing search."""
+    rec = OnlineRecognizer(model, GREEDY, final_model=default_model)
+    results = feed(rec, rec.create_stream(CONFIRMED), conversation)
+    one_pass = streamed[1]
+    assert [r.text for _, r in results if not r.is_final] == [r.text for _, r in one_pass if not r.is_final]
+    finals = [r for _, r in results if r.is_final]
+    assert [(f.start, f.end) for f in finals] == [(f.start, f.end) for _, f in one_pass if f.is_final]
+    assert rec.finals_grown == 0 and len(finals) == 2
+    for f in finals:
+        seg = conversation[round(f.start * SAMPLE_RATE) : round(f.end * SAMPLE_RATE)]
+        want = transcribe(default_model, seg, OPTS.decoding)
+        assert [a.text for a in f.alternatives] == [a.text for a in want.alternatives]
+        assert f.words and [w.word for w in f.words] == [w.word for w in want.words]
+        for w, v in zip(f.words, want.words, strict=True):
+            assert w.start == pytest.approx(v.start + f.start, abs=1e-3)
+            assert w.end == pytest.approx(v.end + f.start, abs=1e-3)
+    assert "THANK" in finals[0].text
+
+
 def test_finals_cut_by_blank_endpoints_are_decoded_after_their_sentence_so_far(
     model: Transcriber, speech: list[np.ndarray]
 ) -> None:
@@ -605,6 +637,8 @@ def test_options_and_models_are_checked() -> None:
         OnlineRecognizer(tiny_model())
     assert type(make_recognizer(tiny_model())) is Recognizer
     assert isinstance(make_recognizer(chunked(tiny_model())), OnlineRecognizer)
+    with pytest.raises(ValueError, match="for chunk-streaming models"):
+        make_recognizer(tiny_model(), final_model=tiny_model())
 
 
 @pytest.mark.parametrize("blank_ms", [0, 240])

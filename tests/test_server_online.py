@@ -34,11 +34,11 @@ from server.app import create_server
 class Served:
     """A server with two models (``offline``, the default, and ``streaming``) on its own event loop thread."""
 
-    def __init__(self, models: dict[str, Any]) -> None:
+    def __init__(self, models: dict[str, Any], **changes: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        cfg = config(beam_size=4, idle_timeout_s=5.0)
+        cfg = config(beam_size=4, idle_timeout_s=5.0, **changes)
         self.server, port = asyncio.run_coroutine_threadsafe(
             create_server(cfg, models=models), self.loop
         ).result(120)
@@ -211,3 +211,33 @@ def test_a_request_chooses_whole_or_growing_finals(
     assert not unset.HasField("growing_finals")
     chosen = streaming_config(StreamingConfig(growing_finals=False), 16000).streaming_config
     assert chosen.HasField("growing_finals") and not chosen.growing_finals
+
+
+def test_streaming_finals_from_a_second_model(streaming_model: Transcriber, audio: np.ndarray) -> None:
+    """``--streaming-finals offline``: the streaming model's partials and endpoints, each final decoded from
+    its utterance's audio by the offline model (here the bundled default; counted as second-pass finals); a
+    name the server does not serve is refused at start-up."""
+    offline = load_model("default", device="cpu")
+    served = Served({"offline": offline, "streaming": streaming_model}, streaming_finals="offline")
+    try:
+        sc = stream_config(interim=True)
+        sc.config.model = "streaming"
+        sent: list[float] = []
+        results = [
+            r for resp in served.stub.StreamingRecognize(paced(audio, sc, sent, 0.0)) for r in resp.results
+        ]
+        scraped = generate_latest(served.server.metrics.registry).decode()
+    finally:
+        served.stop()
+    finals = [r for r in results if r.is_final]
+    assert len(finals) == 2 and any(not r.is_final for r in results)
+    for f in finals:
+        lo, hi = (
+            round(seconds(f.result_start_offset) * SAMPLE_RATE),
+            round(seconds(f.result_end_offset) * SAMPLE_RATE),
+        )
+        assert f.alternatives[0].transcript == transcribe(offline, audio[lo:hi], OPTS.decoding).text
+    second = re.search(r'asr_stream_finals_total\{model="streaming",search="second_pass"\} ([\d.]+)', scraped)
+    assert second is not None and float(second.group(1)) == 2, scraped
+    with pytest.raises(ValueError, match="'nonesuch' is not a served model"):
+        Served({"offline": offline, "streaming": streaming_model}, streaming_finals="nonesuch")

@@ -27,6 +27,7 @@ from asr.ctc import delay_penalty
 from asr.data.importers import import_corpus
 from asr.data.manifest import write_manifest
 from asr.model import ASRModel, ModelConfig
+from asr.tokenizer import CharTokenizer
 from asr.train import (
     TrainConfig,
     average_checkpoints,
@@ -35,7 +36,9 @@ from asr.train import (
     load_config,
     train,
 )
+from asr.training.config import OptimConfig
 from asr.training.data import read_utterances
+from asr.training.optim import build_optimizer, lr_scale
 from asr.training.triggered import MemoryLimits
 from client.cli import main
 
@@ -216,6 +219,9 @@ def test_resume_refuses_another_world_size(manifest: Path, tmp_path: Path) -> No
         ({"provisional_ctc": -0.5}, "provisional_ctc must be >= 0"),
         ({"data__vtlp": {"max_warp": 0.7}}, r"vtlp.max_warp must be in \[0, 0.5\)"),
         ({"data__vtlp": {"warp": 0.1}}, "warp"),
+        ({"optim__lr_scales": {"encoder": 0.0}}, "positive multipliers"),
+        ({"optim__lr_scales": [0.1]}, "'optim.lr_scales' must be a mapping"),
+        ({"optim__lr_scales": {"encoder": "slow"}}, r"'optim.lr_scales.encoder' must be a number"),
     ],
 )
 def test_config_values_are_checked(
@@ -223,6 +229,30 @@ def test_config_values_are_checked(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig.from_dict(tiny_config(manifest, tmp_path, **changes))
+
+
+def test_lr_scales_make_parameter_groups_by_longest_prefix() -> None:
+    model = ASRModel(ModelConfig.from_dict(TINY_MODEL), CharTokenizer.default())
+    model.ctc.requires_grad_(False)
+    scales = {"encoder": 0.1, "encoder.layers.0": 0.5}
+    assert lr_scale("encoder.layers.0.weight_ih_l0", scales) == 0.5
+    assert lr_scale("encoder.layers.1.bias_ih_l0", scales) == 0.1
+    assert lr_scale("decoder.embed.weight", scales) == 1.0 and lr_scale("encoderx.w", scales) == 1.0
+    config = OptimConfig(lr=1e-3, weight_decay=0.01, lr_scales=scales)
+    optimizer, scheduler = build_optimizer(model, config, total_steps=10, fused=False)
+    by_param = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert id(p) not in by_param, name
+            continue
+        group = by_param[id(p)]
+        assert group["lr"] == pytest.approx(1e-3 * lr_scale(name, scales) / config.warmup_steps), name
+        assert group["weight_decay"] == (0.0 if p.dim() < 2 or "bias" in name else 0.01), name
+    assert scheduler.get_last_lr()[0] == pytest.approx(
+        1e-3 / config.warmup_steps
+    )  # the first group: unscaled
+    with pytest.raises(ValueError, match=r"\['ctc'\] name no trained parameters"):
+        build_optimizer(model, OptimConfig(lr_scales={"ctc": 0.1}), total_steps=10, fused=False)
 
 
 def test_config_files_and_cli(manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -148,6 +148,15 @@ def whisper_model(seed: int = 0) -> ASRModel:
 
 def test_half_export_keeps_the_front_end_in_8_bits(tmp_path: Path) -> None:
     model = whisper_model().eval()
+    assert (
+        checkpoint_dict(model, half=True)["state_dict"]["encoder.front.conv1.weight"].dtype == torch.float16
+    )
+    with (
+        torch.no_grad()
+    ):  # on the 8-bit grid, as load_whisper_front leaves them: stored in 8 bits, losslessly
+        for p in model.encoder.front.parameters():
+            if p.dim() >= 2:
+                p.copy_(int8_round_trip(p))
     ckpt = checkpoint_dict(model, half=True)
     q = ckpt["state_dict"]["encoder.front.blocks.0.qkv.weight"]
     assert q.dtype == torch.int8 and "encoder.front.blocks.0.qkv.weight" in ckpt["int8_scales"]
@@ -197,6 +206,24 @@ def test_a_whisper_model_trains_from_a_ct2_file_with_its_front_end_frozen(
     assert len(losses) == 6 and losses[-1] < losses[0]
     with pytest.raises(ValueError, match="names no parameters"):
         train(TrainConfig.from_dict({**raw, "frozen": ["encoder.nothing"], "out_dir": str(tmp_path / "r2")}))
+
+    # fine-tuning the front end's top: its convolutions stay in 8 bits, the block that trained leaves the grid
+    # and exports in fp16 (the 8-bit rounding would undo most of a small learning rate's steps)
+    tuned = tiny_config(
+        manifest, tmp_path / "tuned", epochs=2, average=1, init_from=str(tmp_path / "run" / "final.pt")
+    )
+    tuned["model"] = {}
+    tuned.update(frozen=["encoder.front.conv1", "encoder.front.conv2"])
+    tuned["optim"]["lr_scales"] = {"encoder.front": 0.1}
+    train(TrainConfig.from_dict(tuned))
+    half = checkpoint_dict(model_from_checkpoint(load_checkpoint(tmp_path / "tuned" / "final.pt")), half=True)
+    assert set(half["int8_scales"]) == {"encoder.front.conv1.weight", "encoder.front.conv2.weight"}
+    assert half["state_dict"]["encoder.front.blocks.0.qkv.weight"].dtype == torch.float16
+    moved = (
+        half["state_dict"]["encoder.front.blocks.0.qkv.weight"].float()
+        - model.encoder.front.blocks[0].qkv.weight
+    )
+    assert moved.abs().max() > 0
 
 
 def test_warm_start_takes_the_decoder_and_tokenizer_or_refuses(manifest: Path, tmp_path: Path) -> None:  # noqa: F811

@@ -71,8 +71,16 @@ class OptimConfig:
     warmup_steps: int = 500
     schedule: str = "cosine"  # "cosine" (to min_lr_ratio * lr), "noam" (inverse square root) or "constant"
     min_lr_ratio: float = 0.05
+    # parameter-name prefix -> multiplier of the learning rate (the longest matching prefix wins), e.g.
+    # {encoder.front: 0.1}: a pre-trained front end's unfrozen layers move at a tenth of the new layers' pace
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        bad = {k: v for k, v in self.lr_scales.items() if not v > 0}
+        if bad:
+            raise ValueError(
+                f"optim.lr_scales must be positive multipliers, got {bad}; freeze weights with 'frozen'"
+            )
         if self.schedule not in ("cosine", "noam", "constant"):
             raise ValueError(f"optim.schedule must be 'cosine', 'noam' or 'constant', got {self.schedule!r}")
 
@@ -252,6 +260,10 @@ def _typed(hint: Any, value: Any, key: str) -> Any:
             raise ValueError(f"config key {key!r} must be {want}, got {value!r}")
         types = [args[0]] * len(items) if variadic else list(args)
         return tuple(_typed(t, v, key) for t, v in zip(types, items, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
+        return {_typed(args[0], k, key): _typed(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)

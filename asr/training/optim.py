@@ -29,18 +29,32 @@ def lr_lambda(config: OptimConfig, total_steps: int) -> Callable[[int], float]:
     return f
 
 
+def lr_scale(name: str, scales: dict[str, float]) -> float:
+    """The learning-rate multiplier of parameter ``name``: its longest prefix's in ``scales``, else 1."""
+    matches = [p for p in scales if name == p or name.startswith(p + ".")]
+    return scales[max(matches, key=len)] if matches else 1.0
+
+
 def build_optimizer(
     model: nn.Module, config: OptimConfig, total_steps: int, fused: bool
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """``(optimizer, scheduler)``; ``fused`` AdamW kernels on CUDA."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:  # a frozen part (TrainConfig.trainable)
-            continue
-        (no_decay if p.dim() < 2 or "bias" in name or "norm" in name else decay).append(p)
+    """``(optimizer, scheduler)``; ``fused`` AdamW kernels on CUDA. One parameter group per (learning-rate
+    multiplier, weight decay or not)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # frozen parts left out
+    unused = [p for p in config.lr_scales if not any(n == p or n.startswith(p + ".") for n, _ in named)]
+    if unused:
+        raise ValueError(
+            f"optim.lr_scales: {unused} name no trained parameters of the model (e.g. 'encoder.front')"
+        )
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in named:
+        decays = not (p.dim() < 2 or "bias" in name or "norm" in name)
+        groups.setdefault((lr_scale(name, config.lr_scales), decays), []).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": ps, "lr": config.lr * scale, "weight_decay": config.weight_decay if decays else 0.0}
+            for (scale, decays), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))
+        ],
         lr=config.lr,
         betas=config.betas,
         fused=fused,
