@@ -40,6 +40,11 @@ class EndpointConfig:
     # words lose accuracy to it (speechocean762 validation, streamed: 67.8 % WER with the energy rule alone,
     # 79.6 % at 480 ms, 92.0 % at 240 ms; fluent commonvoice-sample 88.8 -> 89.1 % at 240 ms; BENCHMARKS.md).
     blank_ms: int = 0
+    # ... and only where the energy VAD heard no speech over the run's audio: a chunked model emits blanks
+    # over long vowels and the voiced tails of words (slow speakers, children), and a cut there splits them
+    # between two finals (speechocean762 validation at 160 ms, the bundled streaming model: 5.27 utterances
+    # per recording and 103.4 % WER without this, 1.90 and 73.6 % with it; bench/stream_wer.py, session 33)
+    blank_needs_quiet: bool = True
 
     def __post_init__(self) -> None:
         if not 100 <= self.silence_ms <= 10_000:

@@ -199,6 +199,31 @@ def test_blank_endpoint_ends_the_utterance_sooner_than_the_energy_rule(
     assert final_at(240, ahead=True) <= by_blanks  # blanks read in the look-ahead count
 
 
+def test_blanks_end_an_utterance_only_where_the_vad_hears_no_speech(
+    model: Transcriber, speech: list[np.ndarray]
+) -> None:
+    """A steady hum after the speech: the model hears no words in it (blanks), the energy VAD hears sound.
+    The blank run ends the utterance only once the hum stops (``blank_needs_quiet``), unless told not to
+    ask the VAD."""
+    t = np.arange(int(1.5 * SAMPLE_RATE)) / SAMPLE_RATE
+    hum = (0.05 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
+    end = 0.5 + speech_end(speech[3])
+    voiced = speech[3][: round(speech_end(speech[3]) * SAMPLE_RATE)]  # the hum starts as the voice stops
+    audio = np.concatenate([silence(0.5), voiced, hum, silence(2.0)])
+    hum_end = end + 1.5
+
+    def first_final(quiet: bool) -> tuple[float, StreamResult]:
+        rec = OnlineRecognizer(model)
+        endpoint = EndpointConfig(blank_ms=240, silence_ms=800, blank_needs_quiet=quiet)
+        opts = dataclasses.replace(OPTS, endpoint=endpoint)
+        return next((t, r) for t, r in feed(rec, rec.create_stream(opts), audio) if r.is_final)
+
+    at, final = first_final(quiet=False)
+    assert at - end < 0.8 and final.end < hum_end - 0.5  # cut in the hum
+    at, final = first_final(quiet=True)
+    assert at > hum_end and final.end >= hum_end - 0.1  # the hum stayed in the utterance
+
+
 def test_each_chunk_is_encoded_once(
     streamed: tuple[OnlineRecognizer, list], conversation: np.ndarray
 ) -> None:
