@@ -173,9 +173,10 @@ def evaluate(
     )
 
 
-def write_errors(result: EvalResult, path: str | Path) -> None:
-    """Per-utterance results as JSONL, worst first."""
-    rows = sorted(result.per_utterance, key=lambda r: (-r.word_errors, -r.char_errors, r.id))
+def write_errors(result: EvalResult | Sequence[UtteranceResult], path: str | Path) -> None:
+    """Per-utterance results as JSONL, worst first (what ``asr compare`` reads)."""
+    results = result.per_utterance if isinstance(result, EvalResult) else result
+    rows = sorted(results, key=lambda r: (-r.word_errors, -r.char_errors, r.id))
     with Path(path).open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n")

@@ -42,6 +42,18 @@ def scores(refs: list[str], hyps: list[str]) -> tuple[float, float]:
     return float(jiwer.wer(refs, hyps)), float(jiwer.cer(refs, hyps))
 
 
+def keep_errors(folder: Path | None, row: str, utts: list, refs: list[str], hyps: list[str]) -> None:
+    """A row's per-utterance errors as ``folder/ROW.errors.jsonl`` (``asr eval --errors``'s format)."""
+    if folder is None:
+        return
+    from asr.evaluate import score_utterances, write_errors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "_" for c in row).strip("_")
+    results = score_utterances(utts, refs, [normalize_text(h) for h in hyps])
+    write_errors(results, folder / f"{slug}.errors.jsonl")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("data", type=Path, help="JSONL manifest or Kaldi data folder")
@@ -77,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trail", type=float, default=1.0, help="seconds of silence after each recording")
     p.add_argument("--batch", type=int, default=16, help="streams per decode call")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument(
+        "--errors",
+        type=Path,
+        help="write each row's per-utterance errors to this folder (ROW.errors.jsonl, for asr compare)",
+    )
     args = p.parse_args(argv)
     if args.limit < 0 or args.batch < 1 or args.threads < 1:
         p.error("--limit must be >= 0, --batch and --threads >= 1")
@@ -108,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     wer, cer = scores(refs, texts)
     row = "{:<50} | {:6.2%} | {:6.2%} | {:12.2f} | {:7.1f}"
     print(row.format("offline (whole recordings)", wer, cer, 1.0, time.perf_counter() - t0), flush=True)
+    keep_errors(args.errors, "offline", utts, refs, texts)
 
     online = model.config.encoder.streaming  # chunk by chunk: the blank rule, no early finals (no tails)
     final_model = load_model(args.final_model) if online and "second" in args.finals else None
@@ -117,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         wer, cer = scores(refs, texts)
         name = f"offline, {args.final_model} (the second pass's model)"
         print(row.format(name, wer, cer, 1.0, time.perf_counter() - t0), flush=True)
+        keep_errors(args.errors, f"offline {args.final_model}", utts, refs, texts)
     lead = np.zeros(int(args.lead * SAMPLE_RATE), np.float32)
     trail = np.zeros(int(args.trail * SAMPLE_RATE), np.float32)
     rows = itertools.product(
@@ -156,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             else f"tail {min(tail, silence)} ms"
         )
         print(row.format(name, wer, cer, segs, time.perf_counter() - t0), flush=True)
+        keep_errors(args.errors, name, utts, refs, hyps)
     return 0
 
 

@@ -46,7 +46,8 @@ def test_stream_wer_rows_of_a_streaming_model_with_a_second_pass(
     streaming = tmp_path / "streaming.pt"
     save_checkpoint(chunked(load_model(tiny_checkpoint(tmp_path / "base.pt"), device="cpu")), streaming)
     args = [str(speech_manifest), "--model", str(streaming), "--final-model", str(offline), "--threads", "1"]
-    assert main([*args, "--finals", "grown", "second", "--blank-ms", "0"]) == 0
+    errors = tmp_path / "errors"
+    assert main([*args, "--finals", "grown", "second", "--blank-ms", "0", "--errors", str(errors)]) == 0
     out = capsys.readouterr().out
     rows = ROW.findall(out)
     assert [(r[0], r[1].split(",")[-1].strip()) for r in rows] == [
@@ -55,3 +56,11 @@ def test_stream_wer_rows_of_a_streaming_model_with_a_second_pass(
         ("streamed", "grown"),
         ("streamed", "second"),
     ], out
+    kept = sorted(p.name for p in errors.iterdir())
+    assert len(kept) == 4 and "offline.errors.jsonl" in kept, kept
+    second = next(p for p in errors.iterdir() if p.name.endswith("second.errors.jsonl"))
+    assert len(second.read_text().splitlines()) == len(speech_manifest.read_text().splitlines())
+    from asr.significance import load_counts
+
+    assert load_counts(second)  # what asr compare reads
+
