@@ -75,6 +75,8 @@ class ServerConfig:
     final_tail_ms: int = 300
     # streams of chunked-encoder models: CTC blanks after speech that end an utterance; 0 = energy rule only
     blank_ms: int = EndpointConfig.blank_ms
+    # ... only where the energy VAD heard no speech over the same audio
+    blank_needs_quiet: bool = EndpointConfig.blank_needs_quiet
     # streams of chunked-encoder models: search finals while their utterance is heard (asr.growing_search)
     growing_finals: bool = True
     # ... unless a search lags this far behind its audio (the server is loaded): that final is searched whole
@@ -199,7 +201,11 @@ def default_stream_options(config: ServerConfig, lm_weight: float = 0.0) -> Stre
             lm_weight=lm_weight,
             tta_speeds=config.tta_speed_values,
         ),
-        endpoint=EndpointConfig(final_tail_ms=config.final_tail_ms, blank_ms=config.blank_ms),
+        endpoint=EndpointConfig(
+            final_tail_ms=config.final_tail_ms,
+            blank_ms=config.blank_ms,
+            blank_needs_quiet=config.blank_needs_quiet,
+        ),
         growing_finals=config.growing_finals,
     )
 

@@ -35,7 +35,7 @@ from asr.decoding import DecodingOptions
 from asr.transcribe import decode_waveforms, transcribe
 from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.app import create_server
-from server.config import ServerConfig
+from server.config import ServerConfig, default_stream_options
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = SAMPLE_RATE // 10  # 100 ms
@@ -776,5 +776,9 @@ def test_config_from_env() -> None:
     assert c.port == 1234 and c.tokens == ("a", "b") and c.warmup is False and c.beam_size == 2
     with pytest.raises(ValueError, match="ASR_PORT"):
         ServerConfig.from_env({"ASR_PORT": "many"})
+    loud = ServerConfig.from_env({"ASR_BLANK_NEEDS_QUIET": "false", "ASR_BLANK_MS": "160"})
+    endpoint = default_stream_options(loud).endpoint
+    assert endpoint.blank_ms == 160 and not endpoint.blank_needs_quiet
+    assert default_stream_options(ServerConfig()).endpoint.blank_needs_quiet
     with pytest.raises(ValueError, match="tls_key"):
         ServerConfig(tls_cert="x.pem")
