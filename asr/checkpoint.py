@@ -8,6 +8,7 @@ the entry point of the recognition API: it gives a :class:`~asr.transcribe.Trans
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,14 +54,19 @@ def on_int8_grid(w: Tensor) -> bool:
 
 
 def checkpoint_dict(
-    model: ASRModel, extra: dict[str, Any] | None = None, half: bool = False
+    model: ASRModel, extra: dict[str, Any] | None = None, half: bool = False, int8: Sequence[str] = ()
 ) -> dict[str, Any]:
+    """The checkpoint of ``model``. ``half``: weights in fp16, except the Whisper front end's matrices that
+    lie on their 8-bit grid, stored in 8 bits (losslessly), and those under the parameter-name prefixes
+    ``int8`` (e.g. ``encoder.front``: a front end whose top layers trained), rounded to 8 bits."""
     state: dict[str, Tensor] = {}
     scales: dict[str, Tensor] = {}
-    int8 = half and model.config.encoder.frontend == "whisper"
+    whisper = half and model.config.encoder.frontend == "whisper"
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
-        if int8 and k.startswith(INT8_PREFIX) and v.is_floating_point() and v.dim() >= 2 and on_int8_grid(v):
+        matrix = v.is_floating_point() and v.dim() >= 2
+        rounded = half and matrix and any(k.startswith(p + ".") for p in int8)
+        if rounded or (whisper and matrix and k.startswith(INT8_PREFIX) and on_int8_grid(v)):
             state[k], scales[k] = int8_rows(v)
         elif half and v.is_floating_point() and not k.startswith("cmvn."):
             state[k] = v.half()
@@ -80,9 +86,13 @@ def checkpoint_dict(
 
 
 def save_checkpoint(
-    model: ASRModel, path: str | os.PathLike, extra: dict[str, Any] | None = None, half: bool = False
+    model: ASRModel,
+    path: str | os.PathLike,
+    extra: dict[str, Any] | None = None,
+    half: bool = False,
+    int8: Sequence[str] = (),
 ) -> None:
-    atomic_save(checkpoint_dict(model, extra, half), path)
+    atomic_save(checkpoint_dict(model, extra, half, int8), path)
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:

@@ -224,6 +224,13 @@ def test_a_whisper_model_trains_from_a_ct2_file_with_its_front_end_frozen(
         - model.encoder.front.blocks[0].qkv.weight
     )
     assert moved.abs().max() > 0
+    # export_int8 rounds the trained block to 8 bits as well (a smaller file, for a little rounding)
+    small_out = str(tmp_path / "small")
+    rounded = {**tuned, "epochs": 1, "export_int8": ["encoder.front"], "out_dir": small_out}
+    train(TrainConfig.from_dict(rounded))
+    small = load_checkpoint(tmp_path / "small" / "final.pt")
+    assert small["state_dict"]["encoder.front.blocks.0.qkv.weight"].dtype == torch.int8
+    assert len(small["int8_scales"]) == len(half["int8_scales"]) + 4  # the block's qkv, out and 2 MLP
 
 
 def test_warm_start_takes_the_decoder_and_tokenizer_or_refuses(manifest: Path, tmp_path: Path) -> None:  # noqa: F811

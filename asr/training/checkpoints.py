@@ -129,12 +129,16 @@ def _shapes(ckpt: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 # ----------------------------------------------------------------------------------------------- export
 
 
-def export_final(source: Path, out: Path, summary: dict[str, Any], half: bool) -> None:
-    """``out`` (final.pt): ``source``'s model, keeping its description (epoch, step, validation metrics)."""
+def export_final(
+    source: Path, out: Path, summary: dict[str, Any], half: bool, int8: Sequence[str] = ()
+) -> None:
+    """``out`` (final.pt): ``source``'s model, keeping its description (epoch, step, validation metrics);
+    ``half`` and ``int8`` as :func:`asr.checkpoint.checkpoint_dict` takes them."""
     ckpt = load_checkpoint(source)
     save_checkpoint(
         model_from_checkpoint(ckpt),
         out,
         extra={**ckpt.get("extra", {}), "source": source.name, "train_summary": summary},
         half=half,
+        int8=int8,
     )

@@ -108,6 +108,9 @@ class TrainConfig:
     keep_checkpoints: int = 5
     average: int = 5  # average the best N epoch models at the end (<= 1: off)
     export_half: bool = True  # final.pt in fp16
+    # ... with the matrices under these parameter-name prefixes rounded to 8 bits, a scale per row (e.g.
+    # [encoder.front]: a Whisper front end whose top layers trained; the frozen ones are in 8 bits anyway)
+    export_int8: tuple[str, ...] = ()
     init_from: str = ""  # fine-tune: start from this checkpoint's weights, config, tokenizer and CMVN
     # nats per encoder frame against CTC paths that emit tokens in the silence before and after each
     # utterance's voiced part (asr.ctc.silence_penalty): ties the first and last words to their sound

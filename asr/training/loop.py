@@ -541,7 +541,7 @@ class Trainer:
             final_source = self.out / "averaged.pt"
         if final_source.exists():
             final = self.out / "final.pt"
-            export_final(final_source, final, summary, half=self.config.export_half)
+            export_final(final_source, final, summary, self.config.export_half, self.config.export_int8)
             summary["final"] = str(final)
         log.info(
             "done: %d steps, %.2f steps/s, data wait %.1f%% of step time; final model %s",
