@@ -40,11 +40,12 @@ class EndpointConfig:
     # words lose accuracy to it (speechocean762 validation, streamed: 67.8 % WER with the energy rule alone,
     # 79.6 % at 480 ms, 92.0 % at 240 ms; fluent commonvoice-sample 88.8 -> 89.1 % at 240 ms; BENCHMARKS.md).
     blank_ms: int = 0
-    # ... and only where the energy VAD heard no speech over the run's audio: a chunked model emits blanks
-    # over long vowels and the voiced tails of words (slow speakers, children), and a cut there splits them
-    # between two finals (speechocean762 validation at 160 ms, the bundled streaming model: 5.27 utterances
-    # per recording and 103.4 % WER without this, 1.90 and 73.6 % with it; bench/stream_wer.py, session 33)
-    blank_needs_quiet: bool = True
+    # ... and only where the energy VAD heard no speech over the run's last blank_quiet_ms (0: no check): a
+    # chunked model emits blanks over long vowels and the voiced tails of words (slow speakers, children),
+    # and a cut there splits them between two finals (speechocean762 validation, 160 ms blank runs, the
+    # bundled streaming model: 5.27 utterances per recording and 103.4 % WER without the check, 1.90 and
+    # 73.6 % with 160 ms of quiet; bench/stream_wer.py, session 33)
+    blank_quiet_ms: int = 160
 
     def __post_init__(self) -> None:
         if not 100 <= self.silence_ms <= 10_000:
@@ -57,6 +58,8 @@ class EndpointConfig:
             raise ValueError("min_speech_ms and pre_speech_ms must be >= 0")
         if not 0 <= self.blank_ms <= 10_000:
             raise ValueError(f"blank_ms must be in [0, 10000] (0 disables), got {self.blank_ms}")
+        if not 0 <= self.blank_quiet_ms <= 10_000:
+            raise ValueError(f"blank_quiet_ms must be in [0, 10000] (0: no check), got {self.blank_quiet_ms}")
         if self.final_tail_ms < 20:
             raise ValueError(f"final_tail_ms must be at least one 20 ms frame, got {self.final_tail_ms}")
 

@@ -15,7 +15,7 @@ alike), but nothing is decoded twice:
 * **partials**: greedy CTC over each new chunk extends the utterance's token sequence; a partial goes out
   whenever its text changes (at most once per chunk);
 * **endpoints**: a run of ``blank_ms`` of CTC blanks after the utterance's first token ends it (the model
-  hears the speech end) where the energy VAD heard no speech over the same audio (``blank_needs_quiet``: the
+  hears the speech end) where the energy VAD heard no speech over the same audio (``blank_quiet_ms``: the
   model's blanks over a long vowel or a word's voiced tail do not cut the word), and so does the energy
   VAD's ``silence_ms`` of silence after speech; an utterance reaching ``max_segment_seconds`` is cut there.
   An utterance in which greedy CTC heard nothing is dropped (silence and noise give no finals), and one that
@@ -350,9 +350,9 @@ class OnlineRecognizer(Recognizer):
         ep = s.options.endpoint
         pos = s.encoded_to = utt.start + utt.num_frames * self.samples_per_frame  # the sample encoded up to
         blank_end = bool(utt.tokens) and ep.blank_ms > 0 and run * self.frame_ms >= ep.blank_ms
-        if blank_end and ep.blank_needs_quiet:  # and the energy VAD heard no speech over the run's audio
+        if blank_end and ep.blank_quiet_ms:  # and the energy VAD heard no speech over the run's last ms
             reach = pos + (len(ahead) if run > utt.blank_run else 0) * self.samples_per_frame
-            blank_end = not s._heard_speech(reach - ep.blank_ms * SAMPLE_RATE // 1000, reach)
+            blank_end = not s._heard_speech(reach - ep.blank_quiet_ms * SAMPLE_RATE // 1000, reach)
         energy_end = bool(s.energy_ends) and pos >= s.energy_ends[0]
         if blank_end or energy_end or utt.num_frames * self.frame_ms >= ep.max_segment_seconds * 1000:
             # an energy endpoint keeps the utterance up to the first chunk boundary after it, wherever the

@@ -460,8 +460,8 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
     searches finals whole at their endpoint (``--no-growing-finals``), e.g. ``streaming@160/whole``; a
     ``/chunkMS`` suffix runs the model with MS-millisecond chunks (``--chunk-ms``), e.g.
     ``streaming@160/chunk160``; a ``/finals=OTHER`` suffix serves OTHER beside it and has it decode each
-    utterance's final again (``--streaming-finals``), e.g. ``streaming/finals=default``; ``/loud`` lets blank
-    runs end utterances whatever the energy VAD hears (``--no-blank-needs-quiet``)."""
+    utterance's final again (``--streaming-finals``), e.g. ``streaming/finals=default``; ``/quietMS`` asks the
+    energy VAD for MS ms of quiet at the end of a blank run (``--blank-quiet-ms``; ``/quiet0``: no check)."""
     from asr.checkpoint import resolve_model_path
 
     spec, *variants = name.split("/")
@@ -473,13 +473,13 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
             env["ASR_GROWING_FINALS"] = "false"
         elif variant.startswith("chunk") and variant[5:].isdigit():
             env["ASR_CHUNK_MS"] = variant[5:]
-        elif variant == "loud":
-            env["ASR_BLANK_NEEDS_QUIET"] = "false"
+        elif variant.startswith("quiet") and variant[5:].isdigit():
+            env["ASR_BLANK_QUIET_MS"] = variant[5:]
         elif variant.startswith("finals=") and variant[7:]:
             served.append(variant[7:])
             env["ASR_STREAMING_FINALS"] = Path(variant[7:]).stem  # its served name
         else:
-            known = "whole, chunkMS, loud, finals=MODEL"
+            known = "whole, chunkMS, quietMS, finals=MODEL"
             raise SystemExit(f"{name}: unknown variant {variant!r} (known: {known})")
     try:
         for m in served:

@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from asr import precision
 from asr.checkpoint import load_model, resolve_model_path, summarize, with_chunk_ms
+from asr.endpointing import EndpointConfig
 from asr.model import ASRModel
 from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.auth import BearerTokenInterceptor
@@ -269,9 +270,9 @@ SERVE_HELP = {
     "model_name": "name(s) to serve the model(s) under, comma-separated (default: the files' stems)",
     "blank_ms": "streams of chunked-encoder models: ms of CTC blanks after speech that end an utterance "
     "(default 0: the energy rule only; e.g. 240)",
-    "blank_needs_quiet": "a blank run ends an utterance only where the energy VAD heard no speech over "
-    "the same audio, so that the model's blanks over a long vowel do not cut a word (default on; "
-    "--no-blank-needs-quiet: blanks alone, e.g. for audio whose noise the VAD takes for speech)",
+    "blank_quiet_ms": "a blank run ends an utterance only where the energy VAD heard no speech over its "
+    f"last this many ms, so that the model's blanks over a long vowel do not cut a word (default "
+    f"{EndpointConfig.blank_quiet_ms}; 0: blanks alone, e.g. for audio whose noise the VAD takes for speech)",
     "growing_finals": "streams of chunked-encoder models: search each final while its utterance is "
     "heard, on the finals thread when it is idle, so that only its last tokens are left at the endpoint "
     "(default on; --no-growing-finals searches finals whole at their endpoint, batched); a request's "

@@ -75,8 +75,8 @@ class ServerConfig:
     final_tail_ms: int = 300
     # streams of chunked-encoder models: CTC blanks after speech that end an utterance; 0 = energy rule only
     blank_ms: int = EndpointConfig.blank_ms
-    # ... only where the energy VAD heard no speech over the same audio
-    blank_needs_quiet: bool = EndpointConfig.blank_needs_quiet
+    # ... only where the energy VAD heard no speech over the run's last this many ms (0: no check)
+    blank_quiet_ms: int = EndpointConfig.blank_quiet_ms
     # streams of chunked-encoder models: search finals while their utterance is heard (asr.growing_search)
     growing_finals: bool = True
     # ... unless a search lags this far behind its audio (the server is loaded): that final is searched whole
@@ -204,7 +204,7 @@ def default_stream_options(config: ServerConfig, lm_weight: float = 0.0) -> Stre
         endpoint=EndpointConfig(
             final_tail_ms=config.final_tail_ms,
             blank_ms=config.blank_ms,
-            blank_needs_quiet=config.blank_needs_quiet,
+            blank_quiet_ms=config.blank_quiet_ms,
         ),
         growing_finals=config.growing_finals,
     )

@@ -203,7 +203,7 @@ def test_blanks_end_an_utterance_only_where_the_vad_hears_no_speech(
     model: Transcriber, speech: list[np.ndarray]
 ) -> None:
     """A steady hum after the speech: the model hears no words in it (blanks), the energy VAD hears sound.
-    The blank run ends the utterance only once the hum stops (``blank_needs_quiet``), unless told not to
+    The blank run ends the utterance only once the hum stops (``blank_quiet_ms``), unless told not to
     ask the VAD."""
     t = np.arange(int(1.5 * SAMPLE_RATE)) / SAMPLE_RATE
     hum = (0.05 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
@@ -214,7 +214,7 @@ def test_blanks_end_an_utterance_only_where_the_vad_hears_no_speech(
 
     def first_final(quiet: bool) -> tuple[float, StreamResult]:
         rec = OnlineRecognizer(model)
-        endpoint = EndpointConfig(blank_ms=240, silence_ms=800, blank_needs_quiet=quiet)
+        endpoint = EndpointConfig(blank_ms=240, silence_ms=800, blank_quiet_ms=160 if quiet else 0)
         opts = dataclasses.replace(OPTS, endpoint=endpoint)
         return next((t, r) for t, r in feed(rec, rec.create_stream(opts), audio) if r.is_final)
 

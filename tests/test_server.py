@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from asr import ASRModel, save_checkpoint
 from asr.audio import SAMPLE_RATE, float_to_pcm16, resample
 from asr.decoding import DecodingOptions
+from asr.endpointing import EndpointConfig
 from asr.transcribe import decode_waveforms, transcribe
 from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.app import create_server
@@ -776,9 +777,9 @@ def test_config_from_env() -> None:
     assert c.port == 1234 and c.tokens == ("a", "b") and c.warmup is False and c.beam_size == 2
     with pytest.raises(ValueError, match="ASR_PORT"):
         ServerConfig.from_env({"ASR_PORT": "many"})
-    loud = ServerConfig.from_env({"ASR_BLANK_NEEDS_QUIET": "false", "ASR_BLANK_MS": "160"})
+    loud = ServerConfig.from_env({"ASR_BLANK_QUIET_MS": "0", "ASR_BLANK_MS": "160"})
     endpoint = default_stream_options(loud).endpoint
-    assert endpoint.blank_ms == 160 and not endpoint.blank_needs_quiet
-    assert default_stream_options(ServerConfig()).endpoint.blank_needs_quiet
+    assert endpoint.blank_ms == 160 and endpoint.blank_quiet_ms == 0
+    assert default_stream_options(ServerConfig()).endpoint.blank_quiet_ms == EndpointConfig.blank_quiet_ms
     with pytest.raises(ValueError, match="tls_key"):
         ServerConfig(tls_cert="x.pem")
