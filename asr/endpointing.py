@@ -43,9 +43,11 @@ class EndpointConfig:
     # ... and only where the energy VAD heard no speech over the run's last blank_quiet_ms (0: no check): a
     # chunked model emits blanks over long vowels and the voiced tails of words (slow speakers, children),
     # and a cut there splits them between two finals (speechocean762 validation, 160 ms blank runs, the
-    # bundled streaming model: 5.27 utterances per recording and 103.4 % WER without the check, 1.90 and
-    # 73.6 % with 160 ms of quiet; bench/stream_wer.py, session 33)
-    blank_quiet_ms: int = 160
+    # bundled streaming model: 5.27 utterances per recording and 103.4 % WER without the check, 2.15 and
+    # 75.8 % with 80 ms of quiet, 1.90 and 73.6 % with 160 ms; bench/stream_wer.py. Finals after the end
+    # of speech, 8 streams, p50 / p95: 269 / 391, 289 / 395 and 364 / 449 ms; bench/stream_latency.py;
+    # session 33)
+    blank_quiet_ms: int = 80
 
     def __post_init__(self) -> None:
         if not 100 <= self.silence_ms <= 10_000:
