@@ -15,7 +15,7 @@ alike), but nothing is decoded twice:
 * **partials**: greedy CTC over each new chunk extends the utterance's token sequence; a partial goes out
   whenever its text changes (at most once per chunk);
 * **endpoints**: a run of ``blank_ms`` of CTC blanks after the utterance's first token ends it (the model
-  hears the speech end) where the energy VAD heard no speech over the same audio (``blank_quiet_ms``: the
+  hears the speech end) where the energy VAD heard no speech over the run's last ``blank_quiet_ms`` (the
   model's blanks over a long vowel or a word's voiced tail do not cut the word), and so does the energy
   VAD's ``silence_ms`` of silence after speech; an utterance reaching ``max_segment_seconds`` is cut there.
   An utterance in which greedy CTC heard nothing is dropped (silence and noise give no finals), and one that

@@ -29,9 +29,15 @@ def lr_lambda(config: OptimConfig, total_steps: int) -> Callable[[int], float]:
     return f
 
 
+def _under(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` is ``prefix`` or lies under it (``encoder`` holds ``encoder.x``, not
+    ``encoderx``)."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def lr_scale(name: str, scales: dict[str, float]) -> float:
     """The learning-rate multiplier of parameter ``name``: its longest prefix's in ``scales``, else 1."""
-    matches = [p for p in scales if name == p or name.startswith(p + ".")]
+    matches = [p for p in scales if _under(name, p)]
     return scales[max(matches, key=len)] if matches else 1.0
 
 
@@ -41,7 +47,7 @@ def build_optimizer(
     """``(optimizer, scheduler)``; ``fused`` AdamW kernels on CUDA. One parameter group per (learning-rate
     multiplier, weight decay or not)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # frozen parts left out
-    unused = [p for p in config.lr_scales if not any(n == p or n.startswith(p + ".") for n, _ in named)]
+    unused = [p for p in config.lr_scales if not any(_under(n, p) for n, _ in named)]
     if unused:
         raise ValueError(
             f"optim.lr_scales: {unused} name no trained parameters of the model (e.g. 'encoder.front')"
