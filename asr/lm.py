@@ -27,6 +27,8 @@ from torch import Tensor
 
 from asr.files import atomic_save
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer, tokenizer_fingerprint
+from asr.word_lm import FORMAT as WORD_FORMAT
+from asr.word_lm import WordLM
 
 FORMAT = "las-asr-ngram"
 DEFAULT_LM_WEIGHT = 0.3  # shallow-fusion weight when an LM is given without one
@@ -195,6 +197,11 @@ class NGramLM:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NGramLM:
+        return cls.from_dict(cls.read(path))
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> dict[str, Any]:
+        """The plain data of an LM file (either kind)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"language model not found: {path}")
@@ -203,8 +210,8 @@ class NGramLM:
         except Exception as exc:
             raise ValueError(f"could not read language model {path}: {exc}") from exc
         if not isinstance(d, dict):
-            raise ValueError(f"{path} is not an n-gram LM")
-        return cls.from_dict(d)
+            raise ValueError(f"{path} is not a language model")
+        return d
 
     def check_tokenizer(self, tokenizer: CharTokenizer | SentencePieceTokenizer) -> None:
         """Raise if this LM was counted over different ids than ``tokenizer`` produces."""
@@ -230,10 +237,19 @@ class NGramLM:
         return math.exp(-total / max(1, count))
 
 
-def load_lm(path: str | os.PathLike, tokenizer: CharTokenizer | SentencePieceTokenizer) -> NGramLM:
-    """:meth:`NGramLM.load`, checked against the tokenizer of the model it will decode with."""
-    lm = NGramLM.load(path)
+def load_lm(
+    path: str | os.PathLike, tokenizer: CharTokenizer | SentencePieceTokenizer
+) -> NGramLM | WordLM:
+    """The LM in ``path`` (a token n-gram or a word LM), checked against the tokenizer of the model it will
+    decode with."""
+    path = Path(path)
+    d = NGramLM.read(path)
     try:
+        if d.get("format") == WORD_FORMAT:
+            if not isinstance(tokenizer, CharTokenizer):
+                raise ValueError("a word LM scores characters: it needs a model with a character tokenizer")
+            return WordLM.from_dict(d, tokenizer)
+        lm = NGramLM.from_dict(d)
         lm.check_tokenizer(tokenizer)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None

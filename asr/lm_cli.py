@@ -1,7 +1,13 @@
-"""``asr lm``: train a token n-gram language model for a model's tokenizer, and measure its perplexity.
+"""``asr lm``: train a language model for a model's tokenizer, and measure its perplexity.
 
     asr lm train TEXTS... -o models/my.lm [--model M] [--order 6] [--valid TEXTS...]
+    asr lm train --kind word [TEXTS...] [--counts FILE...] -o models/english.wlm
     asr lm perplexity LM TEXTS... [--model M]
+
+``--kind ngram`` (the default) counts token n-grams; ``--kind word`` builds a word bigram LM that scores one
+character at a time (:mod:`asr.word_lm`, character models only) from the words of TEXTS and from count files
+(``WORD COUNT`` and ``WORD WORD COUNT`` lines, e.g. the English frequency lists that ship with the PyPI
+package ``symspellpy``, made from Google Books n-grams).
 
 TEXTS are JSONL manifests (their ``text`` fields), Kaldi ``text`` files (``--format kaldi``: each line's
 first field is an utterance id) or plain text, one sentence per line, normalised as for training.
@@ -15,13 +21,17 @@ import argparse
 import json
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from asr.checkpoint import load_model
 from asr.lm import DEFAULT_LM_WEIGHT, NGramLM, load_lm
 from asr.model import ASRModel
-from asr.tokenizer import normalize_text
+from asr.tokenizer import CharTokenizer, SentencePieceTokenizer, normalize_text
+from asr.word_lm import Counts, PairCounts, WordLM, add_text_counts
+
+Tokenizer = CharTokenizer | SentencePieceTokenizer
 
 FORMATS = ("auto", "text", "jsonl", "kaldi")
 TEXTS_HELP = "manifests (.jsonl), Kaldi text or plain text files"
@@ -68,7 +78,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Example:\n  asr lm train exp/data/so762/train.jsonl corpus.txt -o models/my.lm --order 6",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("texts", nargs="+", metavar="TEXTS", help=TEXTS_HELP)
+    t.add_argument("texts", nargs="*", metavar="TEXTS", help=TEXTS_HELP)
+    t.add_argument("--kind", choices=("ngram", "word"), default="ngram", help="token n-gram or word LM")
+    t.add_argument(
+        "--counts",
+        nargs="+",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="word LM: files of 'WORD COUNT' and 'WORD WORD COUNT' lines, added to the counts of TEXTS",
+    )
     t.add_argument(
         "-o", "--output", required=True, type=Path, help="where to write the LM (by convention NAME.lm)"
     )
@@ -88,20 +107,61 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="auto", help="how to read TEXTS (default: by suffix)")
 
 
+def read_counts(paths: Sequence[Path]) -> tuple[Counts, PairCounts]:
+    """Word and word-pair counts from ``WORD COUNT`` / ``WORD WORD COUNT`` lines, normalised as for training
+    (entries that normalise to nothing or to other word counts are dropped)."""
+    unigrams: Counts = defaultdict(float)
+    bigrams: PairCounts = defaultdict(float)
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"no such counts file: {path}")
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                try:
+                    count = float(fields[-1])
+                except ValueError:
+                    raise ValueError(f"{path}:{n}: expected 'WORD COUNT' or 'WORD WORD COUNT'") from None
+                words = [normalize_text(w) for w in fields[:-1]]
+                if len(words) not in (1, 2) or any(not w or " " in w for w in words):
+                    continue
+                if len(words) == 1:
+                    unigrams[words[0]] += count
+                else:
+                    bigrams[(words[0], words[1])] += count
+    return unigrams, bigrams
+
+
+def _train(args: argparse.Namespace, tokenizer: Tokenizer) -> tuple[NGramLM | WordLM, int]:
+    texts = list(read_texts(args.texts, args.format))
+    if args.kind == "ngram":
+        if args.counts:
+            raise ValueError("--counts builds a word LM: add --kind word")
+        if not texts:
+            raise ValueError(f"no text in {' '.join(args.texts) or '(no TEXTS given)'}")
+        return NGramLM.train(texts, tokenizer, order=args.order), len(texts)
+    if not isinstance(tokenizer, CharTokenizer):
+        raise ValueError("--kind word scores characters: the model must have a character tokenizer")
+    unigrams, bigrams = read_counts(args.counts)
+    add_text_counts(texts, unigrams, bigrams)
+    if not unigrams:
+        raise ValueError("no words: give TEXTS or --counts")
+    return WordLM.from_counts(unigrams, bigrams, tokenizer), len(texts)
+
+
 def run_train(args: argparse.Namespace) -> int:
     if args.order < 1:
         raise ValueError(f"--order must be at least 1, got {args.order}")
     tokenizer = load_model(args.model, device="cpu").tokenizer
-    texts = list(read_texts(args.texts, args.format))
-    if not texts:
-        raise ValueError(f"no text in {' '.join(args.texts)}")
     t0 = time.perf_counter()
-    lm = NGramLM.train(texts, tokenizer, order=args.order)
+    lm, sentences = _train(args, tokenizer)
     seconds = time.perf_counter() - t0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     lm.save(args.output)
     print(
-        f"{args.output}: {lm.describe()} from {len(texts):,} sentences in {seconds:.1f} s, "
+        f"{args.output}: {lm.describe()} from {sentences:,} sentences in {seconds:.1f} s, "
         f"{args.output.stat().st_size / 1e6:.1f} MB",
         file=sys.stderr,
     )
@@ -132,7 +192,7 @@ def add_lm_arguments(group: argparse._ActionsContainer) -> None:
     )
 
 
-def lm_from_args(args: argparse.Namespace, model: ASRModel) -> tuple[NGramLM | None, float]:
+def lm_from_args(args: argparse.Namespace, model: ASRModel) -> tuple[NGramLM | WordLM | None, float]:
     """The LM named by ``--lm`` (checked against ``model``) and the weight to decode with."""
     if args.lm is None:
         if args.lm_weight:

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from asr.audio import SAMPLE_RATE
-from asr.lm import NGramLM
+from asr.lm import NGramLM, load_lm
 from asr.model import ASRModel
 from asr.online import make_recognizer
 from asr.streaming import Recognizer, RecognizerConfig
+from asr.word_lm import WordLM
 from asr_grpc import asr_pb2
 from server.batcher import Batcher
 from server.config import ServerConfig, default_stream_options
@@ -36,10 +37,15 @@ async def start_models(
     """A started batcher (and recognizer) per model, warmed up unless ``config.warmup`` is off; the first
     model is the default. ``config.lm`` is loaded and fused into every model's beam search (each model's
     tokenizer must match it: ``ValueError`` otherwise)."""
-    lm = NGramLM.load(config.lm) if config.lm else None
+    default_name = next(iter(models))
+    lm = None
+    if config.lm:
+        try:
+            lm = load_lm(config.lm, models[default_name].tokenizer)
+        except ValueError as exc:
+            raise ValueError(f"--lm {config.lm} cannot decode model {default_name!r}: {exc}") from None
     lm_weight = config.lm_weight if lm is not None else 0.0
     loaded: dict[str, LoadedModel] = {}
-    default_name = next(iter(models))
     if config.streaming_finals and config.streaming_finals not in models:
         raise ValueError(
             f"--streaming-finals {config.streaming_finals!r} is not a served model; serve it too "
@@ -84,7 +90,7 @@ async def start_models(
     return loaded
 
 
-def model_info(name: str, model: ASRModel, default: bool, lm: NGramLM | None) -> asr_pb2.ModelInfo:
+def model_info(name: str, model: ASRModel, default: bool, lm: NGramLM | WordLM | None) -> asr_pb2.ModelInfo:
     """How ListModels describes a model."""
     tok = model.tokenizer
     return asr_pb2.ModelInfo(
