@@ -132,6 +132,8 @@ class OnlineRecognizer(Recognizer):
         self.finals_grown = 0  # finals that finished a growing search
         self.finals_whole = 0  # finals searched whole at their endpoint
         self.finals_second_pass = 0  # finals the final model decoded from their audio
+        self.finals_over_budget = 0  # finals left to the streaming model by second_pass_budget_ms
+        self.second_pass_rate = 0.0  # the second pass's seconds per second of audio (moving average; 0: none)
 
     # -- streams -------------------------------------------------------------------------------------------
 
@@ -473,20 +475,67 @@ class OnlineRecognizer(Recognizer):
     ) -> list[StreamResult]:
         """Finals of closed utterances that share the decoding options ``opts``: one beam search, each
         utterance decoded after its context (the sentence's earlier utterances), whose finals' words are
-        forced as the transcript's start, and keeping the words after them."""
+        forced as the transcript's start, and keeping the words after them. With a final model, those whose
+        second pass would end past ``second_pass_budget_ms`` after their endpoint are the streaming
+        model's."""
         closed = [_decoded_context(c) for _, c in items]
+        second = self._within_budget(closed) if self.final_model is not None else []
+        own = [i for i in range(len(items)) if i not in set(second)]
+        self.finals_over_budget += len(own) if self.final_model is not None else 0
+        results: list[StreamResult | None] = [None] * len(items)
+        for rows, second_pass in ((second, True), (own, False)):
+            if rows:
+                chosen = [items[i] for i in rows]
+                part = self._finals_by(chosen, [closed[i] for i in rows], opts, second_pass)
+                for i, r in zip(rows, part, strict=True):
+                    results[i] = r
+        return [r for r in results if r is not None]
+
+    def _within_budget(self, closed: list[ClosedUtterance]) -> list[int]:
+        """The rows of ``closed`` that the second pass can decode within ``second_pass_budget_ms`` of their
+        endpoints (all of them without a budget, or before a second pass has been timed): the oldest first,
+        while the batch's expected time (audio seconds x the second pass's seconds per audio second so far)
+        leaves the oldest within its budget."""
+        budget = self.config.second_pass_budget_ms / 1000.0
+        if not budget or not self.second_pass_rate:
+            return list(range(len(closed)))
+        now = time.monotonic()
+        chosen: list[int] = []
+        audio_s = 0.0
+        for i in sorted(range(len(closed)), key=lambda i: closed[i].closed_time):
+            seconds = sum(len(x.audio) for x in (*closed[i].context, closed[i])) / SAMPLE_RATE
+            oldest = closed[chosen[0]].closed_time if chosen else closed[i].closed_time
+            if now - oldest + self.second_pass_rate * (audio_s + seconds) > budget:
+                break
+            chosen.append(i)
+            audio_s += seconds
+        return sorted(chosen)
+
+    def _finals_by(
+        self,
+        items: list[tuple[OnlineStream, ClosedUtterance]],
+        closed: list[ClosedUtterance],
+        opts: DecodingOptions,
+        second_pass: bool,
+    ) -> list[StreamResult]:
+        """:meth:`_finals` of ``items`` (``closed``: their utterances with the context to decode them after)
+        by the final model (``second_pass``) or by the streaming model's own search."""
         joined = [c.joined() for c in closed]
         said = [" ".join(x.final.text for x in c.context if x.final.text) for c in closed]
         streams = [s for s, _ in items]
         word_times = [s.options.word_times or bool(c.context) for s, c in zip(streams, closed, strict=True)]
-        if self.final_model is not None:  # the second pass: the final model reads the audio
+        if second_pass and self.final_model is not None:  # the second pass: the final model reads the audio
             fm = self.final_model
+            t0 = time.monotonic()
             prefixes = [_prefix(fm.tokenizer, text) for text in said]
             enc, lengths, short = encode_waveforms(fm, [c.audio for c in joined])
             self.finals_second_pass += len(joined)
             results = self._final_results(
                 joined, word_times, opts, enc, lengths, short=short, prefixes=prefixes, model=fm
             )
+            rate = (time.monotonic() - t0) / max(sum(len(c.audio) for c in joined) / SAMPLE_RATE, 0.1)
+            old = self.second_pass_rate
+            self.second_pass_rate = rate if not old else 0.8 * old + 0.2 * rate
         else:
             prefixes = [_prefix(self.model.tokenizer, text) for text in said]
             lengths = torch.tensor([c.enc.size(0) for c in joined], device=self.model.device)

@@ -15,6 +15,7 @@ The underscored methods and the fields below are the recognizer's side of the st
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ class Utterance:
     # until the recognizer starts it
     search: UtteranceSearch | None = None
     whole: bool = False  # its search fell too far behind and was dropped: its final is searched whole
+    closed_time: float = field(default_factory=time.monotonic)  # when it was closed (time.monotonic)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class ClosedUtterance:
     token_frames: list[int] = field(default_factory=list)
     search: UtteranceSearch | None = None
     whole: bool = False  # its search fell too far behind and was dropped: its final is searched whole
+    closed_time: float = field(default_factory=time.monotonic)  # when it was closed (time.monotonic)
 
     def joined(self) -> ClosedUtterance:
         """This utterance with its context before it, as one (frames and audio end to end)."""
@@ -90,7 +93,10 @@ class ClosedUtterance:
         parts = (*self.context, self)
         enc = torch.cat([c.enc for c in parts])
         audio = np.concatenate([c.audio for c in parts])
-        return ClosedUtterance(enc, audio, parts[0].start, self.utterance, self.closes_stream, self.closed_at)
+        return ClosedUtterance(
+            enc, audio, parts[0].start, self.utterance, self.closes_stream, self.closed_at,
+            closed_time=self.closed_time,
+        )
 
 
 class OnlineStream(Stream):

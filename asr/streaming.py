@@ -101,6 +101,11 @@ class RecognizerConfig:
     # in place of the greedy CTC tokens it has read (a token or so behind them), then greedy CTC's after
     # it; a partial may then revise its words. False: greedy CTC alone, only ever extended.
     searched_partials: bool = True
+    # Two-pass finals (asr.online, a final model): a final whose second pass would end more than this many
+    # ms after its endpoint (its wait so far, plus its batch's audio times the second pass's measured
+    # seconds per second of audio) is the streaming model's own instead, so that finals keep up under load;
+    # 0: every final is a second pass's.
+    second_pass_budget_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -109,6 +114,8 @@ class RecognizerConfig:
             raise ValueError(f"final_context_seconds must be in [0, 60], got {self.final_context_seconds}")
         if self.growing_lag_ms < 0:
             raise ValueError(f"growing_lag_ms must be >= 0 (0: never), got {self.growing_lag_ms}")
+        if self.second_pass_budget_ms < 0:
+            raise ValueError(f"second_pass_budget_ms must be >= 0, got {self.second_pass_budget_ms}")
         if self.max_interim_seconds <= 0:
             raise ValueError(f"max_interim_seconds must be positive, got {self.max_interim_seconds}")
 

@@ -7,6 +7,7 @@
     python bench/stream_latency.py --models streaming@160/whole,streaming@160 --measures latency
     python bench/stream_latency.py --models streaming@160,streaming@160/chunk160 --measures latency
     python bench/stream_latency.py --models streaming,streaming/finals=default   # two-pass finals
+    python bench/stream_latency.py --models streaming/finals=default/budget300   # ... within 300 ms
 
 For each of ``--models`` (names under models/ or checkpoint paths) the bench starts ``asr serve --model NAME``
 on loopback with ``--server-threads`` torch threads per model thread (default: the server's own choice), one
@@ -31,7 +32,8 @@ microphone that delivers 100 ms chunks adds up to 100 ms to each. Measures (``--
 latency  *final*: the arrival of the stream's last final - the end of speech. *word partial*: for each
          reference word, the first result whose words (the stream's earlier finals, then its text) contain it
          in order (difflib alignment of the word lists; an interim, or the final when no interim had it) - the
-         word's end; *words seen*: the share of reference words that ever appear; *word covered*: the first
+         word's end; *words seen*: the share of reference words that ever appear; *WER of the finals*: the
+         streams' finals, joined, against the references; *word covered*: the first
          result whose audio reaches the word's end (its ``end``), whatever its text - the word's end (how
          closely results follow the audio, apart from accuracy). p50/p95 at each of ``--streams`` concurrent
          real-time streams (default 1 and 8), over the same ``--utterances`` recordings at every level
@@ -381,6 +383,20 @@ def cpu_seconds(pid: int) -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def finals_wer(clips: Sequence[Clip], logs: Sequence[StreamLog]) -> float | None:
+    """WER (%) of the streams' finals, joined per stream, against the clips' reference words."""
+    import jiwer
+
+    pairs = [
+        (" ".join(w for w, _ in c.words), " ".join(t for _, final, t, _ in log.results if final))
+        for c, log in zip(clips, logs, strict=True)
+        if c.words
+    ]
+    if not pairs:
+        return None
+    return 100 * jiwer.wer([r for r, _ in pairs], [normalize_text(h) or "-" for _, h in pairs])
+
+
 def summarise(clips: Sequence[Clip], logs: Sequence[StreamLog]) -> dict[str, Any]:
     finals = [final_latency(c, log) for c, log in zip(clips, logs, strict=True)]
     words = [word_latencies(c, log) for c, log in zip(clips, logs, strict=True)]
@@ -393,6 +409,7 @@ def summarise(clips: Sequence[Clip], logs: Sequence[StreamLog]) -> dict[str, Any
             [x for c, log in zip(clips, logs, strict=True) for x in covered_latencies(c, log)]
         ),
         "words_seen_pct": 100 * sum(n for _, n in words) / total if total else None,
+        "finals_wer_pct": finals_wer(clips, logs),
         "errors": sum(log.error is not None for log in logs),
         "no_final": sum(f is None for f in finals),
         "error_samples": sorted({log.error for log in logs if log.error})[:3],
@@ -461,7 +478,8 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
     ``/chunkMS`` suffix runs the model with MS-millisecond chunks (``--chunk-ms``), e.g.
     ``streaming@160/chunk160``; a ``/finals=OTHER`` suffix serves OTHER beside it and has it decode each
     utterance's final again (``--streaming-finals``), e.g. ``streaming/finals=default``; ``/quietMS`` asks the
-    energy VAD for MS ms of quiet at the end of a blank run (``--blank-quiet-ms``; ``/quiet0``: no check)."""
+    energy VAD for MS ms of quiet at the end of a blank run (``--blank-quiet-ms``; ``/quiet0``: no check);
+    ``/budgetMS`` gives the second pass a budget (``--second-pass-budget-ms``)."""
     from asr.checkpoint import resolve_model_path
 
     spec, *variants = name.split("/")
@@ -475,11 +493,13 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
             env["ASR_CHUNK_MS"] = variant[5:]
         elif variant.startswith("quiet") and variant[5:].isdigit():
             env["ASR_BLANK_QUIET_MS"] = variant[5:]
+        elif variant.startswith("budget") and variant[6:].isdigit():
+            env["ASR_SECOND_PASS_BUDGET_MS"] = variant[6:]
         elif variant.startswith("finals=") and variant[7:]:
             served.append(variant[7:])
             env["ASR_STREAMING_FINALS"] = Path(variant[7:]).stem  # its served name
         else:
-            known = "whole, chunkMS, quietMS, finals=MODEL"
+            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS"
             raise SystemExit(f"{name}: unknown variant {variant!r} (known: {known})")
     try:
         for m in served:
@@ -534,6 +554,7 @@ def table_rows(args: argparse.Namespace) -> list[Row]:
                     (f"{what}, {n} stream(s), p{q} ms", ("latency", n, key, f"p{q}_ms")) for q in (50, 95)
                 ]
             rows.append((f"words seen, {n} stream(s), %", ("latency", n, "words_seen_pct")))
+            rows.append((f"WER of the finals, {n} stream(s), %", ("latency", n, "finals_wer_pct")))
     if "cpu" in args.measures:
         for s in map(str, args.cpu_seconds):
             rows.append((f"server CPU per s of audio, {s} s speech, ms", ("cpu", s, "cpu_ms_per_s")))

@@ -289,6 +289,9 @@ SERVE_HELP = {
     "decodes each utterance's audio again at its endpoint for the final, while the streaming model gives "
     "the partials and endpoints: finals as accurate as that model's, for its encoding time after each "
     "endpoint (default: none, the streaming model's own search)",
+    "second_pass_budget_ms": "with --streaming-finals: a final whose second pass would end more than this "
+    "many ms after its endpoint (its wait so far plus its batch's expected time) is the streaming model's "
+    "own instead, so that finals keep up under load (default 0: every final is the second pass's)",
     "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
     "never wait behind a beam search (default 1; 0: finals on the model thread)",
     "load_beam_size": "chunk-streaming models: beam of the stream finals' search while they are "

@@ -88,6 +88,9 @@ class ServerConfig:
     # streams of chunked-encoder models: the served model (a name) that decodes each utterance's audio for
     # its final, a second pass at the endpoint (asr.online); "" = the streaming model's own search
     streaming_finals: str = ""
+    # ... a final whose second pass would end more than this many ms after its endpoint (its wait, plus its
+    # batch's expected time) is the streaming model's own instead (0: every final is the second pass's)
+    second_pass_budget_ms: int = 0
     # security
     tls_cert: str = ""  # PEM server certificate chain; with tls_key enables TLS
     tls_key: str = ""
@@ -123,6 +126,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.final_tail_ms < 20:
             raise ValueError(f"final_tail_ms must be at least 20 (one VAD frame), got {self.final_tail_ms}")
+        if self.second_pass_budget_ms < 0:
+            raise ValueError(f"second_pass_budget_ms must be >= 0, got {self.second_pass_budget_ms}")
         if self.growing_lag_ms < 0:
             raise ValueError(f"growing_lag_ms must be >= 0 (0: never), got {self.growing_lag_ms}")
         if self.chunk_ms < 0:

@@ -64,6 +64,7 @@ async def start_models(
             defaults,
             growing_lag_ms=config.growing_lag_ms,
             searched_partials=config.searched_partials,
+            second_pass_budget_ms=config.second_pass_budget_ms,
         )
         final_model = second if m.config.encoder.streaming and second is not m else None
         rec = make_recognizer(m, rec_config, lm=lm, final_model=final_model)

@@ -215,11 +215,14 @@ def test_a_request_chooses_whole_or_growing_finals(
 
 def test_streaming_finals_from_a_second_model(streaming_model: Transcriber, audio: np.ndarray) -> None:
     """``--streaming-finals offline``: the streaming model's partials and endpoints, each final decoded from
-    its utterance's audio by the offline model (here the bundled default; counted as second-pass finals); a
-    name the server does not serve is refused at start-up."""
+    its utterance's audio by the offline model (here the bundled default; counted as second-pass finals,
+    within a roomy ``--second-pass-budget-ms``); a name the server does not serve is refused at start-up."""
     offline = load_model("default", device="cpu")
-    served = Served({"offline": offline, "streaming": streaming_model}, streaming_finals="offline")
+    models = {"offline": offline, "streaming": streaming_model}
+    served = Served(models, streaming_finals="offline", second_pass_budget_ms=60_000)
     try:
+        recognizer = served.server.service.models["streaming"].recognizer
+        assert recognizer.config.second_pass_budget_ms == 60_000  # --second-pass-budget-ms reaches it
         sc = stream_config(interim=True)
         sc.config.model = "streaming"
         sent: list[float] = []
