@@ -91,7 +91,7 @@ def test_latencies_run_from_the_send_of_the_chunk_holding_the_instant() -> None:
 
 def test_finals_wer_joins_each_streams_finals_and_ignores_interims() -> None:
     clip = Clip(np.zeros(3 * SAMPLE_RATE, np.float32), (("HELLO", 0.95), ("WORLD", 1.55)), 1.6)
-    log = StreamLog(results=[(1.0, False, "jello", 1.0), (2.0, True, "Hello,", 1.2), (3.0, True, "word", 2.0)])
+    log = StreamLog(results=[(1.0, False, "jello", 1.0), (2.0, True, "Hello,", 1.2), (3, True, "word", 2.0)])
     silent = StreamLog(results=[(1.0, False, "hello", 1.0)])  # no final: both words deleted
     assert finals_wer([clip], [log]) == pytest.approx(50.0)
     assert finals_wer([clip, clip], [log, silent]) == pytest.approx(75.0)

@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     # corpora, manifests, batches, augmentation
     ("data", {"asr.data"}),
     # search (whole, or growing with the audio), language models, phrase biasing, test-time augmentation
-    ("decoding", {"asr.decoding", "asr.growing_search", "asr.lm", "asr.biasing", "asr.tta"}),
+    ("decoding", {"asr.decoding", "asr.growing_search", "asr.lm", "asr.word_lm", "asr.biasing", "asr.tta"}),
     # load_model, transcribe, streaming (the recognizer, per-stream state, endpointing)
     (
         "recognition",
