@@ -30,7 +30,7 @@ from asr.checkpoint import load_model
 from asr.data.dataset import load_utterance
 from asr.data.manifest import Utterance, read_manifest
 from asr.decoding import DecodingOptions, LanguageModel
-from asr.lm_cli import add_lm_arguments, lm_from_args
+from asr.lm_cli import add_lm_arguments, ctc_weight_from_args, lm_from_args
 from asr.model import ASRModel
 from asr.significance import Interval, Metric, bootstrap_interval, describe
 from asr.tokenizer import normalize_text
@@ -224,8 +224,7 @@ def run(args: argparse.Namespace) -> int:
         changes["method"] = args.method
     if args.beam is not None:
         changes["beam_size"] = args.beam
-    if args.ctc_weight is not None:
-        changes["ctc_weight"] = args.ctc_weight
+    changes["ctc_weight"] = ctc_weight_from_args(args, options.ctc_weight)
     if args.tta_speeds is not None:
         changes["tta_speeds"] = args.tta_speeds
     model = load_model(args.model, device=args.device)

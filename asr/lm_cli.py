@@ -28,6 +28,7 @@ from pathlib import Path
 from asr.checkpoint import load_model
 from asr.lm import DEFAULT_LM_WEIGHT, NGramLM, load_lm
 from asr.model import ASRModel
+from asr.model_decoding import ModelDecoding
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer, normalize_text
 from asr.word_lm import Counts, PairCounts, WordLM, add_text_counts
 
@@ -183,18 +184,31 @@ def run_perplexity(args: argparse.Namespace) -> int:
 def add_lm_arguments(group: argparse._ActionsContainer) -> None:
     """``--lm`` and ``--lm-weight`` for the commands that decode."""
     group.add_argument(
-        "--lm", type=Path, metavar="PATH", help="language model from 'asr lm train' for shallow fusion"
+        "--lm",
+        type=Path,
+        metavar="PATH",
+        help="language model from 'asr lm train' for shallow fusion (default: the model's own, from "
+        "NAME.decoding.json beside its checkpoint, if it has one)",
     )
     group.add_argument(
         "--lm-weight",
         type=float,
-        help=f"weight of the language model in beam search (default: {DEFAULT_LM_WEIGHT} with --lm, else 0)",
+        help=f"weight of the language model in beam search (default: {DEFAULT_LM_WEIGHT} with --lm, the "
+        "model's own without; 0 turns an LM off)",
     )
 
 
 def lm_from_args(args: argparse.Namespace, model: ASRModel) -> tuple[NGramLM | WordLM | None, float]:
-    """The LM named by ``--lm`` (checked against ``model``) and the weight to decode with."""
+    """The LM named by ``--lm`` (checked against ``model``) and the weight to decode with; without ``--lm``,
+    the model's own (``NAME.decoding.json`` beside ``args.model``'s checkpoint), which ``--lm-weight 0``
+    turns off."""
     if args.lm is None:
+        own = ModelDecoding.of(getattr(args, "model", None))
+        if own.lm is not None and args.lm_weight != 0:
+            weight = own.lm_weight if args.lm_weight is None else args.lm_weight
+            if weight < 0:
+                raise ValueError(f"--lm-weight must be >= 0, got {weight}")
+            return own.load_lm(model.tokenizer), weight
         if args.lm_weight:
             raise ValueError("--lm-weight needs a language model: add --lm PATH (from 'asr lm train')")
         return None, 0.0
@@ -202,3 +216,11 @@ def lm_from_args(args: argparse.Namespace, model: ASRModel) -> tuple[NGramLM | W
     if weight < 0:
         raise ValueError(f"--lm-weight must be >= 0, got {weight}")
     return load_lm(args.lm, model.tokenizer), weight
+
+
+def ctc_weight_from_args(args: argparse.Namespace, default: float) -> float:
+    """``--ctc-weight``, else the model's own (``NAME.decoding.json``), else ``default``."""
+    if args.ctc_weight is not None:
+        return float(args.ctc_weight)
+    own = ModelDecoding.of(getattr(args, "model", None)).ctc_weight
+    return default if own is None else own

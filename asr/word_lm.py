@@ -351,8 +351,8 @@ class WordLM:
             "units": [" ", *self.char_ids],
             "config": asdict(self.config),
             "words": "\n".join(self.words),
-            "unigram_counts": torch.from_numpy(self.unigram_counts),
-            "bigram_rows": torch.from_numpy(self.rows),
+            "unigram_counts": torch.from_numpy(self.unigram_counts.astype(np.float32)),
+            "bigram_rows": torch.from_numpy(self.rows.astype(np.int32)),
             "bigram_cols": torch.from_numpy(self.cols.astype(np.int32)),
             "bigram_counts": torch.from_numpy(self.counts.astype(np.float32)),
         }

@@ -103,11 +103,11 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
     return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
-def ours(model: Any, options: Any, batch_size: int) -> Recognise:
+def ours(model: Any, options: Any, batch_size: int, lm: Any = None) -> Recognise:
     from asr.transcribe import transcribe_batch
 
     def recognise(waves: Sequence[np.ndarray]) -> list[str]:
-        return [t.text for t in transcribe_batch(model, list(waves), options, batch_size=batch_size)]
+        return [t.text for t in transcribe_batch(model, list(waves), options, lm=lm, batch_size=batch_size)]
 
     return recognise
 
@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, default=1, help="CPU threads for ours and Whisper (default 1)")
     p.add_argument("--beam", type=int, default=10)
-    p.add_argument("--ctc-weight", type=float, default=0.3)
+    p.add_argument(
+        "--ctc-weight", type=float, help="CTC weight of our beam search (default: each model's own, else 0.3)"
+    )
     p.add_argument("--batch-size", type=int, default=1, help="recordings per model call (default 1)")
     p.add_argument("--no-whisper", action="store_true", help="leave Whisper tiny out")
     p.add_argument("--whisper-beam", type=int, default=5, help="Whisper's beam (default 5, faster-whisper's)")
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from asr import DecodingOptions, load_model
     from asr.data.dataset import load_utterance
     from asr.evaluate import score_utterances
+    from asr.model_decoding import ModelDecoding
     from asr.significance import format_comparison, paired_bootstrap
     from bench.peers import PocketSphinx, WhisperTiny
 
@@ -197,12 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     ps = PocketSphinx()
     systems: list[tuple[str, Recognise]] = [(ps.name, ps)]
     greedy = DecodingOptions(method="greedy")
-    beam = DecodingOptions(method="beam", beam_size=args.beam, ctc_weight=args.ctc_weight)
     for i, path in enumerate(args.model):
         model = load_model(path, device="cpu")
+        own = ModelDecoding.of(path)  # the model's own LM and weights (NAME.decoding.json), as asr eval has
+        lm = own.load_lm(model.tokenizer)
+        ctc = args.ctc_weight if args.ctc_weight is not None else own.ctc_weight
+        ctc = 0.3 if ctc is None else ctc
+        beam = DecodingOptions(method="beam", beam_size=args.beam, ctc_weight=ctc, lm_weight=own.lm_weight)
         who = "ours" if len(args.model) == 1 else f"ours {i + 1}"
         systems.append((f"{who}, greedy CTC", ours(model, greedy, args.batch_size)))
-        systems.append((f"{who}, joint beam {args.beam}", ours(model, beam, args.batch_size)))
+        with_lm = " + LM" if lm is not None else ""
+        systems.append((f"{who}, joint beam {args.beam}{with_lm}", ours(model, beam, args.batch_size, lm)))
     if whisper is not None:
         systems.append((whisper.name, whisper))
     names = [n for n, _ in systems]

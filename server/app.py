@@ -34,6 +34,7 @@ from asr import precision
 from asr.checkpoint import load_model, resolve_model_path, summarize, with_chunk_ms
 from asr.endpointing import EndpointConfig
 from asr.model import ASRModel
+from asr.model_decoding import ModelDecoding
 from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.auth import BearerTokenInterceptor
 from server.config import ServerConfig
@@ -88,12 +89,13 @@ async def create_server(
     default) skip loading ``config.model`` from disk. ``config.lm`` is fused into every model's beam search
     (each model's tokenizer must match it).
     """
+    decodings = _own_decodings(config) if model is None and models is None else {}
     models = _models_to_serve(config, model, models)
     torch.set_num_threads(config.torch_threads())
     if config.precision:
         precision.set_mode(config.precision)
     metrics = Metrics()
-    loaded = await start_models(models, config, metrics)
+    loaded = await start_models(models, config, metrics, decodings)
     default = loaded[next(iter(loaded))]
     service = RecognizerService(loaded, default.name, config, metrics)
     server, health_servicer = _grpc_server(config, service)
@@ -113,10 +115,23 @@ async def create_server(
             "mtls": bool(config.tls_client_ca),
             "auth": bool(config.tokens),
             "models": sorted(models),
-            "lm": default.info.language_model or None,  # every model has the same LM
+            "lm": default.info.language_model or None,  # the default model's
         },
     )
     return SpeechServer(server, service, health_servicer, metrics, metrics_port), port
+
+
+def _own_decodings(config: ServerConfig) -> dict[str, ModelDecoding]:
+    """Each model's own decoding settings (``NAME.decoding.json``) by served name, unless ``--lm`` or
+    ``--no-model-decoding`` says otherwise."""
+    if config.lm or not config.model_decoding:
+        return {}
+    names = config.model_names or [None] * len(config.models)
+    out = {}
+    for spec, name in zip(config.models, names, strict=True):
+        path = resolve_model_path(spec)
+        out[name or path.stem] = ModelDecoding.of(path)
+    return out
 
 
 def _models_to_serve(
@@ -289,6 +304,9 @@ SERVE_HELP = {
     "decodes each utterance's audio again at its endpoint for the final, while the streaming model gives "
     "the partials and endpoints: finals as accurate as that model's, for its encoding time after each "
     "endpoint (default: none, the streaming model's own search)",
+    "model_decoding": "decode each model loaded from disk with its own settings (NAME.decoding.json beside "
+    "NAME.pt: the bundled default's word LM at weight 0.3 and CTC weight 0.5) unless --lm is given (default "
+    "on; --no-model-decoding: --ctc-weight for every model, no LM)",
     "second_pass_budget_ms": "with --streaming-finals: a final whose second pass would end more than this "
     "many ms after its endpoint (its wait so far plus its batch's expected time) is the streaming model's "
     "own instead, so that finals keep up under load (default 0: every final is the second pass's)",

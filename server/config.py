@@ -91,6 +91,9 @@ class ServerConfig:
     # ... a final whose second pass would end more than this many ms after its endpoint (its wait, plus its
     # batch's expected time) is the streaming model's own instead (0: every final is the second pass's)
     second_pass_budget_ms: int = 0
+    # models loaded from disk decode with their own settings (NAME.decoding.json beside NAME.pt: an LM, its
+    # weight, a CTC weight) unless --lm is given; False: every model as --ctc-weight says, without an LM
+    model_decoding: bool = True
     # security
     tls_cert: str = ""  # PEM server certificate chain; with tls_key enables TLS
     tls_key: str = ""
@@ -197,12 +200,15 @@ class ServerConfig:
         return cls(**values)
 
 
-def default_stream_options(config: ServerConfig, lm_weight: float = 0.0) -> StreamOptions:
-    """What a stream gets for every field its request leaves unset."""
+def default_stream_options(
+    config: ServerConfig, lm_weight: float = 0.0, ctc_weight: float | None = None
+) -> StreamOptions:
+    """What a stream gets for every field its request leaves unset (``ctc_weight``: the model's own, else
+    ``config.ctc_weight``)."""
     return StreamOptions(
         decoding=DecodingOptions(
             beam_size=config.beam_size,
-            ctc_weight=config.ctc_weight,
+            ctc_weight=config.ctc_weight if ctc_weight is None else ctc_weight,
             lm_weight=lm_weight,
             tta_speeds=config.tta_speed_values,
         ),

@@ -38,7 +38,7 @@ def decoding_options(
     beam = d.beam_size or config.beam_size
     if not 1 <= beam <= config.max_beam_size:
         raise ValueError(f"beam_size must be in [1, {config.max_beam_size}], got {d.beam_size}")
-    ctc_weight = d.ctc_weight if d.HasField("ctc_weight") else config.ctc_weight
+    ctc_weight = d.ctc_weight if d.HasField("ctc_weight") else model.ctc_weight
     if not 0.0 <= ctc_weight <= 1.0:
         raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
     nbest = cfg.max_alternatives or 1

@@ -11,6 +11,7 @@ import numpy as np
 from asr.audio import SAMPLE_RATE
 from asr.lm import NGramLM, load_lm
 from asr.model import ASRModel
+from asr.model_decoding import ModelDecoding
 from asr.online import make_recognizer
 from asr.streaming import Recognizer, RecognizerConfig
 from asr.word_lm import WordLM
@@ -29,14 +30,19 @@ class LoadedModel:
     batcher: Batcher
     info: asr_pb2.ModelInfo
     lm_weight: float = 0.0  # default weight of its language model (recognizer.lm); 0 without one
+    ctc_weight: float = 0.3  # default CTC weight of its finals
 
 
 async def start_models(
-    models: dict[str, ASRModel], config: ServerConfig, metrics: Metrics
+    models: dict[str, ASRModel],
+    config: ServerConfig,
+    metrics: Metrics,
+    decodings: dict[str, ModelDecoding] | None = None,
 ) -> dict[str, LoadedModel]:
     """A started batcher (and recognizer) per model, warmed up unless ``config.warmup`` is off; the first
     model is the default. ``config.lm`` is loaded and fused into every model's beam search (each model's
-    tokenizer must match it: ``ValueError`` otherwise)."""
+    tokenizer must match it: ``ValueError`` otherwise); without it, a model with ``decodings`` of its own
+    (its ``NAME.decoding.json``) decodes with its LM and weights."""
     default_name = next(iter(models))
     lm = None
     if config.lm:
@@ -58,7 +64,11 @@ async def start_models(
                 lm.check_tokenizer(m.tokenizer)
             except ValueError as exc:
                 raise ValueError(f"--lm {config.lm} cannot decode model {name!r}: {exc}") from None
-        defaults = default_stream_options(config, lm_weight)
+        own = (decodings or {}).get(name, ModelDecoding()) if lm is None else ModelDecoding()
+        model_lm = lm if lm is not None else own.load_lm(m.tokenizer)
+        model_lm_weight = lm_weight if lm is not None else own.lm_weight
+        ctc_weight = config.ctc_weight if own.ctc_weight is None else own.ctc_weight
+        defaults = default_stream_options(config, model_lm_weight, ctc_weight)
         rec_config = RecognizerConfig(
             config.max_batch_size,
             defaults,
@@ -67,7 +77,7 @@ async def start_models(
             second_pass_budget_ms=config.second_pass_budget_ms,
         )
         final_model = second if m.config.encoder.streaming and second is not m else None
-        rec = make_recognizer(m, rec_config, lm=lm, final_model=final_model)
+        rec = make_recognizer(m, rec_config, lm=model_lm, final_model=final_model)
         if final_model is not None:
             log.info("finals by a second pass", extra={"model": name, "final_model": config.streaming_finals})
         batcher = Batcher(
@@ -86,8 +96,8 @@ async def start_models(
             t0 = time.perf_counter()
             await batcher.run_in_executor(warm_up, rec)
             log.info("warmed up", extra={"model": name, "elapsed_s": round(time.perf_counter() - t0, 3)})
-        info = model_info(name, m, name == default_name, lm)
-        loaded[name] = LoadedModel(name, rec, batcher, info, lm_weight)
+        info = model_info(name, m, name == default_name, model_lm)
+        loaded[name] = LoadedModel(name, rec, batcher, info, model_lm_weight, ctc_weight)
     return loaded
 
 

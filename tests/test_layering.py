@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "asr",
             "asr.checkpoint",
+            "asr.model_decoding",
             "asr.transcribe",
             "asr.streaming",
             "asr.stream_state",

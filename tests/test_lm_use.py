@@ -7,6 +7,7 @@ the search over: the output becomes that sentence. That makes "the LM was used" 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from collections.abc import Iterator
@@ -22,7 +23,8 @@ from asr import ASRModel, save_checkpoint
 from asr.audio import SAMPLE_RATE, float_to_pcm16, load_audio
 from asr.decoding import DecodingOptions
 from asr.lm import NGramLM, load_lm
-from asr.lm_cli import read_texts
+from asr.lm_cli import ctc_weight_from_args, read_texts
+from asr.model_decoding import ModelDecoding
 from asr.tokenizer import CharTokenizer
 from asr.transcribe import transcribe
 from asr_grpc import asr_pb2
@@ -215,3 +217,61 @@ def test_stream_command_passes_the_lm_weight(
     assert capsys.readouterr().out.split("\n")[0].strip() == SENTENCE
     assert main([*argv, "--lm-weight", "0"]) == 0
     assert SENTENCE not in capsys.readouterr().out
+
+
+# -- a model's own decoding settings (NAME.decoding.json) ----------------------------------------------------
+
+
+def test_model_decoding_settings_are_read_and_checked(files: dict[str, Path], tmp_path: Path) -> None:
+    assert ModelDecoding.read(tmp_path / "none.decoding.json") == ModelDecoding()
+    side = tmp_path / "m.decoding.json"
+    side.write_text(json.dumps({"lm": str(files["lm"]), "ctc_weight": 0.5, "note": "why"}))
+    assert ModelDecoding.read(side) == ModelDecoding(0.5, files["lm"], 0.3)  # an LM's weight defaults to 0.3
+    for bad, message in [
+        ({"lm_wieght": 1}, r"unknown decoding settings \['lm_wieght'\]"),
+        ({"ctc_weight": 2}, "ctc_weight must be a number in"),
+        ({"lm": "hello.lm", "lm_weight": -1}, "lm_weight must be a number >= 0"),
+        ([1, 2], "unknown decoding settings"),
+    ]:
+        side.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            ModelDecoding.read(side)
+    side.write_text("{")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        ModelDecoding.read(side)
+    side.write_text(json.dumps({"lm": "missing.lm"}))
+    with pytest.raises(FileNotFoundError, match=r"its language model .*missing.lm is missing"):
+        ModelDecoding.read(side)
+    ns = argparse.Namespace(ctc_weight=None, model=str(files["model"]))
+    assert ctc_weight_from_args(ns, 0.3) == 0.3  # no settings beside tiny.pt (yet)
+    assert ctc_weight_from_args(argparse.Namespace(ctc_weight=0.7, model=None), 0.3) == 0.7
+
+
+def test_the_cli_and_a_server_decode_with_the_models_own_lm(
+    model: ASRModel, files: dict[str, Path], wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint with ``NAME.decoding.json`` beside it: ``asr transcribe`` and ``asr serve`` use its LM
+    and weights unless told otherwise (``--lm-weight 0``, ``--no-model-decoding``, another ``--lm``)."""
+    ckpt = tmp_path / "own.pt"
+    save_checkpoint(model, ckpt)
+    (tmp_path / "hello.lm").write_bytes(files["lm"].read_bytes())
+    (tmp_path / "own.decoding.json").write_text(
+        json.dumps({"lm": "hello.lm", "lm_weight": STRONG, "ctc_weight": 0.4})
+    )
+    assert ctc_weight_from_args(argparse.Namespace(ctc_weight=None, model=str(ckpt)), 0.3) == 0.4
+    tr = ["transcribe", str(wav), "--model", str(ckpt), "--device", "cpu", "--beam", "4"]
+    assert main(tr) == 0
+    assert capsys.readouterr().out.strip() == SENTENCE  # the model's own LM took the search over
+    assert main([*tr, "--lm-weight", "0"]) == 0
+    assert capsys.readouterr().out.strip() != SENTENCE
+    audio = load_audio(wav)
+    for changes, want in [({}, True), ({"model_decoding": False}, False)]:
+        s = ServerThread(config(model=str(ckpt), **changes), None)  # type: ignore[arg-type]
+        try:
+            (info,) = s.stub().ListModels(asr_pb2.ListModelsRequest(), timeout=10).models
+            assert info.language_model.startswith("6-gram token LM") is want
+            assert (recognize(s, audio) == SENTENCE) is want
+            loaded = s.server.service.models["own"]
+            assert (loaded.ctc_weight, loaded.lm_weight) == ((0.4, STRONG) if want else (0.3, 0.0))
+        finally:
+            s.stop()
