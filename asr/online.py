@@ -219,8 +219,10 @@ class OnlineRecognizer(Recognizer):
     def _growing(self, options: StreamOptions) -> bool:
         """Whether finals of a stream with ``options`` are searched as their utterance grows."""
         opts = options.decoding
+        # With a final model the streaming model's search gives no final, unless a second pass over its
+        # budget leaves one to it: then the grown search is what makes that final cheap.
         return (
-            self.final_model is None  # the streaming model's search would not give the final
+            (self.final_model is None or self.config.second_pass_budget_ms > 0)
             and self.config.growing_finals
             and options.growing_finals
             and opts.method == "beam"

@@ -693,17 +693,17 @@ def test_finals_past_the_second_pass_budget_are_the_streaming_models_own(
     model: Transcriber, default_model: Transcriber, conversation: np.ndarray
 ) -> None:
     """``second_pass_budget_ms``: a final whose second pass is expected to end past the budget (its batch's
-    audio times the second pass's measured seconds per second of audio) is the streaming model's own search
-    of the utterance, as without a final model; within the budget, or before any second pass was timed,
-    the final model decodes it."""
-    one_pass = OnlineRecognizer(model, dataclasses.replace(GREEDY, growing_finals=False))
+    audio times the second pass's measured seconds per second of audio) is the streaming model's own, from
+    its growing search as without a final model (a budget keeps that search on); within the budget, or
+    before any second pass was timed, the final model decodes it."""
+    one_pass = OnlineRecognizer(model, GREEDY)
     own = [r.text for _, r in feed(one_pass, one_pass.create_stream(CONFIRMED), conversation) if r.is_final]
     budget = dataclasses.replace(GREEDY, second_pass_budget_ms=300)
     rec = OnlineRecognizer(model, budget, final_model=default_model)
     rec.second_pass_rate = 1.0  # as if the second pass took as long as the audio: past any 300 ms budget
     finals = [r.text for _, r in feed(rec, rec.create_stream(CONFIRMED), conversation) if r.is_final]
     assert finals == own and len(finals) == 2
-    assert (rec.finals_over_budget, rec.finals_second_pass, rec.finals_whole) == (2, 0, 2)
+    assert (rec.finals_over_budget, rec.finals_second_pass, rec.finals_grown) == (2, 0, 2)
     roomy = dataclasses.replace(GREEDY, second_pass_budget_ms=60_000)
     fast = OnlineRecognizer(model, roomy, final_model=default_model)  # untimed, then timed within budget
     two_pass = [r.text for _, r in feed(fast, fast.create_stream(CONFIRMED), conversation) if r.is_final]
