@@ -44,12 +44,7 @@ async def start_models(
     tokenizer must match it: ``ValueError`` otherwise); without it, a model with ``decodings`` of its own
     (its ``NAME.decoding.json``) decodes with its LM and weights."""
     default_name = next(iter(models))
-    lm = None
-    if config.lm:
-        try:
-            lm = load_lm(config.lm, models[default_name].tokenizer)
-        except ValueError as exc:
-            raise ValueError(f"--lm {config.lm} cannot decode model {default_name!r}: {exc}") from None
+    lm = _server_lm(config, models)
     lm_weight = config.lm_weight if lm is not None else 0.0
     loaded: dict[str, LoadedModel] = {}
     if config.streaming_finals and config.streaming_finals not in models:
@@ -59,11 +54,6 @@ async def start_models(
         )
     second = models.get(config.streaming_finals) if config.streaming_finals else None
     for name, m in models.items():
-        if lm is not None:
-            try:
-                lm.check_tokenizer(m.tokenizer)
-            except ValueError as exc:
-                raise ValueError(f"--lm {config.lm} cannot decode model {name!r}: {exc}") from None
         own = (decodings or {}).get(name, ModelDecoding()) if lm is None else ModelDecoding()
         model_lm = lm if lm is not None else own.load_lm(m.tokenizer)
         model_lm_weight = lm_weight if lm is not None else own.lm_weight
@@ -99,6 +89,22 @@ async def start_models(
         info = model_info(name, m, name == default_name, model_lm)
         loaded[name] = LoadedModel(name, rec, batcher, info, model_lm_weight, ctc_weight)
     return loaded
+
+
+def _server_lm(config: ServerConfig, models: dict[str, ASRModel]) -> NGramLM | WordLM | None:
+    """``config.lm``, loaded and checked against every model's tokenizer (None without one)."""
+    if not config.lm:
+        return None
+    lm: NGramLM | WordLM | None = None
+    for name, m in models.items():
+        try:
+            if lm is None:
+                lm = load_lm(config.lm, m.tokenizer)
+            else:
+                lm.check_tokenizer(m.tokenizer)
+        except ValueError as exc:
+            raise ValueError(f"--lm {config.lm} cannot decode model {name!r}: {exc}") from None
+    return lm
 
 
 def model_info(name: str, model: ASRModel, default: bool, lm: NGramLM | WordLM | None) -> asr_pb2.ModelInfo:

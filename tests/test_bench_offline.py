@@ -32,7 +32,7 @@ def test_rows_side_by_side_with_paired_intervals(
     rep = report(out)
     ps, greedy, beam = rep["rows"]
     assert rep["utterances"] == 4 and ps["system"].startswith("pocketsphinx")
-    assert rep["baseline"] == beam["system"] == "ours, joint beam 2"  # the default baseline
+    assert rep["baseline"] == beam["system"] == "ours, joint beam 2 + LM"  # the default baseline
     for row in (ps, greedy):  # each against our beam search on the same 4 utterances
         assert row["baseline"] == beam["system"]
         assert row["delta"] == pytest.approx(row["wer"] - beam["wer"])
@@ -56,12 +56,12 @@ def test_several_models_share_one_pocketsphinx_pass(
     names = [r["system"] for r in rep["rows"]]
     assert names[0].startswith("pocketsphinx") and len(names) == 5
     assert names[1:] == [
-        "ours 1, greedy CTC", "ours 1, joint beam 2", "ours 2, greedy CTC", "ours 2, joint beam 2"
+        "ours 1, greedy CTC", "ours 1, joint beam 2 + LM", "ours 2, greedy CTC", "ours 2, joint beam 2 + LM"
     ]
     assert rep["models"] == [default, default] and rep["baseline"] == names[0]
     assert len(rep["comparisons"]) == 10  # every pair of 5 systems
     by_name = {r["system"]: r for r in rep["rows"]}  # the same checkpoint twice: the same words
-    assert by_name["ours 1, joint beam 2"]["wer"] == by_name["ours 2, joint beam 2"]["wer"]
+    assert by_name["ours 1, joint beam 2 + LM"]["wer"] == by_name["ours 2, joint beam 2 + LM"]["wer"]
     assert "1: " in out and "2: " in out
 
 
@@ -83,8 +83,8 @@ def test_commonvoice_folder_every_and_errors(
     rep = report(capsys.readouterr().out)
     assert rep["utterances"] == 2 and rep["speakers"] == 1
     files = sorted(p.name for p in errors.glob("*.jsonl"))
-    assert files == ["ours-greedy-ctc.jsonl", "ours-joint-beam-2.jsonl", "pocketsphinx-5-en-us.jsonl"]
-    rows = [json.loads(line) for line in (errors / "ours-joint-beam-2.jsonl").read_text().splitlines()]
+    assert files == ["ours-greedy-ctc.jsonl", "ours-joint-beam-2-lm.jsonl", "pocketsphinx-5-en-us.jsonl"]
+    rows = [json.loads(line) for line in (errors / "ours-joint-beam-2-lm.jsonl").read_text().splitlines()]
     assert [r["ref"] for r in rows] == ["HELLO WORLD", "OPEN THE DOOR"]  # "Hello World." normalised
 
 
@@ -120,7 +120,7 @@ def test_whisper_tiny_row_paired_with_ours(speech_manifest: Path, capsys: pytest
     rep = report(capsys.readouterr().out)
     whisper = rep["rows"][-1]
     assert whisper["system"] == "whisper tiny.en (int8, 1 thread)"
-    assert whisper["baseline"] == "ours, joint beam 2" and whisper["cpu_rtf"] > 0
+    assert whisper["baseline"] == "ours, joint beam 2 + LM" and whisper["cpu_rtf"] > 0
     assert whisper["wer"] <= 0.5  # clear synthetic speech of common words: Whisper hears most of it
     assert whisper["delta_low"] - 1e-9 <= whisper["delta"] <= whisper["delta_high"] + 1e-9
 
