@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions, Hypothesis, LanguageModel
@@ -75,11 +75,28 @@ MIN_FINAL_MS = 200  # shorter utterances get no final
 CATCH_UP_CHUNKS = 4  # chunks a stream that is behind may encode in one decode_streams call
 
 
+@dataclasses.dataclass(frozen=True)
+class FinalPass:
+    """The second pass of two-pass finals: the model that decodes each closed utterance's audio, with the LM
+    and weights it decodes with by its own settings (:mod:`asr.model_decoding`; None: the stream's)."""
+
+    model: ASRModel
+    lm: LanguageModel | None = None
+    ctc_weight: float | None = None
+    lm_weight: float = 0.0
+
+    def options(self, opts: DecodingOptions) -> DecodingOptions:
+        """``opts`` with this pass's own weights."""
+        ctc = opts.ctc_weight if self.ctc_weight is None else self.ctc_weight
+        weight = opts.lm_weight if self.lm is None else self.lm_weight
+        return dataclasses.replace(opts, ctc_weight=ctc, lm_weight=weight)
+
+
 def make_recognizer(
     model: ASRModel,
     config: RecognizerConfig | None = None,
     lm: LanguageModel | None = None,
-    final_model: ASRModel | None = None,
+    final_model: ASRModel | FinalPass | None = None,
 ) -> Recognizer:
     """The recognizer for ``model``: :class:`OnlineRecognizer` for a chunked encoder (its finals from
     ``final_model`` when given), else the segment :class:`~asr.streaming.Recognizer`."""
@@ -101,7 +118,7 @@ class OnlineRecognizer(Recognizer):
         model: ASRModel,
         config: RecognizerConfig | None = None,
         lm: LanguageModel | None = None,
-        final_model: ASRModel | None = None,
+        final_model: ASRModel | FinalPass | None = None,
     ) -> None:
         if not isinstance(model.encoder, LCBLSTMEncoder):
             raise ValueError(
@@ -112,8 +129,10 @@ class OnlineRecognizer(Recognizer):
         # Two passes: the streaming model's chunks give the partials and the endpoints, and an offline model
         # (e.g. the bundled default) decodes each closed utterance's audio for its final, once, at its
         # endpoint. Its finals are then that model's, at the cost of encoding each utterance a second time.
-        self.final_model = final_model.eval() if final_model is not None else None
-        if final_model is not None and final_model.config.features.sample_rate != SAMPLE_RATE:
+        final = FinalPass(final_model) if isinstance(final_model, nn.Module) else final_model
+        self.final = final
+        self.final_model = final.model.eval() if final is not None else None
+        if self.final_model is not None and self.final_model.config.features.sample_rate != SAMPLE_RATE:
             raise ValueError(f"the final model must take {SAMPLE_RATE} Hz audio, as the streaming model does")
         self.encoder: LCBLSTMEncoder = model.encoder
         feats = model.config.features
@@ -526,14 +545,16 @@ class OnlineRecognizer(Recognizer):
         said = [" ".join(x.final.text for x in c.context if x.final.text) for c in closed]
         streams = [s for s, _ in items]
         word_times = [s.options.word_times or bool(c.context) for s, c in zip(streams, closed, strict=True)]
-        if second_pass and self.final_model is not None:  # the second pass: the final model reads the audio
-            fm = self.final_model
+        if second_pass and self.final is not None:  # the second pass: the final model reads the audio
+            fm = self.final.model
+            lm = self.final.lm if self.final.lm is not None else self.lm
             t0 = time.monotonic()
             prefixes = [_prefix(fm.tokenizer, text) for text in said]
             enc, lengths, short = encode_waveforms(fm, [c.audio for c in joined])
             self.finals_second_pass += len(joined)
+            fopts = self.final.options(opts)
             results = self._final_results(
-                joined, word_times, opts, enc, lengths, short=short, prefixes=prefixes, model=fm
+                joined, word_times, fopts, enc, lengths, short=short, prefixes=prefixes, model=fm, lm=lm
             )
             rate = (time.monotonic() - t0) / max(sum(len(c.audio) for c in joined) / SAMPLE_RATE, 0.1)
             old = self.second_pass_rate

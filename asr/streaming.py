@@ -307,12 +307,14 @@ class Recognizer:
         prefixes: Sequence[Sequence[int]] | None = None,
         found: Sequence[list[Hypothesis] | None] | None = None,
         model: ASRModel | None = None,
+        lm: LanguageModel | None = None,
     ) -> list[StreamResult]:
         """The finals of closed pieces of streams (encoder outputs ``enc`` with ``lengths``) that share the
         decoding options ``opts``: one beam search, words timed from the stream start where ``word_times``;
         a ``short`` piece gets an empty final. ``prefixes``: tokens each transcript must start with;
         ``found``: n-best lists already searched (:mod:`asr.growing_search`), None for pieces to search.
-        ``model``: the model whose encoder gave ``enc`` (default: the recognizer's)."""
+        ``model``: the model whose encoder gave ``enc`` (default: the recognizer's); ``lm``: the LM to fuse
+        (default: the recognizer's)."""
         model = model or self.model
         audio = [p.audio for p in pieces]
         timed = any(word_times)
@@ -326,7 +328,7 @@ class Recognizer:
             durations=[len(a) / SAMPLE_RATE for a in audio],
             word_times=timed,
             voiced=[voiced_span(a) for a in audio] if timed else None,
-            lm=self.lm,
+            lm=self.lm if lm is None else lm,
             views=views,
             prefixes=prefixes,
             found=found,

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from asr.checkpoint import load_model
     from asr.data.dataset import load_utterance
-    from asr.online import make_recognizer
+    from asr.model_decoding import ModelDecoding
+    from asr.online import FinalPass, make_recognizer
     from asr.streaming import EndpointConfig, RecognizerConfig, StreamOptions
     from asr.transcribe import transcribe_batch
 
@@ -129,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
 
     online = model.config.encoder.streaming  # chunk by chunk: the blank rule, no early finals (no tails)
     final_model = load_model(args.final_model) if online and "second" in args.finals else None
-    if final_model is not None:
+    final_pass = None
+    if final_model is not None:  # it decodes as its own settings say (NAME.decoding.json), in both rows
+        own = ModelDecoding.of(args.final_model)
+        final_pass = FinalPass(final_model, own.load_lm(final_model.tokenizer), own.ctc_weight, own.lm_weight)
         t0 = time.perf_counter()
-        texts = [t.text for t in transcribe_batch(final_model, waves, dec, batch_size=args.batch)]
+        fdec, flm = final_pass.options(dec), final_pass.lm
+        texts = [t.text for t in transcribe_batch(final_model, waves, fdec, lm=flm, batch_size=args.batch)]
         wer, cer = scores(refs, texts)
         name = f"offline, {args.final_model} (the second pass's model)"
         print(row.format(name, wer, cer, 1.0, time.perf_counter() - t0), flush=True)
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             continue  # without blank endpoints there is no context: one row
         grown = finals_kind == "grown"
         config = RecognizerConfig(final_context_seconds=context, growing_finals=grown)
-        rec = make_recognizer(model, config, final_model=final_model if finals_kind == "second" else None)
+        rec = make_recognizer(model, config, final_model=final_pass if finals_kind == "second" else None)
         t0 = time.perf_counter()
         ep = (
             EndpointConfig(silence_ms=silence, blank_ms=tail)

@@ -12,7 +12,7 @@ from asr.audio import SAMPLE_RATE
 from asr.lm import NGramLM, load_lm
 from asr.model import ASRModel
 from asr.model_decoding import ModelDecoding
-from asr.online import make_recognizer
+from asr.online import FinalPass, make_recognizer
 from asr.streaming import Recognizer, RecognizerConfig
 from asr.word_lm import WordLM
 from asr_grpc import asr_pb2
@@ -47,15 +47,12 @@ async def start_models(
     lm = _server_lm(config, models)
     lm_weight = config.lm_weight if lm is not None else 0.0
     loaded: dict[str, LoadedModel] = {}
-    if config.streaming_finals and config.streaming_finals not in models:
-        raise ValueError(
-            f"--streaming-finals {config.streaming_finals!r} is not a served model; serve it too "
-            f"(--model ...), or pick one of {list(models)}"
-        )
-    second = models.get(config.streaming_finals) if config.streaming_finals else None
+    theirs = decodings if lm is None and decodings else {}  # --lm replaces every model's own settings
+    owns = {name: _own_decoding(m, theirs.get(name)) for name, m in models.items()}
+    second = _second_pass_model(config, models)
     for name, m in models.items():
-        own = (decodings or {}).get(name, ModelDecoding()) if lm is None else ModelDecoding()
-        model_lm = lm if lm is not None else own.load_lm(m.tokenizer)
+        own, own_lm = owns[name]
+        model_lm = lm if lm is not None else own_lm
         model_lm_weight = lm_weight if lm is not None else own.lm_weight
         ctc_weight = config.ctc_weight if own.ctc_weight is None else own.ctc_weight
         defaults = default_stream_options(config, model_lm_weight, ctc_weight)
@@ -66,7 +63,10 @@ async def start_models(
             searched_partials=config.searched_partials,
             second_pass_budget_ms=config.second_pass_budget_ms,
         )
-        final_model = second if m.config.encoder.streaming and second is not m else None
+        final_model = None
+        if second is not None and m.config.encoder.streaming and second is not m:
+            fown, fown_lm = owns[config.streaming_finals]  # the second pass decodes as that model would
+            final_model = FinalPass(second, fown_lm, fown.ctc_weight, fown.lm_weight)
         rec = make_recognizer(m, rec_config, lm=model_lm, final_model=final_model)
         if final_model is not None:
             log.info("finals by a second pass", extra={"model": name, "final_model": config.streaming_finals})
@@ -89,6 +89,24 @@ async def start_models(
         info = model_info(name, m, name == default_name, model_lm)
         loaded[name] = LoadedModel(name, rec, batcher, info, model_lm_weight, ctc_weight)
     return loaded
+
+
+def _second_pass_model(config: ServerConfig, models: dict[str, ASRModel]) -> ASRModel | None:
+    """The model ``--streaming-finals`` names (None without one)."""
+    if config.streaming_finals and config.streaming_finals not in models:
+        raise ValueError(
+            f"--streaming-finals {config.streaming_finals!r} is not a served model; serve it too "
+            f"(--model ...), or pick one of {list(models)}"
+        )
+    return models.get(config.streaming_finals) if config.streaming_finals else None
+
+
+def _own_decoding(
+    model: ASRModel, own: ModelDecoding | None
+) -> tuple[ModelDecoding, NGramLM | WordLM | None]:
+    """A model's own decoding settings (none without) and its LM, loaded."""
+    own = own or ModelDecoding()
+    return own, own.load_lm(model.tokenizer)
 
 
 def _server_lm(config: ServerConfig, models: dict[str, ASRModel]) -> NGramLM | WordLM | None:

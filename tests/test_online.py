@@ -22,10 +22,11 @@ from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions
 from asr.endpointing import EndpointConfig
 from asr.growing_search import UtteranceSearch
-from asr.online import CATCH_UP_CHUNKS, OnlineRecognizer, OnlineStream, _spliced, make_recognizer
+from asr.online import CATCH_UP_CHUNKS, FinalPass, OnlineRecognizer, OnlineStream, _spliced, make_recognizer
 from asr.streaming import Recognizer, RecognizerConfig, StreamOptions, StreamResult
 from asr.tokenizer import CharTokenizer
 from asr.transcribe import decode_encoded, transcribe
+from asr.word_lm import WordLM
 
 CHUNK = SAMPLE_RATE // 10  # 100 ms messages
 OPTS = StreamOptions(decoding=DecodingOptions(beam_size=4))
@@ -711,3 +712,23 @@ def test_finals_past_the_second_pass_budget_are_the_streaming_models_own(
     assert fast.second_pass_rate > 0 and two_pass != own
     with pytest.raises(ValueError, match="second_pass_budget_ms must be >= 0"):
         RecognizerConfig(second_pass_budget_ms=-1)
+
+
+def test_a_final_pass_decodes_with_the_final_models_own_lm_and_weights(
+    model: Transcriber, default_model: Transcriber, conversation: np.ndarray
+) -> None:
+    """``FinalPass(model, lm, ctc_weight, lm_weight)``: the second pass decodes each utterance's audio as the
+    final model would offline with its own settings (``asr.model_decoding``), whatever the stream's
+    weights."""
+    words = {"THANK": 5.0, "YOU": 9.0, "THE": 20.0}
+    lm = WordLM.from_counts(words, {("THANK", "YOU"): 4.0}, default_model.tokenizer)
+    own = FinalPass(default_model, lm, 0.5, 0.3)
+    rec = OnlineRecognizer(model, GREEDY, final_model=own)
+    finals = [r for _, r in feed(rec, rec.create_stream(CONFIRMED), conversation) if r.is_final]
+    assert len(finals) == 2 and rec.finals_second_pass == 2
+    theirs = dataclasses.replace(OPTS.decoding, ctc_weight=0.5, lm_weight=0.3)
+    for f in finals:
+        seg = conversation[round(f.start * SAMPLE_RATE) : round(f.end * SAMPLE_RATE)]
+        assert f.text == transcribe(default_model, seg, theirs, lm=lm).text
+    assert own.options(OPTS.decoding) == theirs
+    assert FinalPass(default_model).options(OPTS.decoding) == OPTS.decoding  # no settings: the stream's
