@@ -501,7 +501,8 @@ class OnlineRecognizer(Recognizer):
         model's."""
         closed = [_decoded_context(c) for _, c in items]
         second = self._within_budget(closed) if self.final_model is not None else []
-        own = [i for i in range(len(items)) if i not in set(second)]
+        taken = set(second)
+        own = [i for i in range(len(items)) if i not in taken]
         self.finals_over_budget += len(own) if self.final_model is not None else 0
         results: list[StreamResult | None] = [None] * len(items)
         for rows, second_pass in ((second, True), (own, False)):

@@ -52,7 +52,6 @@ class Utterance:
     # until the recognizer starts it
     search: UtteranceSearch | None = None
     whole: bool = False  # its search fell too far behind and was dropped: its final is searched whole
-    closed_time: float = field(default_factory=time.monotonic)  # when it was closed (time.monotonic)
 
 
 @dataclass
