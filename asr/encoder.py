@@ -32,7 +32,8 @@ class EncoderConfig:
     chunk_frames: int = 0
     lookahead_frames: int = 0
     # "conv": ConvFrontEnd with conv_channels (0: none); "whisper": Whisper's encoder (asr.whisper_encoder) of
-    # these sizes (tiny's by default) over Whisper log-mel features (features.kind: whisper)
+    # these sizes (tiny's by default) over Whisper log-mel features (features.kind: whisper; streaming, with
+    # chunk_frames: whisper-causal, and its attention block-causal in chunks, asr.whisper_stream)
     frontend: str = "conv"
     whisper_width: int = 384
     whisper_heads: int = 6
@@ -41,8 +42,6 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.frontend not in FRONTENDS:
             raise ValueError(f"encoder.frontend must be one of {list(FRONTENDS)}, got {self.frontend!r}")
-        if self.frontend == "whisper" and self.chunk_frames:
-            raise ValueError("a Whisper front end reads whole utterances: it cannot stream (chunk_frames: 0)")
         if self.chunk_frames < 0 or self.lookahead_frames < 0:
             raise ValueError(
                 "chunk_frames and lookahead_frames must be >= 0, "
@@ -68,8 +67,10 @@ class EncoderConfig:
     def whisper(self) -> WhisperEncoderConfig | None:
         if self.frontend != "whisper":
             return None
+        # streaming: blocks of one chunk, in the front end's 20 ms states (asr.whisper_stream)
+        block = self.chunk_frames * 2**self.pyramid_layers
         return WhisperEncoderConfig(
-            self.input_dim, self.whisper_width, self.whisper_heads, self.whisper_layers
+            self.input_dim, self.whisper_width, self.whisper_heads, self.whisper_layers, block
         )
 
     @property

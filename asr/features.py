@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from asr import whisper_encoder
 from asr.audio import SAMPLE_RATE
 
-FEATURE_KINDS = ("logmel", "whisper")
+FEATURE_KINDS = ("logmel", "whisper", "whisper-causal")
+WHISPER_KINDS = ("whisper", "whisper-causal")
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,15 @@ class FeatureConfig:
     hop_length: int = 160  # 10 ms
     # "logmel": :class:`LogMel` with the fields above, normalised by :class:`GlobalCMVN`; "whisper": Whisper's
     # own normalised log-mel (asr.whisper_encoder.WhisperLogMel: 80 Slaney mels, centred 25 ms frames every
-    # 10 ms, two per 20 ms of audio), for an encoder whose front end is Whisper's (``encoder.frontend``)
+    # 10 ms, two per 20 ms of audio), for an encoder whose front end is Whisper's (``encoder.frontend``);
+    # "whisper-causal": the same frames not centred and with a fixed floor, which a stream computes as its
+    # audio arrives (WhisperLogMel(causal=True); the n_fft and win_length fields do not apply: 400 samples)
     kind: str = "logmel"
 
     def __post_init__(self) -> None:
         if self.kind not in FEATURE_KINDS:
             raise ValueError(f"features.kind must be one of {list(FEATURE_KINDS)}, got {self.kind!r}")
-        if self.kind == "whisper" and (self.sample_rate, self.hop_length) != (SAMPLE_RATE, 160):
+        if self.kind in WHISPER_KINDS and (self.sample_rate, self.hop_length) != (SAMPLE_RATE, 160):
             raise ValueError("whisper features are 16 kHz audio with a 160-sample hop; keep those fields")
 
     @property
@@ -48,7 +51,12 @@ class FeatureConfig:
         """Frame count for each sample count (logmel: 0 when shorter than one ``n_fft`` frame)."""
         if self.kind == "whisper":
             return whisper_encoder.frames(num_samples)
-        return torch.clamp((num_samples - self.n_fft) // self.hop_length + 1, min=0)
+        return torch.clamp((num_samples - self.frame_samples) // self.hop_length + 1, min=0)
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples one frame reads (not centred kinds: a frame reads its own samples only)."""
+        return whisper_encoder.N_FFT if self.kind == "whisper-causal" else self.n_fft
 
 
 def hz_to_mel(hz: Tensor) -> Tensor:

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from asr import precision
+from asr import precision, whisper_stream
 from asr.encoder import EncoderConfig, PyramidalBLSTMEncoder
+from asr.whisper_encoder import WhisperFrontEnd
+from asr.whisper_stream import WhisperStream
 
 
 def _run(
@@ -118,22 +120,35 @@ class EncoderStream:
 
     ``frames``: normalised feature frames from feature index ``consumed`` on (the encoded ones the
     convolutional front end still needs as left context, then the new ones); ``state``: each layer's
-    forward ``(h, c)``; ``emitted``: encoder frames produced so far; ``finished``: no more features come."""
+    forward ``(h, c)``; ``emitted``: encoder frames produced so far; ``finished``: no more features come;
+    ``front``: with a Whisper front end, its stream (which then holds the features instead of ``frames``)."""
 
     frames: Tensor
     consumed: int = 0
     state: list[tuple[Tensor, Tensor]] | None = None
     emitted: int = 0
     finished: bool = False
+    front: WhisperStream | None = None
 
     def push(self, feats: Tensor) -> None:
         """Append normalised feature frames ``(T, n_mels)``."""
         if self.finished:
             raise RuntimeError("push() after finish(): the stream's features have ended")
-        self.frames = torch.cat([self.frames, feats.to(self.frames)], 0)
+        if self.front is not None:
+            self.front.push(feats)
+        else:
+            self.frames = torch.cat([self.frames, feats.to(self.frames)], 0)
 
     def finish(self) -> None:
         self.finished = True
+        if self.front is not None:
+            self.front.finished = True
+
+    def features_from(self, frame: int) -> Tensor:
+        """The feature frames held from feature index ``frame`` on (those not encoded yet among them)."""
+        if self.front is not None:
+            return self.front.frames_from(frame)
+        return self.frames[max(frame - self.consumed, 0) :]
 
 
 class LCBLSTMEncoder(PyramidalBLSTMEncoder):
@@ -215,10 +230,15 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
 
     # -- streams -------------------------------------------------------------------------------------------
     def new_stream(self) -> EncoderStream:
-        return EncoderStream(frames=next(self.parameters()).new_zeros(0, self.config.input_dim))
+        front = whisper_stream.new_stream(self.front) if isinstance(self.front, WhisperFrontEnd) else None
+        return EncoderStream(frames=next(self.parameters()).new_zeros(0, self.config.input_dim), front=front)
 
     def ready(self, stream: EncoderStream) -> bool:
         """Whether :meth:`step` would encode a chunk of ``stream`` now."""
+        if stream.front is not None and stream.finished:
+            total = whisper_stream.total_states(stream.front)
+            assert total is not None
+            return stream.emitted < total // self.scale
         if stream.finished:
             return stream.emitted < int(
                 self.config.output_lengths(torch.tensor(stream.consumed + stream.frames.size(0)))
@@ -230,6 +250,10 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
         ``sys.maxsize`` for a finished stream that is not ready: no more chunks come)."""
         if stream.finished:
             return 0 if self.ready(stream) else sys.maxsize
+        if stream.front is not None:
+            assert isinstance(self.front, WhisperFrontEnd)
+            end = stream.emitted * self.scale + self.window0
+            return whisper_stream.frames_short(self.front, stream.front, end)
         start = stream.emitted * self.scale - stream.consumed // self.front_scale
         end = start + self.window0  # one past the window's last layer-0 frame
         # with the front end, layer-0 frame j is exact once the buffer holds features to 2j+3 (_layer0_span)
@@ -307,6 +331,11 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
         its window reaches (they are zero-padded to the longest, and it masks the padding): every frame is
         the one the stream's own buffer alone would give."""
         w0 = self.window0
+        if isinstance(self.front, WhisperFrontEnd):
+            fronts = [s.front for s in streams if s.front is not None]
+            whisper_stream.step(self.front, fronts, [s.emitted * self.scale + w0 for s in streams])
+            layer0 = [self._whisper_window(s) for s in streams]
+            return self._stack_windows(layer0)
         spans = [self._layer0_span(s) for s in streams]
         if self.front is None:
             layer0 = [s.frames[start:exact] for s, (start, exact) in zip(streams, spans, strict=True)]
@@ -316,6 +345,17 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
             lengths = torch.tensor([f.size(0) for f in feats], device=feats[0].device)
             y, _ = self.front(nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths)
             layer0 = [y[j, start : min(exact, start + w0)] for j, (start, exact) in enumerate(spans)]
+        return self._stack_windows(layer0)
+
+    def _whisper_window(self, s: EncoderStream) -> Tensor:
+        """The Whisper states of ``s``'s next window (fewer at the end of a finished stream)."""
+        ws = s.front
+        assert ws is not None and ws.out is not None
+        start = s.emitted * self.scale - ws.out_start
+        return ws.out[start : start + self.window0]
+
+    def _stack_windows(self, layer0: list[Tensor]) -> tuple[Tensor, list[int], list[int]]:
+        w0 = self.window0
         valid = [min(w0, x.size(0)) for x in layer0]
         pads = zip(layer0, valid, strict=True)
         windows = torch.stack([nn.functional.pad(x[:w0], (0, 0, 0, w0 - v)) for x, v in pads])
@@ -325,6 +365,9 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
     def _drop_encoded(self, s: EncoderStream) -> None:
         """Drop the features no later window needs (the front end keeps 4 frames of left context, from an
         even feature index, so that its output is exact from the next window's first frame on)."""
+        if s.front is not None:
+            s.front.take(s.emitted * self.scale)
+            return
         first = s.emitted * self.scale * self.front_scale
         keep_from = max(first - 4, 0) if self.front is not None else first
         drop = max(keep_from - s.consumed, 0)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from asr.ctc import penalized_ctc_loss
 from asr.decoder import AttentionDecoder, DecoderConfig
 from asr.encoder import EncoderConfig, PyramidalBLSTMEncoder
-from asr.features import FeatureConfig, GlobalCMVN, LogMel
+from asr.features import WHISPER_KINDS, FeatureConfig, GlobalCMVN, LogMel
 from asr.lc_blstm import LCBLSTMEncoder
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
 from asr.whisper_encoder import WhisperLogMel
@@ -48,10 +48,16 @@ class ModelConfig:
                 f"encoder.input_dim ({self.encoder.input_dim}) must equal "
                 f"features.n_mels ({self.features.n_mels})"
             )
-        if (self.encoder.frontend == "whisper") != (self.features.kind == "whisper"):
+        if (self.encoder.frontend == "whisper") != (self.features.kind in WHISPER_KINDS):
             raise ValueError(
                 "a Whisper front end reads Whisper's features and only it does: set encoder.frontend and "
                 f"features.kind to whisper together, not {self.encoder.frontend!r} and {self.features.kind!r}"
+            )
+        if self.encoder.frontend == "whisper" and self.encoder.streaming != (self.features.kind != "whisper"):
+            raise ValueError(
+                "a streaming Whisper front end (encoder.chunk_frames > 0) reads the frames a stream can "
+                "compute, features.kind whisper-causal, and an offline one Whisper's own, features.kind "
+                f"whisper; got chunk_frames {self.encoder.chunk_frames} with {self.features.kind!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,9 +104,10 @@ class ASRModel(nn.Module):
         self.tokenizer = tokenizer
         v = tokenizer.vocab_size
         # Whisper's features come normalised: their CMVN stays the identity (the trainer skips its statistics)
+        kind = config.features.kind
         self.frontend = (
-            WhisperLogMel(config.features.n_mels)
-            if config.features.kind == "whisper"
+            WhisperLogMel(config.features.n_mels, causal=kind == "whisper-causal")
+            if kind in WHISPER_KINDS
             else LogMel(config.features)
         )
         self.cmvn = GlobalCMVN(config.features.n_mels)

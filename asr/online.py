@@ -136,7 +136,7 @@ class OnlineRecognizer(Recognizer):
             raise ValueError(f"the final model must take {SAMPLE_RATE} Hz audio, as the streaming model does")
         self.encoder: LCBLSTMEncoder = model.encoder
         feats = model.config.features
-        self.n_fft, self.hop = feats.n_fft, feats.hop_length
+        self.n_fft, self.hop = feats.frame_samples, feats.hop_length
         self.feats_per_frame = model.config.encoder.subsampling  # feature frames per encoder frame
         self.samples_per_frame = self.hop * self.feats_per_frame
         self.frame_ms = 1000.0 * self.samples_per_frame / SAMPLE_RATE
@@ -425,7 +425,7 @@ class OnlineRecognizer(Recognizer):
         es = old.encoder
         cut = old.start + old.num_frames * self.samples_per_frame
         nxt = self._new_utterance(cut)
-        rest = es.frames[old.num_frames * self.feats_per_frame - es.consumed :]
+        rest = es.features_from(old.num_frames * self.feats_per_frame)
         if rest.size(0):  # also when the input has ended: a blank endpoint may come before the last chunk
             nxt.encoder.push(rest)
         keep = old.num_frames

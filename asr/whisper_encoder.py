@@ -40,12 +40,23 @@ class WhisperEncoderConfig:
     width: int = 384
     heads: int = 6
     layers: int = 4
+    # 0: every state attends to the whole utterance (Whisper's own); B > 0: to the states of its own block of
+    # B and of the blocks before it, so that a stream encodes each block once, as it arrives
+    # (asr.whisper_stream)
+    block: int = 0
 
     def __post_init__(self) -> None:
         if self.width % self.heads or self.width % 2:
             raise ValueError(
                 f"whisper width {self.width} must be even and a multiple of its heads {self.heads}"
             )
+        if self.block < 0:
+            raise ValueError(f"whisper block must be >= 0, got {self.block}")
+
+
+# log10 mel power floor of the causal frames: Whisper clamps at 8 below each recording's peak, which lay at
+# 0.0-1.6 on the real validation sets (so762, Common Voice, LibriSpeech, cathy; 60 recordings)
+CAUSAL_FLOOR = -7.5
 
 
 def frames(samples: Tensor) -> Tensor:
@@ -53,17 +64,28 @@ def frames(samples: Tensor) -> Tensor:
     return 2 * ((samples + 2 * HOP - 1) // (2 * HOP))
 
 
+def causal_frames(samples: Tensor) -> Tensor:
+    """Causal Whisper log-mel frames for each waveform length, ``1 + (S - 400) // 160`` (0 below 400)."""
+    return torch.clamp((samples - N_FFT) // HOP + 1, min=0)
+
+
 class WhisperLogMel(nn.Module):
     """``(B, S)`` waveforms with lengths -> ``(B, T, n_mels)`` Whisper log-mel frames with lengths,
     ``T = 2 * ceil(S / 320)``: centred 25 ms Hann frames every 10 ms, Slaney mel filters, ``log10`` clamped to
     8 below the waveform's own peak, then ``(x + 4) / 4``. The end is followed by silence, as Whisper's
-    zero padding, so that padding a batch never changes a waveform's frames."""
+    zero padding, so that padding a batch never changes a waveform's frames.
+
+    ``causal``: the frames a stream can compute as its audio arrives (``features.kind: whisper-causal``):
+    not centred (frame ``t`` reads samples ``160 t .. 160 t + 399`` and nothing else, ``T = 1 + (S - 400) //
+    160``), and ``log10`` clamped at :data:`CAUSAL_FLOOR` instead of the peak of audio not heard yet. The
+    same filters and scaling, so Whisper's weights read them as they read their own (12.5 ms later)."""
 
     filters: Tensor
     window: Tensor
 
-    def __init__(self, n_mels: int = 80) -> None:
+    def __init__(self, n_mels: int = 80, causal: bool = False) -> None:
         super().__init__()
+        self.causal = causal
         fb = torchaudio.functional.melscale_fbanks(
             N_FFT // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE, norm="slaney", mel_scale="slaney"
         )
@@ -74,6 +96,8 @@ class WhisperLogMel(nn.Module):
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, samples), got {tuple(waveforms.shape)}")
+        if self.causal:
+            return self._causal(waveforms, lengths)
         counts = frames(lengths)
         total = int(counts.max()) if len(counts) else 0
         need = total * HOP
@@ -90,6 +114,19 @@ class WhisperLogMel(nn.Module):
         logmel = torch.maximum(logmel, peak - 8.0)
         return ((logmel + 4.0) / 4.0).masked_fill(~valid[..., None], 0.0), counts
 
+    def _causal(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        counts = causal_frames(lengths)
+        total = int(counts.max()) if len(counts) else 0
+        need = (total - 1) * HOP + N_FFT if total else 0
+        x = F.pad(waveforms.float(), (0, max(0, need - waveforms.size(1))))[:, :need]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            stft = torch.stft(x, N_FFT, HOP, window=self.window, center=False, return_complex=True)
+            power = stft[..., :total].abs() ** 2  # (B, freqs, T)
+            logmel = torch.log10((power.transpose(1, 2) @ self.filters).clamp_min(1e-10))
+        valid = torch.arange(total, device=x.device)[None] < counts[:, None]
+        logmel = (logmel.clamp_min(CAUSAL_FLOOR) + 4.0) / 4.0
+        return logmel.masked_fill(~valid[..., None], 0.0), counts
+
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10_000.0) -> Tensor:
     """Whisper's fixed positional embedding, ``(length, channels)``: sines, then cosines."""
@@ -99,7 +136,7 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10_000.0) -> Te
     return torch.cat([t.sin(), t.cos()], dim=1).float()
 
 
-class _Block(nn.Module):
+class AttentionBlock(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
@@ -109,19 +146,35 @@ class _Block(nn.Module):
         self.mlp_ln = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
-    def forward(self, x: Tensor, valid: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """``x (B, T, width)``; ``mask``: True where a query may read a key, ``(B, 1, 1 or T, T)``."""
+        return self.attend(x, mask)[0]
+
+    def attend(
+        self, x: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` with ``past`` keys and values ``(B, heads, P, width / heads)`` before ``x``'s own
+        (``mask`` then covers ``P + T`` keys); returns the output and ``x``'s keys and values."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.attn_ln(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        mask = None if valid is None else valid[:, None, None, :]  # (B, 1, 1, T): True where a key is real
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.mlp_ln(x))
+        return x + self.mlp(self.mlp_ln(x)), k, v
+
+
+def block_mask(states: int, block: int, device: torch.device | None = None) -> Tensor:
+    """``(states, states)``: True where state ``i`` may read state ``j``, ``j // block <= i // block``."""
+    idx = torch.arange(states, device=device) // block
+    return idx[None, :] <= idx[:, None]
 
 
 class WhisperFrontEnd(nn.Module):
     """``(B, T, n_mels)`` Whisper log-mel frames with lengths -> ``(B, ceil(T / 2), width)`` states every
     20 ms with lengths. Frames past 30 s go to further 30 s windows, encoded one after another; states past
-    an utterance's end are zero, and padding never changes the states before it (the attention is masked)."""
+    an utterance's end are zero, and padding never changes the states before it (the attention is masked).
+    With ``config.block`` the attention is block-causal within each window (:func:`block_mask`), and
+    :mod:`asr.whisper_stream` gives the same states block by block."""
 
     positions: Tensor
 
@@ -132,7 +185,7 @@ class WhisperFrontEnd(nn.Module):
         self.conv1 = nn.Conv1d(config.n_mels, config.width, 3, padding=1)
         self.conv2 = nn.Conv1d(config.width, config.width, 3, stride=2, padding=1)
         self.register_buffer("positions", sinusoids(WINDOW_STATES, config.width), persistent=False)
-        self.blocks = nn.ModuleList(_Block(config.width, config.heads) for _ in range(config.layers))
+        self.blocks = nn.ModuleList(AttentionBlock(config.width, config.heads) for _ in range(config.layers))
         self.ln_post = nn.LayerNorm(config.width)
 
     def _window(self, mel: Tensor, frames: Tensor) -> Tensor:
@@ -146,9 +199,12 @@ class WhisperFrontEnd(nn.Module):
         states = (frames + 1) // 2
         x = x + self.positions[: x.size(1)].to(x.dtype)
         valid = torch.arange(x.size(1), device=x.device)[None] < states[:, None]
-        keys = None if bool(valid.all()) else valid
+        mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, T): the real keys
+        if self.config.block:
+            causal = block_mask(x.size(1), self.config.block, x.device)[None, None]
+            mask = causal if mask is None else mask & causal
         for block in self.blocks:
-            x = block(x, keys)
+            x = block(x, mask)
         return self.ln_post(x).masked_fill(~valid[..., None], 0.0)
 
     def forward(self, mel: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "asr.features",
             "asr.whisper_encoder",
+            "asr.whisper_stream",
             "asr.encoder",
             "asr.lc_blstm",
             "asr.decoder",

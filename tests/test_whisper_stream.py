@@ -1,0 +1,172 @@
+"""Whisper's encoder as a stream (asr.whisper_stream): block by block it gives the states that the
+block-causal encoder gives the whole utterance, 30 s windows and many streams in one call included, and the
+chunked listener over it streams as the log-mel one does."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from asr import whisper_stream
+from asr.encoder import EncoderConfig
+from asr.features import FeatureConfig
+from asr.lc_blstm import LCBLSTMEncoder
+from asr.model import ModelConfig
+from asr.whisper_encoder import CAUSAL_FLOOR, WhisperEncoderConfig, WhisperFrontEnd, WhisperLogMel, block_mask
+
+TINY = WhisperEncoderConfig(n_mels=8, width=16, heads=2, layers=2, block=4)
+
+
+def _front(config: WhisperEncoderConfig = TINY) -> WhisperFrontEnd:
+    torch.manual_seed(0)
+    return WhisperFrontEnd(config).eval()
+
+
+def _streamed(front: WhisperFrontEnd, mel: torch.Tensor, seed: int, piece: int = 20) -> torch.Tensor:
+    """``mel (T, n_mels)`` pushed in random pieces; after each, every state the frames allow."""
+    gen = torch.Generator().manual_seed(seed)
+    s, t = whisper_stream.new_stream(front), 0
+    while t < mel.size(0):
+        n = int(torch.randint(1, piece, (), generator=gen))
+        s.push(mel[t : t + n])
+        t += n
+        whisper_stream.step(front, [s], [10**9])
+    s.finished = True
+    whisper_stream.step(front, [s], [10**9])
+    assert s.out is not None and s.out_start == 0
+    return s.out
+
+
+def test_block_mask_lets_a_state_read_its_block_and_those_before() -> None:
+    m = block_mask(6, 2)
+    assert m[0].tolist() == [True, True, False, False, False, False]
+    assert m[3].tolist() == [True, True, True, True, False, False]
+
+
+@pytest.mark.parametrize("frames", [57, 64, 9])
+def test_streamed_blocks_equal_the_whole_utterance(frames: int) -> None:
+    front = _front()
+    mel = torch.randn(frames, 8, generator=torch.Generator().manual_seed(frames))
+    whole, states = front(mel[None], torch.tensor([frames]))
+    streamed = _streamed(front, mel, seed=frames)
+    assert streamed.size(0) == int(states)
+    torch.testing.assert_close(streamed, whole[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_block_never_reads_the_future_and_full_attention_does() -> None:
+    mel = torch.randn(40, 8, generator=torch.Generator().manual_seed(3))
+    later = mel.clone()
+    later[24:] += 1.0  # frames of states 12.. (blocks 3..); state 7 reads frames up to 16
+    blocked = _front()
+    a, _ = blocked(mel[None], torch.tensor([40]))
+    b, _ = blocked(later[None], torch.tensor([40]))
+    torch.testing.assert_close(a[:, :8], b[:, :8])
+    full = _front(dataclasses.replace(TINY, block=0))
+    a, _ = full(mel[None], torch.tensor([40]))
+    b, _ = full(later[None], torch.tensor([40]))
+    assert not torch.allclose(a[:, :8], b[:, :8], atol=1e-4)
+
+
+def test_streams_past_a_30_s_window_restart_as_the_whole_utterance_does() -> None:
+    front = _front(dataclasses.replace(TINY, layers=1, block=8))
+    mel = torch.randn(3061, 8, generator=torch.Generator().manual_seed(4))
+    whole, states = front(mel[None], torch.tensor([3061]))
+    streamed = _streamed(front, mel, seed=4, piece=200)
+    assert streamed.size(0) == int(states) == 1531
+    torch.testing.assert_close(streamed, whole[0], atol=1e-5, rtol=1e-5)
+
+
+def test_many_streams_in_one_call_equal_each_alone() -> None:
+    front = _front()
+    mels = [torch.randn(n, 8, generator=torch.Generator().manual_seed(n)) for n in (30, 51, 17)]
+    streams = [whisper_stream.new_stream(front) for _ in mels]
+    for t in range(0, 60, 7):  # pieces of 7 frames; the streams reach their ends at different times
+        for s, mel in zip(streams, mels, strict=True):
+            if t < mel.size(0):
+                s.push(mel[t : t + 7])
+            else:
+                s.finished = True
+        whisper_stream.step(front, streams, [10**9] * 3)
+    for s, mel in zip(streams, mels, strict=True):
+        whole, _ = front(mel[None], torch.tensor([mel.size(0)]))
+        assert s.out is not None
+        torch.testing.assert_close(s.out, whole[0], atol=1e-5, rtol=1e-5)
+
+
+def test_frames_short_is_what_the_next_block_needs() -> None:
+    front = _front()
+    s = whisper_stream.new_stream(front)
+    assert whisper_stream.frames_short(front, s, 1) == 9  # block 0 (states 0-3) reads frames up to 8
+    s.push(torch.randn(8, 8))
+    whisper_stream.step(front, [s], [1])
+    assert s.out is None and whisper_stream.frames_short(front, s, 1) == 1
+    s.push(torch.randn(1, 8))
+    whisper_stream.step(front, [s], [1])
+    assert s.out is not None and s.out.size(0) == 4 and whisper_stream.frames_short(front, s, 4) == 0
+
+
+def test_causal_log_mel_frames_read_their_own_samples_only() -> None:
+    lm = WhisperLogMel(80, causal=True)
+    wave = torch.randn(1, 16000, generator=torch.Generator().manual_seed(5)) * 0.1
+    whole, n = lm(wave, torch.tensor([16000]))
+    assert int(n) == 1 + (16000 - 400) // 160
+    head, k = lm(wave[:, : 400 + 49 * 160], torch.tensor([400 + 49 * 160]))  # frames 0..49
+    tail, _ = lm(wave[:, 50 * 160 :], torch.tensor([16000 - 50 * 160]))  # frames 50..
+    torch.testing.assert_close(torch.cat([head, tail], 1), whole)
+    silence, _ = lm(torch.zeros(1, 4000), torch.tensor([4000]))
+    assert torch.allclose(silence, torch.full_like(silence, (CAUSAL_FLOOR + 4) / 4))
+
+
+def _whisper_listener(chunk: int, ahead: int) -> LCBLSTMEncoder:
+    cfg = EncoderConfig(
+        input_dim=8, hidden_size=8, num_layers=2, pyramid_layers=1, dropout=0.0, frontend="whisper",
+        whisper_width=16, whisper_heads=2, whisper_layers=1, chunk_frames=chunk, lookahead_frames=ahead,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LCBLSTMEncoder(cfg).eval()
+
+
+@pytest.mark.parametrize("chunk, ahead", [(2, 4), (3, 2)])
+def test_chunked_listener_over_whisper_streams_as_its_batch_encoding(chunk: int, ahead: int) -> None:
+    lc = _whisper_listener(chunk, ahead)
+    assert isinstance(lc.front, WhisperFrontEnd) and lc.front.config.block == 2 * chunk
+    x = torch.randn(2, 93, 8, generator=torch.Generator().manual_seed(6))
+    lengths = torch.tensor([93, 60])
+    enc, out_lengths = lc(x, lengths)
+    for b in range(2):
+        gen = torch.Generator().manual_seed(b)
+        s, outs, t = lc.new_stream(), [], 0
+        while t < int(lengths[b]):
+            n = int(torch.randint(1, 15, (), generator=gen))
+            s.push(x[b, t : min(t + n, int(lengths[b]))])
+            t += n
+            while lc.ready(s):
+                outs += lc.step([s])
+        s.finish()
+        while lc.ready(s):
+            outs += lc.step([s])
+        streamed = torch.cat(outs)
+        assert streamed.size(0) == int(out_lengths[b])
+        torch.testing.assert_close(streamed, enc[b, : out_lengths[b]], atol=1e-5, rtol=1e-5)
+        assert s.front is not None and s.front.mel.size(0) <= 2 * lc.window0 + 8  # frames do not pile up
+
+
+def test_features_from_gives_back_the_frames_not_encoded() -> None:
+    lc = _whisper_listener(2, 4)
+    x = torch.randn(70, 8, generator=torch.Generator().manual_seed(7))
+    s = lc.new_stream()
+    s.push(x)
+    lc.step([s])  # 2 encoder frames = 8 feature frames
+    torch.testing.assert_close(s.features_from(8), x[8:])
+
+
+def test_a_streaming_whisper_model_reads_causal_frames() -> None:
+    enc = {"frontend": "whisper", "chunk_frames": 2, "lookahead_frames": 4}
+    ModelConfig.from_dict({"features": {"kind": "whisper-causal"}, "encoder": enc})
+    with pytest.raises(ValueError, match="whisper-causal"):
+        ModelConfig.from_dict({"features": {"kind": "whisper"}, "encoder": enc})
+    with pytest.raises(ValueError, match="whisper-causal"):
+        ModelConfig.from_dict({"features": {"kind": "whisper-causal"}, "encoder": {"frontend": "whisper"}})
+    assert FeatureConfig(kind="whisper-causal").frame_samples == 400
