@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_train import TINY_MODEL, manifest, one_thread, records, tiny_config  # noqa: F401 (fixtures)
 
+import asr
 from asr.checkpoint import checkpoint_dict, int8_round_trip, load_checkpoint, model_from_checkpoint
 from asr.data.augment import VtlpConfig, vtlp
 from asr.features import FeatureConfig
@@ -176,7 +177,7 @@ def test_half_export_keeps_the_front_end_in_8_bits(tmp_path: Path) -> None:
 def test_whisper_front_end_config_is_checked() -> None:
     with pytest.raises(ValueError, match=r"features\.kind to whisper together"):
         ModelConfig.from_dict({"encoder": {"frontend": "whisper"}})
-    with pytest.raises(ValueError, match="features.kind whisper-causal"):
+    with pytest.raises(ValueError, match=r"features\.kind whisper-causal"):
         ModelConfig.from_dict(
             {"features": {"kind": "whisper"}, "encoder": {"frontend": "whisper", "chunk_frames": 2}}
         )
@@ -231,6 +232,17 @@ def test_a_whisper_model_trains_from_a_ct2_file_with_its_front_end_frozen(
     small = load_checkpoint(tmp_path / "small" / "final.pt")
     assert small["state_dict"]["encoder.front.blocks.0.qkv.weight"].dtype == torch.int8
     assert len(small["int8_scales"]) == len(half["int8_scales"]) + 4  # the block's qkv, out and 2 MLP
+
+    # the streaming variant: the same weights, block-causal over causal frames, taught by the offline model
+    offline = str(tmp_path / "run" / "final.pt")
+    streaming = tiny_config(manifest, tmp_path / "streaming", epochs=1, average=1, init_from=offline)
+    chunked = {"chunk_frames": 2, "lookahead_frames": 2}
+    streaming["model"] = {"features": {"kind": "whisper-causal"}, "encoder": chunked}
+    streaming["distill"] = {"kind": "ctc", "weight": 1.0, "teacher": offline}
+    assert train(TrainConfig.from_dict(streaming))["finished"]
+    student = model_from_checkpoint(load_checkpoint(tmp_path / "streaming" / "final.pt"))
+    assert student.config.features.kind == "whisper-causal" and student.encoder.front.config.block == 4
+    assert isinstance(asr.load_model(tmp_path / "streaming" / "final.pt").transcribe(tone(1.0)).text, str)
 
 
 def test_warm_start_takes_the_decoder_and_tokenizer_or_refuses(manifest: Path, tmp_path: Path) -> None:  # noqa: F811

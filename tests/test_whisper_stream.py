@@ -112,7 +112,7 @@ def test_causal_log_mel_frames_read_their_own_samples_only() -> None:
     wave = torch.randn(1, 16000, generator=torch.Generator().manual_seed(5)) * 0.1
     whole, n = lm(wave, torch.tensor([16000]))
     assert int(n) == 1 + (16000 - 400) // 160
-    head, k = lm(wave[:, : 400 + 49 * 160], torch.tensor([400 + 49 * 160]))  # frames 0..49
+    head, _ = lm(wave[:, : 400 + 49 * 160], torch.tensor([400 + 49 * 160]))  # frames 0..49
     tail, _ = lm(wave[:, 50 * 160 :], torch.tensor([16000 - 50 * 160]))  # frames 50..
     torch.testing.assert_close(torch.cat([head, tail], 1), whole)
     silence, _ = lm(torch.zeros(1, 4000), torch.tensor([4000]))

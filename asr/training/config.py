@@ -167,8 +167,10 @@ class TrainConfig:
             )
         if self.provisional_ctc < 0:
             raise ValueError(f"provisional_ctc must be >= 0 (a loss weight), got {self.provisional_ctc}")
+        if self.init_from:  # the section lies over the checkpoint's config (finetune_model_config checks it)
+            return
         model = ModelConfig.from_dict(self.model)  # fail early on a bad model section
-        if self.best_by == "cer" and model.ctc_weight == 0.0 and not self.init_from:
+        if self.best_by == "cer" and model.ctc_weight == 0.0:
             raise ValueError(
                 "best_by: cer needs the CTC head (validation CER is greedy CTC), but model.ctc_weight is 0; "
                 "use best_by: loss or a ctc_weight above 0"
@@ -190,6 +192,7 @@ class TrainConfig:
 # fine-tuning run (``init_from``) may change these in its ``model:`` section, and nothing else.
 FINETUNE_FIELDS: dict[str, frozenset[str]] = {
     "encoder": frozenset({"dropout", "chunk_frames", "lookahead_frames"}),  # streaming keeps the weights
+    "features": frozenset({"kind"}),  # whisper <-> whisper-causal, with chunk_frames (ModelConfig checks)
     "decoder": frozenset({"dropout", "label_smoothing", "sampling_prob"}),
     "": frozenset({"ctc_weight"}),
 }
@@ -201,7 +204,9 @@ def finetune_model_config(base: dict[str, Any], overrides: dict[str, Any]) -> Mo
     Only :data:`FINETUNE_FIELDS` may differ from the checkpoint; a changed architecture field is a
     ``ValueError`` (its weights would not fit), and keys that repeat the checkpoint's value are accepted."""
     merged = ModelConfig.from_dict(base).to_dict()
-    ModelConfig.from_dict(overrides)  # unknown keys and bad values fail here, naming the choices
+    if any(k not in merged or (isinstance(v, dict) and set(v) - set(merged[k]))
+           for k, v in overrides.items()):
+        ModelConfig.from_dict(overrides)  # unknown keys fail here, naming the choices (bad values at the end)
     refused = []
     for key, value in overrides.items():
         if isinstance(value, dict):
