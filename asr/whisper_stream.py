@@ -177,8 +177,8 @@ def _cache(rows: list[tuple[WhisperStream, int]], layer: int, past: int, like: T
     empty = like.new_zeros(heads, 0, like.size(-1) // heads)
 
     def stacked(held: list[list[Tensor]]) -> Tensor:
-        return torch.stack([F.pad(h[layer] if h else empty, (0, 0, 0, past - s.states)) for h, (s, _) in
-                            zip(held, rows, strict=True)])  # fmt: skip
+        return torch.stack([F.pad(h[layer] if s.states else empty, (0, 0, 0, past - s.states)) for h, (s, _)
+                            in zip(held, rows, strict=True)])  # fmt: skip
 
     return stacked([s.keys for s, _ in rows]), stacked([s.values for s, _ in rows])
 

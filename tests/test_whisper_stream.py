@@ -82,11 +82,12 @@ def test_many_streams_in_one_call_equal_each_alone() -> None:
     front = _front()
     mels = [torch.randn(n, 8, generator=torch.Generator().manual_seed(n)) for n in (30, 51, 17)]
     streams = [whisper_stream.new_stream(front) for _ in mels]
-    for t in range(0, 60, 7):  # pieces of 7 frames; the streams reach their ends at different times
-        for s, mel in zip(streams, mels, strict=True):
-            if t < mel.size(0):
-                s.push(mel[t : t + 7])
-            else:
+    starts = [0, 14, 28]  # the streams start and reach their ends at different times
+    for t in range(0, 90, 7):  # pieces of 7 frames
+        for s, mel, start in zip(streams, mels, starts, strict=True):
+            if start <= t < start + mel.size(0):
+                s.push(mel[t - start : t - start + 7])
+            elif t >= start + mel.size(0):
                 s.finished = True
         whisper_stream.step(front, streams, [10**9] * 3)
     for s, mel in zip(streams, mels, strict=True):
