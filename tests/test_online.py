@@ -2,7 +2,7 @@
 finals equal to offline decoding of the same utterance by the chunked model.
 
 The model is the bundled streaming model's weights run with 160 ms chunks and an 80 ms look-ahead (its own
-are 80 and 160 ms): real speech, real blanks. (The default model's Whisper front end cannot stream.)
+are 80 and 160 ms): real speech, real blanks. (A Whisper front end streams too: tests/test_whisper_stream.py.)
 """
 
 from __future__ import annotations

@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
+from conftest import silence
+from test_online import feed
 
-from asr import whisper_stream
+from asr import Transcriber, load_model, whisper_stream
+from asr.audio import SAMPLE_RATE
+from asr.decoding import DecodingOptions
 from asr.encoder import EncoderConfig
 from asr.features import FeatureConfig
 from asr.lc_blstm import LCBLSTMEncoder
 from asr.model import ModelConfig
+from asr.online import OnlineRecognizer
+from asr.streaming import RecognizerConfig, StreamOptions
+from asr.transcribe import decode_encoded
 from asr.whisper_encoder import CAUSAL_FLOOR, WhisperEncoderConfig, WhisperFrontEnd, WhisperLogMel, block_mask
 
 TINY = WhisperEncoderConfig(n_mels=8, width=16, heads=2, layers=2, block=4)
@@ -171,3 +179,29 @@ def test_a_streaming_whisper_model_reads_causal_frames() -> None:
     with pytest.raises(ValueError, match="whisper-causal"):
         ModelConfig.from_dict({"features": {"kind": "whisper-causal"}, "encoder": {"frontend": "whisper"}})
     assert FeatureConfig(kind="whisper-causal").frame_samples == 400
+
+
+def test_a_recognizer_streams_the_default_weights_block_by_block(speech: list[np.ndarray]) -> None:
+    """The bundled default's weights run as a streaming Whisper model (block-causal, causal frames, 160 ms
+    chunks, 80 ms look-ahead; untrained that way): each final is the offline decoding of its utterance's
+    audio by the same chunked model, and partials come before the input ends."""
+    base = load_model("default", device="cpu")
+    enc = dataclasses.replace(base.config.encoder, chunk_frames=4, lookahead_frames=2)
+    config = dataclasses.replace(base.config, encoder=enc, features=FeatureConfig(kind="whisper-causal"))
+    model = Transcriber(config, base.tokenizer)
+    model.load_state_dict(base.state_dict())
+    model.eval()
+    audio = np.concatenate([silence(0.5), speech[3], silence(1.5), speech[2], silence(1.5)])
+    rec = OnlineRecognizer(model, RecognizerConfig(growing_finals=False, searched_partials=False))
+    opts = StreamOptions(decoding=DecodingOptions(beam_size=4), lookahead_results=False)
+    results = feed(rec, rec.create_stream(opts), audio)
+    finals = [r for _, r in results if r.is_final]
+    assert len(finals) == 2 and any(t < len(audio) / SAMPLE_RATE for t, r in results if not r.is_final)
+    for f in finals:
+        start = round(f.start * SAMPLE_RATE)
+        n = (round(f.end * SAMPLE_RATE) - start) // rec.samples_per_frame
+        wave = torch.from_numpy(audio[start:])[None]
+        feats, lengths = model.features(wave, torch.tensor([wave.size(1)]))
+        frames, _ = model.encode(feats, lengths)  # the chunked encoder over the rest of the stream
+        want = decode_encoded(model, frames[:, :n], torch.tensor([n]), opts.decoding)[0]
+        assert f.text == want.text and f.text
