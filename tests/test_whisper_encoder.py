@@ -239,6 +239,7 @@ def test_a_whisper_model_trains_from_a_ct2_file_with_its_front_end_frozen(
     chunked = {"chunk_frames": 2, "lookahead_frames": 2}
     streaming["model"] = {"features": {"kind": "whisper-causal"}, "encoder": chunked}
     streaming["distill"] = {"kind": "ctc", "weight": 1.0, "teacher": offline}
+    streaming["optim"]["lr_scales"] = {"encoder.front": 0.1}  # named as the model names them, distilling too
     assert train(TrainConfig.from_dict(streaming))["finished"]
     student = model_from_checkpoint(load_checkpoint(tmp_path / "streaming" / "final.pt"))
     assert student.config.features.kind == "whisper-causal" and student.encoder.front.config.block == 4

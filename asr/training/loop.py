@@ -224,7 +224,10 @@ class Trainer:
         if config.max_steps:
             total_steps = min(total_steps, config.max_steps)
         self._setup_distill(state)
-        self.optimizer, self.scheduler = build_optimizer(self.trained, config.optim, total_steps, fused=cuda)
+        prefix = "" if self.trained is self.model else "model."  # Distilling holds the model as .model
+        self.optimizer, self.scheduler = build_optimizer(
+            self.trained, config.optim, total_steps, fused=cuda, prefix=prefix
+        )
         if state:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])

@@ -42,11 +42,12 @@ def lr_scale(name: str, scales: dict[str, float]) -> float:
 
 
 def build_optimizer(
-    model: nn.Module, config: OptimConfig, total_steps: int, fused: bool
+    model: nn.Module, config: OptimConfig, total_steps: int, fused: bool, prefix: str = ""
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """``(optimizer, scheduler)``; ``fused`` AdamW kernels on CUDA. One parameter group per (learning-rate
-    multiplier, weight decay or not)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # frozen parts left out
+    multiplier, weight decay or not). ``prefix``: where the model's own parameters lie in ``model``
+    (``model.`` in a wrapper that also trains a distillation head); ``lr_scales`` names them without it."""
+    named = [(n.removeprefix(prefix), p) for n, p in model.named_parameters() if p.requires_grad]
     unused = [p for p in config.lr_scales if not any(_under(n, p) for n, _ in named)]
     if unused:
         raise ValueError(
