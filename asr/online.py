@@ -28,9 +28,9 @@ alike), but nothing is decoded twice:
   (:meth:`grow_pending`), so that at the endpoint only its last tokens are left to search. Its result
   depends on the utterance's chunks only, however far it had grown; otherwise each final is searched whole
   at its endpoint, batched with the other finals of the call. With a ``final_model`` (two passes, e.g. the
-  bundled default, whose Whisper front end cannot stream), that model decodes each closed utterance's audio
-  (after its context's, as above) for its final instead: the streaming model gives the partials and the
-  endpoints, the final model the accuracy, for its encoding time after each endpoint.
+  bundled default, whose Whisper front end reads whole utterances), that model decodes each closed
+  utterance's audio (after its context's, as above) for its final instead: the streaming model gives the
+  partials and the endpoints, the final model the accuracy, for its encoding time after each endpoint.
 
 An utterance ends on an encoder frame boundary (a whole number of feature frames): the next one starts there
 with a fresh encoder state, taking over the features the old one had not encoded yet and the audio not yet
