@@ -148,19 +148,20 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """``x (B, T, width)``; ``mask``: True where a query may read a key, ``(B, 1, 1 or T, T)``."""
-        return self.attend(x, mask)[0]
+        q, k, v = self.project(x)
+        return self.finish(x, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
-    def attend(
-        self, x: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`forward` with ``past`` keys and values ``(B, heads, P, width / heads)`` before ``x``'s own
-        (``mask`` then covers ``P + T`` keys); returns the output and ``x``'s keys and values."""
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of ``x (B, T, width)``, each ``(B, heads, T, width / heads)``."""
         b, t, d = x.shape
-        q, k, v = self.qkv(self.attn_ln(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
-        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.mlp_ln(x)), k, v
+        qkv = self.qkv(self.attn_ln(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def finish(self, x: Tensor, attended: Tensor) -> Tensor:
+        """The block's output from its input and the attention's ``(B, heads, T, width / heads)``."""
+        b, t, d = x.shape
+        x = x + self.out(attended.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.mlp_ln(x))
 
 
 def block_mask(states: int, block: int, device: torch.device | None = None) -> Tensor:

@@ -32,8 +32,8 @@ class WhisperStream:
     ``mel``: its log-mel frames from window-local frame ``base`` on (the ones before are no longer needed;
     ``base`` is negative for frames of the window before, kept until they are taken);
     ``states``: states encoded in the current window, the ``window``-th; ``keys``/``values``: each layer's
-    ``(heads, states, head width)``; ``out``: encoded states not yet taken, the first of them global state
-    ``out_start``; ``finished``: no more frames come."""
+    buffer ``(heads, >= states, head width)``, its first ``states`` filled; ``out``: encoded states not yet
+    taken, the first of them global state ``out_start``; ``finished``: no more frames come."""
 
     mel: Tensor
     base: int = 0
@@ -158,49 +158,45 @@ def _conv(front: WhisperFrontEnd, rows: list[tuple[WhisperStream, int]], n: int)
     return F.gelu(F.conv1d(y, front.conv2.weight, front.conv2.bias, stride=2)).transpose(1, 2)
 
 
-def _mask(rows: list[tuple[WhisperStream, int]], n: int, past: int, block: int, dev: torch.device) -> Tensor:
-    """``(N, 1, n, past + n)``: each row's new states read its cached states and, block-causally, its new
-    ones (a row's new states start on a block boundary, so the block mask over them is the utterance's)."""
-    new_ok = torch.arange(n, device=dev)[None] < torch.tensor([k for _, k in rows], device=dev)[:, None]
-    held = torch.tensor([s.states for s, _ in rows], device=dev)[:, None]
-    past_ok = torch.arange(past, device=dev)[None] < held
-    causal = block_mask(n, block, dev)
-    return torch.cat([past_ok[:, None].expand(-1, n, -1), causal[None] & new_ok[:, None]], 2)[:, None]
-
-
-def _cache(rows: list[tuple[WhisperStream, int]], layer: int, past: int, like: Tensor, heads: int) -> tuple[
-    Tensor, Tensor
-] | None:
-    """Layer ``layer``'s cached keys and values of every row, ``(N, heads, past, head width)``, padded."""
-    if not past:
-        return None
-    empty = like.new_zeros(heads, 0, like.size(-1) // heads)
-
-    def stacked(held: list[list[Tensor]]) -> Tensor:
-        return torch.stack([F.pad(h[layer] if s.states else empty, (0, 0, 0, past - s.states)) for h, (s, _)
-                            in zip(held, rows, strict=True)])  # fmt: skip
-
-    return stacked([s.keys for s, _ in rows]), stacked([s.values for s, _ in rows])
+def _held(buffers: list[Tensor], layer: int, new: Tensor, held: int) -> Tensor:
+    """Layer ``layer``'s keys (or values) of a stream, ``held`` of them before ``new (heads, m, head width)``
+    written after them: a view of its buffer, which doubles when full (so that a state is copied a bounded
+    number of times, not at every step)."""
+    need = held + new.size(1)
+    if len(buffers) <= layer:
+        buffers.append(new.new_empty(new.size(0), max(need, 64), new.size(2)))
+    elif buffers[layer].size(1) < need:
+        grown = new.new_empty(new.size(0), max(need, 2 * buffers[layer].size(1)), new.size(2))
+        grown[:, :held] = buffers[layer][:, :held]
+        buffers[layer] = grown
+    buffers[layer][:, held:need] = new
+    return buffers[layer][:, :need]
 
 
 def _encode(front: WhisperFrontEnd, rows: list[tuple[WhisperStream, int]]) -> None:
-    """Encode the next ``k`` states of each row ``(stream, k)``, all rows in one batch."""
+    """Encode the next ``k`` states of each row ``(stream, k)``: the projections and MLPs of all rows in one
+    batch, the attention row by row over its own keys (no padding to the longest history)."""
     n = max(k for _, k in rows)
     x = _conv(front, rows, n)
     pos = [front.positions[s.states : s.states + n] for s, _ in rows]  # short at a window's end: padding
     x = x + torch.stack([F.pad(p, (0, 0, 0, n - p.size(0))) for p in pos]).to(x.dtype)
-    past = max(s.states for s, _ in rows)
-    mask = _mask(rows, n, past, front.config.block, x.device)
+    block = front.config.block
+    causal = block_mask(n, block, x.device)
     for i, layer in enumerate(front.blocks):
         assert isinstance(layer, AttentionBlock)
-        x, k, v = layer.attend(x, mask, _cache(rows, i, past, x, front.config.heads))
+        q, k, v = layer.project(x)
+        attended = []
         for j, (s, m) in enumerate(rows):
-            if len(s.keys) <= i:
-                s.keys.append(k[j, :, :m])
-                s.values.append(v[j, :, :m])
-            else:
-                s.keys[i] = torch.cat([s.keys[i], k[j, :, :m]], 1)
-                s.values[i] = torch.cat([s.values[i], v[j, :, :m]], 1)
+            keys = _held(s.keys, i, k[j, :, :m], s.states)
+            values = _held(s.values, i, v[j, :, :m], s.states)
+            # a row's new states start on a block boundary: within one block they read every key
+            mask = None
+            if m > block:
+                past = causal.new_ones(m, s.states)
+                mask = torch.cat([past, causal[:m, :m]], 1)
+            a = F.scaled_dot_product_attention(q[j : j + 1, :, :m], keys[None], values[None], attn_mask=mask)
+            attended.append(F.pad(a[0], (0, 0, 0, n - m)))
+        x = layer.finish(x, torch.stack(attended))
     y = front.ln_post(x)
     for j, (s, m) in enumerate(rows):
         if s.out is None or s.out.size(0) == 0:
