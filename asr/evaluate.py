@@ -30,7 +30,7 @@ from asr.checkpoint import load_model
 from asr.data.dataset import load_utterance
 from asr.data.manifest import Utterance, read_manifest
 from asr.decoding import DecodingOptions, LanguageModel
-from asr.lm_cli import add_lm_arguments, ctc_weight_from_args, lm_from_args
+from asr.lm_cli import add_lm_arguments, beam_from_args, ctc_weight_from_args, lm_from_args
 from asr.model import ASRModel
 from asr.significance import Interval, Metric, bootstrap_interval, describe
 from asr.tokenizer import normalize_text
@@ -222,8 +222,7 @@ def run(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {}
     if args.method:
         changes["method"] = args.method
-    if args.beam is not None:
-        changes["beam_size"] = args.beam
+    changes["beam_size"] = beam_from_args(args, options.beam_size)
     changes["ctc_weight"] = ctc_weight_from_args(args, options.ctc_weight)
     if args.tta_speeds is not None:
         changes["tta_speeds"] = args.tta_speeds

@@ -224,3 +224,11 @@ def ctc_weight_from_args(args: argparse.Namespace, default: float) -> float:
         return float(args.ctc_weight)
     own = ModelDecoding.of(getattr(args, "model", None)).ctc_weight
     return default if own is None else own
+
+
+def beam_from_args(args: argparse.Namespace, default: int) -> int:
+    """``--beam``, else the model's own (``NAME.decoding.json``), else ``default``."""
+    if args.beam is not None:
+        return int(args.beam)
+    own = ModelDecoding.of(getattr(args, "model", None)).beam_size
+    return default if own is None else own

@@ -6,9 +6,11 @@ LM"), while other models have no LM. The applications (``asr transcribe``, ``asr
 model's settings for whatever their flags and requests leave unset; the library's
 :func:`asr.transcribe.transcribe` takes its options and LM explicitly, as before.
 
-    {"lm": "english.wlm", "lm_weight": 0.3, "ctc_weight": 0.5}
+    {"lm": "english.wlm", "lm_weight": 0.3, "ctc_weight": 0.5, "beam_size": 20}
 
-``lm`` is a path relative to the file (an LM from ``asr lm train``); every key is optional.
+``lm`` is a path relative to the file (an LM from ``asr lm train``); every key is optional. ``beam_size`` is
+the offline applications' (``asr transcribe``, ``asr eval``); a server's beam is its operator's
+(``asr serve --beam-size``), which weighs it against its streams' latency.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from asr.tokenizer import CharTokenizer, SentencePieceTokenizer
 from asr.word_lm import WordLM
 
 SUFFIX = ".decoding.json"
-KEYS = {"lm", "lm_weight", "ctc_weight", "note"}
+KEYS = {"lm", "lm_weight", "ctc_weight", "beam_size", "note"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class ModelDecoding:
     ctc_weight: float | None = None  # None: the application's own default
     lm: Path | None = None
     lm_weight: float = 0.0
+    beam_size: int | None = None  # None: the application's own default
 
     @classmethod
     def of(cls, model: str | os.PathLike | None) -> ModelDecoding:
@@ -62,7 +65,10 @@ class ModelDecoding:
         lm = path.parent / d["lm"] if d.get("lm") else None
         if lm is not None and not lm.is_file():
             raise FileNotFoundError(f"{path}: its language model {lm} is missing")
-        return cls(None if ctc is None else float(ctc), lm, float(weight) if lm is not None else 0.0)
+        beam = d.get("beam_size")
+        if beam is not None and (not isinstance(beam, int) or isinstance(beam, bool) or beam < 1):
+            raise ValueError(f"{path}: beam_size must be a whole number >= 1, got {beam!r}")
+        return cls(None if ctc is None else float(ctc), lm, float(weight) if lm is not None else 0.0, beam)
 
     def load_lm(self, tokenizer: CharTokenizer | SentencePieceTokenizer) -> NGramLM | WordLM | None:
         """The model's LM, checked against its tokenizer (None without one)."""

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         help="then only N utterances, spread evenly over the set (all speakers, not the first few)",
     )
     p.add_argument("--threads", type=int, default=1, help="CPU threads for ours and Whisper (default 1)")
-    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--beam", type=int, help="our beam (default: each model's own, else 10)")
     p.add_argument(
         "--ctc-weight", type=float, help="CTC weight of our beam search (default: each model's own, else 0.3)"
     )
@@ -206,11 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         lm = own.load_lm(model.tokenizer)
         ctc = args.ctc_weight if args.ctc_weight is not None else own.ctc_weight
         ctc = 0.3 if ctc is None else ctc
-        beam = DecodingOptions(method="beam", beam_size=args.beam, ctc_weight=ctc, lm_weight=own.lm_weight)
+        size = args.beam or own.beam_size or DecodingOptions.beam_size
+        beam = DecodingOptions(method="beam", beam_size=size, ctc_weight=ctc, lm_weight=own.lm_weight)
         who = "ours" if len(args.model) == 1 else f"ours {i + 1}"
         systems.append((f"{who}, greedy CTC", ours(model, greedy, args.batch_size)))
         with_lm = " + LM" if lm is not None else ""
-        systems.append((f"{who}, joint beam {args.beam}{with_lm}", ours(model, beam, args.batch_size, lm)))
+        systems.append((f"{who}, joint beam {size}{with_lm}", ours(model, beam, args.batch_size, lm)))
     if whisper is not None:
         systems.append((whisper.name, whisper))
     names = [n for n, _ in systems]

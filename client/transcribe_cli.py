@@ -142,7 +142,7 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Generator[Outcome,
     """The local engine with the model, decoding options and language model the arguments name."""
     import asr
     from asr.biasing import check_phrases
-    from asr.lm_cli import ctc_weight_from_args, lm_from_args
+    from asr.lm_cli import beam_from_args, ctc_weight_from_args, lm_from_args
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -157,7 +157,7 @@ def run_local(args: argparse.Namespace, items: list[Item]) -> Generator[Outcome,
     check_phrases(model.tokenizer, phrases)  # a hint the model cannot spell stops the batch before it starts
     options = asr.DecodingOptions(
         method=args.method or "beam",
-        beam_size=args.beam or 10,
+        beam_size=beam_from_args(args, asr.DecodingOptions.beam_size),
         ctc_weight=ctc_weight_from_args(args, asr.DecodingOptions.ctc_weight),
         nbest=args.alternatives,
         lm_weight=lm_weight,

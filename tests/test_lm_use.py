@@ -23,7 +23,7 @@ from asr import ASRModel, save_checkpoint
 from asr.audio import SAMPLE_RATE, float_to_pcm16, load_audio
 from asr.decoding import DecodingOptions
 from asr.lm import NGramLM, load_lm
-from asr.lm_cli import ctc_weight_from_args, read_texts
+from asr.lm_cli import beam_from_args, ctc_weight_from_args, read_texts
 from asr.model_decoding import ModelDecoding
 from asr.tokenizer import CharTokenizer
 from asr.transcribe import transcribe
@@ -231,6 +231,8 @@ def test_model_decoding_settings_are_read_and_checked(files: dict[str, Path], tm
         ({"lm_wieght": 1}, r"unknown decoding settings \['lm_wieght'\]"),
         ({"ctc_weight": 2}, "ctc_weight must be a number in"),
         ({"lm": "hello.lm", "lm_weight": -1}, "lm_weight must be a number >= 0"),
+        ({"beam_size": 0}, "beam_size must be a whole number >= 1"),
+        ({"beam_size": 2.5}, "beam_size must be a whole number >= 1"),
         ([1, 2], "unknown decoding settings"),
     ]:
         side.write_text(json.dumps(bad))
@@ -245,6 +247,13 @@ def test_model_decoding_settings_are_read_and_checked(files: dict[str, Path], tm
     ns = argparse.Namespace(ctc_weight=None, model=str(files["model"]))
     assert ctc_weight_from_args(ns, 0.3) == 0.3  # no settings beside tiny.pt (yet)
     assert ctc_weight_from_args(argparse.Namespace(ctc_weight=0.7, model=None), 0.3) == 0.7
+    beside = tmp_path / "beamy.pt"
+    beside.write_bytes(files["model"].read_bytes())
+    (tmp_path / "beamy.decoding.json").write_text(json.dumps({"beam_size": 20}))
+    assert ModelDecoding.of(beside) == ModelDecoding(beam_size=20)
+    assert beam_from_args(argparse.Namespace(beam=None, model=str(beside)), 10) == 20
+    assert beam_from_args(argparse.Namespace(beam=4, model=str(beside)), 10) == 4  # the flag wins
+    assert beam_from_args(argparse.Namespace(beam=None, model=str(files["model"])), 10) == 10
 
 
 def test_the_cli_and_a_server_decode_with_the_models_own_lm(
