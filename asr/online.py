@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from asr.alignment import Word
 from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions, Hypothesis, LanguageModel
 from asr.growing_search import UtteranceSearch
@@ -73,6 +74,7 @@ __all__ = ["OnlineRecognizer", "OnlineStream", "make_recognizer"]
 
 MIN_FINAL_MS = 200  # shorter utterances get no final
 CATCH_UP_CHUNKS = 4  # chunks a stream that is behind may encode in one decode_streams call
+WORD_FLOOR_S = 0.04  # the least a final's word lasts (an encoder frame)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -644,6 +646,13 @@ def _prefix(tok: Tokenizer, text: str) -> list[int]:
     return [*ids, tok.space_id] if tok.space_id is not None else ids
 
 
+def _within(w: Word, shift: float, start: float) -> Word:
+    """Word ``w`` moved by ``shift`` seconds and kept from ``start`` on; one the alignment placed wholly
+    before ``start`` (in the context's audio) keeps a frame's length there."""
+    begin = max(w.start + shift, start)
+    return dataclasses.replace(w, start=begin, end=max(w.end + shift, begin + WORD_FLOOR_S))
+
+
 def _own_words(result: StreamResult, c: ClosedUtterance, said: int, word_times: bool) -> StreamResult:
     """The final of ``c`` from the ``result`` of decoding it after its context, whose finals said ``said``
     words (the prefix of every alternative): the words after them, timed from the stream start (the joined
@@ -651,10 +660,7 @@ def _own_words(result: StreamResult, c: ClosedUtterance, said: int, word_times: 
     start = c.start / SAMPLE_RATE
     joined_start = (c.context[0].start + sum(len(x.audio) for x in c.context)) / SAMPLE_RATE
     shift = start - joined_start  # stream time - joined time, over c's own audio
-    words = tuple(
-        dataclasses.replace(w, start=max(w.start + shift, start), end=max(w.end + shift, start))
-        for w in result.words[said:]
-    )
+    words = tuple(_within(w, shift, start) for w in result.words[said:])
     text = " ".join(w.word for w in words) if result.words else " ".join(result.text.split()[said:])
     confidence = sum(w.confidence for w in words) / len(words) if words else 0.0
     alternatives = tuple(
