@@ -167,8 +167,10 @@ def load_model(
 def with_chunk_ms(model: _Model, chunk_ms: int) -> _Model:
     """A chunk-streaming ``model`` run with chunks of ``chunk_ms`` (its look-ahead unchanged), same weights
     and device: the chunk shapes no weight, so a deployment may trade CPU and accuracy for latency without
-    a new checkpoint (docs/BENCHMARKS.md, session 29). ``chunk_ms`` must be a whole number of encoder
-    frames; the model's own chunk gives ``model`` back."""
+    a new checkpoint (docs/BENCHMARKS.md, session 29). Over a Whisper front end the chunk is also the block
+    its attention reads ahead within (``EncoderConfig.whisper``), which its weights were trained with: other
+    chunks cost more accuracy there. ``chunk_ms`` must be a whole number of encoder frames; the model's own
+    chunk gives ``model`` back."""
     enc, shift_ms = model.config.encoder, round(model.config.encoder_frame_shift * 1000)
     if not enc.streaming:
         raise ValueError(

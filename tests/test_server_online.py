@@ -116,13 +116,17 @@ def test_stream_gets_partials_before_its_audio_ends_then_finals(
     finals = [r for _, r in arrivals if r.is_final]
     rec = OnlineRecognizer(streaming_model)
     want = [r for _, r in feed(rec, rec.create_stream(OPTS), audio) if r.is_final]
-    # The same utterances, cut in the same places, aligned to the same times; the words themselves may differ
-    # where the beam search prunes between near-equal hypotheses (features computed over differently grouped
-    # messages differ in the last float bits: "THANK YOU VERY MUCH" against "... MOUT").
-    starts = [[round(seconds(w.start_offset), 2) for w in f.alternatives[0].words] for f in finals]
-    assert starts == [[round(w.start, 2) for w in r.words] for r in want]
+    # The same utterances, cut in the same places; the words themselves may differ where the beam search
+    # prunes between near-equal hypotheses (features computed over differently grouped messages differ in the
+    # last float bits: "THANK YOU VERY MUCH" against "... MOUT").
+    # The words both have start at the same times (within 2 encoder frames, from forced alignments of
+    # transcripts that may differ by a word).
     for f, w in zip(finals, want, strict=True):
         assert difflib.SequenceMatcher(None, f.alternatives[0].transcript, w.text).ratio() > 0.8
+        got = [(x.word, seconds(x.start_offset)) for x in f.alternatives[0].words]
+        matcher = difflib.SequenceMatcher(None, [x for x, _ in got], [x.word for x in w.words])
+        for a, b, n in matcher.get_matching_blocks():
+            assert all(abs(got[a + i][1] - w.words[b + i].start) <= 0.081 for i in range(n)), (got, w.words)
     assert [f.utterance_index for f in finals] == [0, 1]
     assert finals[0].alternatives[0].words  # word times asked for and given
     assert any(t < end for t, r in arrivals if r.is_final)  # the first final came before the audio ended
@@ -175,10 +179,11 @@ def test_the_bundled_models_serve_together_from_disk() -> None:
     assert list(models) == ["default", "streaming"]
     assert not models["default"].config.encoder.streaming
     enc = models["streaming"].config.encoder
-    assert (enc.chunk_frames, enc.lookahead_frames) == (2, 4)
-    rechunked = _models_to_serve(ServerConfig(model="default,streaming", chunk_ms=160), None, None)
+    assert (enc.chunk_frames, enc.lookahead_frames) == (4, 2)
+    assert enc.frontend == "whisper" and models["streaming"].config.features.kind == "whisper-causal"
+    rechunked = _models_to_serve(ServerConfig(model="default,streaming", chunk_ms=80), None, None)
     enc = rechunked["streaming"].config.encoder
-    assert (enc.chunk_frames, enc.lookahead_frames) == (4, 4)  # --chunk-ms: the streaming model's only
+    assert (enc.chunk_frames, enc.lookahead_frames) == (2, 2)  # --chunk-ms: the streaming model's only
     assert rechunked["default"].config.encoder == models["default"].config.encoder
     with pytest.raises(ValueError, match=r"chunk_ms must be a positive multiple of the encoder's 40 ms"):
         _models_to_serve(ServerConfig(model="streaming", chunk_ms=100), None, None)
