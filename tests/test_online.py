@@ -1,8 +1,9 @@
 """asr.online without the server: partials that grow chunk by chunk, blank endpoints, each chunk encoded once,
 finals equal to offline decoding of the same utterance by the chunked model.
 
-The model is the bundled streaming model's weights run with 160 ms chunks and an 80 ms look-ahead (its own
-are 80 and 160 ms): real speech, real blanks. (A Whisper front end streams too: tests/test_whisper_stream.py.)
+The model is the bundled streaming model (since session 36 the default's network over a block-causal
+Whisper front end) with its own 160 ms chunks and 80 ms look-ahead: real speech, real blanks.
+(tests/test_whisper_stream.py tests the Whisper front end's streaming itself.)
 """
 
 from __future__ import annotations

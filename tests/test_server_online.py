@@ -118,9 +118,8 @@ def test_stream_gets_partials_before_its_audio_ends_then_finals(
     want = [r for _, r in feed(rec, rec.create_stream(OPTS), audio) if r.is_final]
     # The same utterances, cut in the same places; the words themselves may differ where the beam search
     # prunes between near-equal hypotheses (features computed over differently grouped messages differ in the
-    # last float bits: "THANK YOU VERY MUCH" against "... MOUT").
-    # The words both have start at the same times (within 2 encoder frames, from forced alignments of
-    # transcripts that may differ by a word).
+    # last float bits: "THANK YOU VERY MUCH" against "... MOUT"). The words both have start at the same
+    # times (within 2 encoder frames, from forced alignments of transcripts that may differ by a word).
     for f, w in zip(finals, want, strict=True):
         assert difflib.SequenceMatcher(None, f.alternatives[0].transcript, w.text).ratio() > 0.8
         got = [(x.word, seconds(x.start_offset)) for x in f.alternatives[0].words]
