@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from asr.encoder import EncoderConfig
 from asr.files import atomic_save  # re-exported: training code imports it from here
 from asr.model import ASRModel, ModelConfig
 from asr.tokenizer import tokenizer_from_dict
@@ -182,8 +183,24 @@ def with_chunk_ms(model: _Model, chunk_ms: int) -> _Model:
         )
     if chunk_ms // shift_ms == enc.chunk_frames:
         return model
-    config = replace(model.config, encoder=replace(enc, chunk_frames=chunk_ms // shift_ms))
-    out = type(model)(config, model.tokenizer)
+    return _with_encoder(model, replace(enc, chunk_frames=chunk_ms // shift_ms))
+
+
+def with_early_lookahead(model: _Model, early: bool) -> _Model:
+    """A streaming Whisper ``model`` whose chunks read their look-ahead early (``early``: as soon as the
+    look-ahead's own audio has arrived, from the part of Whisper's next block heard so far) or from the
+    whole next block (as it was trained, a block later), same weights and device
+    (``EncoderConfig.early_lookahead``): a deployment's trade of accuracy for latency
+    (docs/BENCHMARKS.md, session 37). The model's own setting gives ``model`` back."""
+    enc = model.config.encoder
+    if enc.early_lookahead == early:
+        return model
+    return _with_encoder(model, replace(enc, early_lookahead=early))  # EncoderConfig says what it needs
+
+
+def _with_encoder(model: _Model, encoder: EncoderConfig) -> _Model:
+    """``model``'s weights in a model of another encoder configuration that reads them the same."""
+    out = type(model)(replace(model.config, encoder=encoder), model.tokenizer)
     out.load_state_dict(model.state_dict())
     return out.to(model.device).train(model.training)
 

@@ -31,6 +31,11 @@ class EncoderConfig:
     # with lookahead_frames of future; 0 = offline, the whole utterance at once.
     chunk_frames: int = 0
     lookahead_frames: int = 0
+    # Streaming over a Whisper front end: encode the look-ahead's states from their own audio (the first
+    # lookahead_frames of the next attention block read each other and the blocks before, not the whole
+    # block), so that a chunk waits for its look-ahead's audio only, not for the whole next block. A
+    # decoding choice as much as a training one: the same weights decode either way (asr.lc_blstm).
+    early_lookahead: bool = False
     # "conv": ConvFrontEnd with conv_channels (0: none); "whisper": Whisper's encoder (asr.whisper_encoder) of
     # these sizes (tiny's by default) over Whisper log-mel features (features.kind: whisper; streaming, with
     # chunk_frames: whisper-causal, and its attention block-causal in chunks, asr.whisper_stream)
@@ -49,6 +54,14 @@ class EncoderConfig:
             )
         if self.lookahead_frames and not self.chunk_frames:
             raise ValueError("lookahead_frames needs chunk_frames > 0 (streaming); set both or neither")
+        if self.early_lookahead and not (
+            self.frontend == "whisper" and 0 < self.lookahead_frames < self.chunk_frames
+        ):
+            raise ValueError(
+                "early_lookahead needs a streaming Whisper front end with 0 < lookahead_frames < chunk_frames"
+                f" (got frontend {self.frontend!r}, chunk {self.chunk_frames}, look-ahead "
+                f"{self.lookahead_frames}); without it a chunk waits for the whole next block"
+            )
         if not 0 <= self.pyramid_layers < self.num_layers:
             raise ValueError(
                 f"pyramid_layers must be in [0, num_layers - 1] = [0, {self.num_layers - 1}], "

@@ -189,16 +189,41 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
     def _all_windows(self, x: Tensor, lengths: Tensor, ahead: bool) -> Tensor:
         """Every window of the whole batch, ``(B, K, chunk + look-ahead, D)`` with ``ahead``, else without
         the last layer's look-ahead ``(B, K, chunk, D)``."""
+        early = None
+        if isinstance(self.front, WhisperFrontEnd) and self.config.early_lookahead:
+            early, _ = self.front(x, lengths, split=self.lookahead0)
         if self.front is not None:
             x, lengths = self.front(x, lengths)
         c0 = self.config.chunk_frames * self.scale
         w0 = c0 + self.config.lookahead_frames * self.scale
         k = -(-x.size(1) // c0)
-        x = nn.functional.pad(x, (0, 0, 0, k * c0 + w0 - c0 - x.size(1)))
-        windows = x.unfold(1, w0, c0).transpose(2, 3)  # (B, K, W, D)
+        pad = (0, 0, 0, k * c0 + w0 - c0 - x.size(1))
+        windows = nn.functional.pad(x, pad).unfold(1, w0, c0).transpose(2, 3)  # (B, K, W, D)
+        if early is not None:  # the look-ahead's frames as a stream reads them (see _early_states)
+            t = torch.arange(x.size(1), device=x.device)
+            read = torch.where(self._early_states(t)[None, :, None], early, x)
+            read_windows = nn.functional.pad(read, pad).unfold(1, w0, c0).transpose(2, 3)
+            windows = torch.cat([windows[:, :, :c0], read_windows[:, :, c0:]], 2)
         starts = torch.arange(k, device=lengths.device) * c0
         valid = (lengths[:, None] - starts[None, :]).clamp(0, w0)
         return self._windows(windows, valid, None, ahead=ahead)[0]
+
+    @property
+    def lookahead0(self) -> int:
+        """Layer-0 frames of look-ahead."""
+        return self.config.lookahead_frames * self.scale
+
+    def _early(self, chunk_end: int) -> bool:
+        """Whether the look-ahead after layer-0 frame ``chunk_end`` is encoded early: with
+        ``early_lookahead``, where it lies in the first 30 s window of Whisper states (chunks are its
+        attention blocks there; past it, they no longer line up, and the look-ahead waits for its block)."""
+        return self.config.early_lookahead and chunk_end + self.lookahead0 <= whisper_stream.WINDOW_STATES
+
+    def _early_states(self, t: Tensor) -> Tensor:
+        """Which layer-0 frames ``t`` a look-ahead reads early: the first ``lookahead0`` of each block whose
+        look-ahead is early (:meth:`_early`)."""
+        offset = t % (self.config.chunk_frames * self.scale)
+        return (offset < self.lookahead0) & (t - offset + self.lookahead0 <= whisper_stream.WINDOW_STATES)
 
     def _chunks(self, out: Tensor, out_lengths: Tensor) -> Tensor:
         """The chunks' frames of ``out (B, K, >= chunk, D)`` end to end, ``(B, max(out_lengths), D)``."""
@@ -253,7 +278,13 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
         if stream.front is not None:
             assert isinstance(self.front, WhisperFrontEnd)
             end = stream.emitted * self.scale + self.window0
-            return whisper_stream.frames_short(self.front, stream.front, end)
+            chunk_end = end - self.lookahead0
+            if not self._early(chunk_end):
+                return whisper_stream.frames_short(self.front, stream.front, end)
+            return max(  # the chunk's block whole, the look-ahead's frames only
+                whisper_stream.frames_short(self.front, stream.front, chunk_end),
+                whisper_stream.frames_short(self.front, stream.front, end, whole_blocks=False),
+            )
         start = stream.emitted * self.scale - stream.consumed // self.front_scale
         end = start + self.window0  # one past the window's last layer-0 frame
         # with the front end, layer-0 frame j is exact once the buffer holds features to 2j+3 (_layer0_span)
@@ -332,10 +363,7 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
         the one the stream's own buffer alone would give."""
         w0 = self.window0
         if isinstance(self.front, WhisperFrontEnd):
-            fronts = [s.front for s in streams if s.front is not None]
-            whisper_stream.step(self.front, fronts, [s.emitted * self.scale + w0 for s in streams])
-            layer0 = [self._whisper_window(s) for s in streams]
-            return self._stack_windows(layer0)
+            return self._stack_windows(self._whisper_windows(streams))
         spans = [self._layer0_span(s) for s in streams]
         if self.front is None:
             layer0 = [s.frames[start:exact] for s, (start, exact) in zip(streams, spans, strict=True)]
@@ -347,12 +375,27 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
             layer0 = [y[j, start : min(exact, start + w0)] for j, (start, exact) in enumerate(spans)]
         return self._stack_windows(layer0)
 
-    def _whisper_window(self, s: EncoderStream) -> Tensor:
-        """The Whisper states of ``s``'s next window (fewer at the end of a finished stream)."""
-        ws = s.front
-        assert ws is not None and ws.out is not None
-        start = s.emitted * self.scale - ws.out_start
-        return ws.out[start : start + self.window0]
+    def _whisper_windows(self, streams: list[EncoderStream]) -> list[Tensor]:
+        """The Whisper states of each stream's next window (fewer at the end of a finished stream): its
+        chunk's block encoded for good, and its look-ahead's, or with ``early_lookahead`` their first
+        states as their own audio gives them (:func:`asr.whisper_stream.peek`)."""
+        assert isinstance(self.front, WhisperFrontEnd)
+        fronts = [s.front for s in streams if s.front is not None]
+        c0 = self.config.chunk_frames * self.scale
+        ends = [s.emitted * self.scale + c0 for s in streams]
+        want = [a if self._early(a) else a + self.lookahead0 for a in ends]
+        whisper_stream.step(self.front, fronts, want)
+        # early where the chunk's block is encoded and its look-ahead is not (a finished stream may end first)
+        early = [self._early(a) and f.encoded == a for f, a in zip(fronts, ends, strict=True)]
+        ahead = [f for f, e in zip(fronts, early, strict=True) if e]
+        peeked = iter(whisper_stream.peek(self.front, ahead, self.lookahead0) if ahead else [])
+        windows = []
+        for f, a, e in zip(fronts, ends, early, strict=True):
+            assert f.out is not None
+            start = a - c0 - f.out_start
+            window = f.out[start : start + self.window0]
+            windows.append(torch.cat([window[:c0], next(peeked)], 0) if e else window)
+        return windows
 
     def _stack_windows(self, layer0: list[Tensor]) -> tuple[Tensor, list[int], list[int]]:
         w0 = self.window0

@@ -164,9 +164,16 @@ class AttentionBlock(nn.Module):
         return x + self.mlp(self.mlp_ln(x))
 
 
-def block_mask(states: int, block: int, device: torch.device | None = None) -> Tensor:
-    """``(states, states)``: True where state ``i`` may read state ``j``, ``j // block <= i // block``."""
-    idx = torch.arange(states, device=device) // block
+def block_mask(states: int, block: int, device: torch.device | None = None, split: int = 0) -> Tensor:
+    """``(states, states)``: True where state ``i`` may read state ``j``, ``j // block <= i // block``.
+
+    ``split`` (``0 < split < block``): each block's first ``split`` states are a block of their own, so that
+    they read only each other and the blocks before: what a stream can encode of a block from its first
+    ``split`` states' audio alone (a look-ahead that does not wait for the whole block, asr.lc_blstm)."""
+    t = torch.arange(states, device=device)
+    idx = 2 * (t // block)
+    if 0 < split < block:
+        idx = idx + (t % block >= split).long()
     return idx[None, :] <= idx[:, None]
 
 
@@ -189,7 +196,7 @@ class WhisperFrontEnd(nn.Module):
         self.blocks = nn.ModuleList(AttentionBlock(config.width, config.heads) for _ in range(config.layers))
         self.ln_post = nn.LayerNorm(config.width)
 
-    def _window(self, mel: Tensor, frames: Tensor) -> Tensor:
+    def _window(self, mel: Tensor, frames: Tensor, split: int = 0) -> Tensor:
         """``(B, T <= 3000, n_mels)`` with frame counts -> ``(B, ceil(T / 2), width)``."""
         x = mel.masked_fill(
             (torch.arange(mel.size(1), device=mel.device)[None] >= frames[:, None])[..., None], 0
@@ -202,23 +209,26 @@ class WhisperFrontEnd(nn.Module):
         valid = torch.arange(x.size(1), device=x.device)[None] < states[:, None]
         mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, T): the real keys
         if self.config.block:
-            causal = block_mask(x.size(1), self.config.block, x.device)[None, None]
+            causal = block_mask(x.size(1), self.config.block, x.device, split)[None, None]
             mask = causal if mask is None else mask & causal
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_post(x).masked_fill(~valid[..., None], 0.0)
 
-    def forward(self, mel: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, mel: Tensor, lengths: Tensor, split: int = 0) -> tuple[Tensor, Tensor]:
+        """``split``: split each attention block (:func:`block_mask`); a block-causal front end only."""
+        if split and not self.config.block:
+            raise ValueError("split needs a block-causal front end (config.block > 0)")
         states = (lengths + 1) // 2
         win = 2 * WINDOW_STATES
         if mel.size(1) <= win:
-            return self._window(mel, lengths), states
+            return self._window(mel, lengths, split), states
         b, t, f = mel.shape
         n_win = -(-t // win)
         rows = F.pad(mel, (0, 0, 0, n_win * win - t)).view(b * n_win, win, f)
         starts = torch.arange(n_win, device=mel.device) * win
         row_frames = (lengths[:, None] - starts[None]).clamp(0, win).reshape(-1)
-        out = self._window(rows, row_frames.clamp_min(2))
+        out = self._window(rows, row_frames.clamp_min(2), split)
         out = out.masked_fill((row_frames == 0)[:, None, None], 0.0)
         return out.view(b, n_win * WINDOW_STATES, -1)[:, : (t + 1) // 2], states
 

@@ -92,13 +92,14 @@ def _block_end(local: int, block: int) -> int:
     return min(-(-local // block) * block, WINDOW_STATES)
 
 
-def frames_short(front: WhisperFrontEnd, s: WhisperStream, want: int) -> int:
+def frames_short(front: WhisperFrontEnd, s: WhisperStream, want: int, whole_blocks: bool = True) -> int:
     """Log-mel frames ``s`` needs beyond those it holds before :func:`step` can encode its states up to
-    global state ``want`` (0: it can now, or it is finished)."""
+    global state ``want`` (0: it can now, or it is finished); without ``whole_blocks``, before the frames
+    under those states have arrived (what :func:`peek` reads)."""
     if s.finished or want <= s.encoded:
         return 0
-    window = want - s.window * WINDOW_STATES
-    end = _block_end(min(window, WINDOW_STATES), front.config.block)
+    window = min(want - s.window * WINDOW_STATES, WINDOW_STATES)
+    end = _block_end(window, front.config.block) if whole_blocks else window
     need = min(2 * end + 1, WINDOW_FRAMES)  # state j reads frames 2j-2 .. 2j+2; 3000 is the next window's
     return max(need - s.present, 0)
 
@@ -132,6 +133,27 @@ def step(front: WhisperFrontEnd, streams: list[WhisperStream], want: list[int]) 
             if s.states == WINDOW_STATES:  # the window is full: the next starts afresh
                 s.window, s.states, s.keys, s.values = s.window + 1, 0, [], []
                 s.base -= WINDOW_FRAMES  # the frames not taken yet stay, before the new window's first
+
+
+@torch.no_grad()
+def peek(front: WhisperFrontEnd, streams: list[WhisperStream], count: int) -> list[Tensor]:
+    """Each stream's next ``count`` states (fewer at the end of a finished stream) as the frames under them
+    give them: they read each other and the states encoded before them, not the rest of their block
+    (``block_mask(..., split=count)``). Nothing is kept; :func:`step` encodes them again with their whole
+    block. Each stream's encoded states must end on a block boundary, ``count`` states before its window's
+    end, with their frames arrived (:func:`frames_short` without ``whole_blocks``)."""
+    rows = []
+    for s in streams:
+        left = count if not s.finished else min(count, min((s.present + 1) // 2, WINDOW_STATES) - s.states)
+        if s.states % front.config.block or s.states + count > WINDOW_STATES:
+            raise ValueError(f"cannot peek {count} states after state {s.states} of a window")
+        rows.append((s, max(left, 0)))
+    out = [front.ln_post.weight.new_zeros(0, front.config.width) for _ in streams]
+    live = [j for j, (_, m) in enumerate(rows) if m > 0]
+    if live:
+        for j, y in zip(live, _encode(front, [rows[j] for j in live], keep=False), strict=True):
+            out[j] = y
+    return out
 
 
 def _conv(front: WhisperFrontEnd, rows: list[tuple[WhisperStream, int]], n: int) -> Tensor:
@@ -173,9 +195,11 @@ def _held(buffers: list[Tensor], layer: int, new: Tensor, held: int) -> Tensor:
     return buffers[layer][:, :need]
 
 
-def _encode(front: WhisperFrontEnd, rows: list[tuple[WhisperStream, int]]) -> None:
+def _encode(front: WhisperFrontEnd, rows: list[tuple[WhisperStream, int]], keep: bool = True) -> list[Tensor]:
     """Encode the next ``k`` states of each row ``(stream, k)``: the projections and MLPs of all rows in one
-    batch, the attention row by row over its own keys (no padding to the longest history)."""
+    batch, the attention row by row over its own keys (no padding to the longest history). ``keep``: they
+    join the stream (its keys, values and ``out``); else they are only returned (their keys are written past
+    the stream's states, where its next encoding writes its own)."""
     n = max(k for _, k in rows)
     x = _conv(front, rows, n)
     pos = [front.positions[s.states : s.states + n] for s, _ in rows]  # short at a window's end: padding
@@ -198,9 +222,12 @@ def _encode(front: WhisperFrontEnd, rows: list[tuple[WhisperStream, int]]) -> No
             attended.append(F.pad(a[0], (0, 0, 0, n - m)))
         x = layer.finish(x, torch.stack(attended))
     y = front.ln_post(x)
+    if not keep:
+        return [y[j, :m] for j, (_, m) in enumerate(rows)]
     for j, (s, m) in enumerate(rows):
         if s.out is None or s.out.size(0) == 0:
             s.out, s.out_start = y[j, :m], s.encoded
         else:
             s.out = torch.cat([s.out, y[j, :m]], 0)
         s.states += m
+    return []

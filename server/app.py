@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from asr import precision
-from asr.checkpoint import load_model, resolve_model_path, summarize, with_chunk_ms
+from asr.checkpoint import load_model, resolve_model_path, summarize, with_chunk_ms, with_early_lookahead
 from asr.endpointing import EndpointConfig
 from asr.model import ASRModel
 from asr.model_decoding import ModelDecoding
@@ -160,6 +160,15 @@ def _models_to_serve(
             k: with_chunk_ms(m, config.chunk_ms) if m.config.encoder.streaming else m
             for k, m in models.items()
         }
+    if config.early_lookahead:
+        whisper = [k for k, m in models.items() if m.config.encoder.streaming and m.config.encoder.whisper]
+        if not whisper:
+            raise ValueError(
+                "--early-lookahead applies to streaming models over a Whisper front end (e.g. streaming); "
+                f"none of {', '.join(models)} is one"
+            )
+        early = config.early_lookahead == "on"
+        models = {k: with_early_lookahead(m, early) if k in whisper else m for k, m in models.items()}
     return models
 
 
@@ -300,6 +309,9 @@ SERVE_HELP = {
     "chunk_ms": "chunk-streaming models: encode chunks of this many ms (a multiple of 40) instead of "
     "their checkpoint's: 80 against the bundled model's 160 gives finals and partials 50-70 ms sooner "
     "for about 0.6 WER points and 1.6x the CPU (default 0: each model's own)",
+    "early_lookahead": "streaming models over a Whisper front end: on reads each chunk's look-ahead as "
+    "soon as its own audio has arrived, from the part of Whisper's next block heard so far; off waits for "
+    "the whole next block, as the weights were trained (default: each model's own setting)",
     "streaming_finals": "streams of chunk-streaming models: the served model (a name, e.g. default) that "
     "decodes each utterance's audio again at its endpoint for the final, while the streaming model gives "
     "the partials and endpoints: finals as accurate as that model's, for its encoding time after each "

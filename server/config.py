@@ -85,6 +85,9 @@ class ServerConfig:
     searched_partials: bool = True
     # chunked-encoder models: run with chunks of this many ms instead of their checkpoint's; 0 = their own
     chunk_ms: int = 0
+    # streaming Whisper models: "on" reads each chunk's look-ahead early
+    # (asr.checkpoint.with_early_lookahead), "off" from the whole next block; "" = each model's own
+    early_lookahead: str = ""
     # streams of chunked-encoder models: the served model (a name) that decodes each utterance's audio for
     # its final, a second pass at the endpoint (asr.online); "" = the streaming model's own search
     streaming_finals: str = ""
@@ -133,6 +136,10 @@ class ServerConfig:
             raise ValueError(f"second_pass_budget_ms must be >= 0, got {self.second_pass_budget_ms}")
         if self.growing_lag_ms < 0:
             raise ValueError(f"growing_lag_ms must be >= 0 (0: never), got {self.growing_lag_ms}")
+        if self.early_lookahead not in ("", "on", "off"):
+            raise ValueError(
+                f"early_lookahead must be on, off or empty (each model's own), got {self.early_lookahead!r}"
+            )
         if self.chunk_ms < 0:
             raise ValueError(f"chunk_ms must be >= 0 (0: each model's own), got {self.chunk_ms}")
         if not 0 <= self.blank_ms <= 10_000:

@@ -159,6 +159,24 @@ def test_files_get_the_usual_permissions(tmp_path: Path, umask_022: None) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "m.pt"]  # no temporary file left
 
 
+def test_with_early_lookahead_reads_the_look_ahead_early_with_the_same_weights() -> None:
+    """The bundled streaming model's weights with an early look-ahead: the same weights; the chunks'
+    frames change (their look-ahead is read from less of Whisper's next block), and a model that is not a
+    streaming Whisper one says what the setting needs."""
+    from asr.checkpoint import with_early_lookahead
+
+    model = load_model("streaming", device="cpu")
+    assert not model.config.encoder.early_lookahead and with_early_lookahead(model, False) is model
+    early = with_early_lookahead(model, True)
+    assert early.config.encoder.early_lookahead and not early.training
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(early.state_dict()[k], v)
+    waves = torch.randn(1, 16000) * 0.1
+    assert not torch.allclose(outputs(early, waves), outputs(model, waves))
+    with pytest.raises(ValueError, match=r"early_lookahead needs a streaming Whisper front end"):
+        with_early_lookahead(tiny_model(), True)
+
+
 def test_with_chunk_ms_reruns_a_streaming_model_with_another_chunk() -> None:
     """The chunk shapes no weight: the same weights encode 80 ms chunks (their look-ahead unchanged), the
     encoding of a frame then depending only on its window, so it differs from the 160 ms encoding; a

@@ -188,6 +188,13 @@ def test_the_bundled_models_serve_together_from_disk() -> None:
         _models_to_serve(ServerConfig(model="streaming", chunk_ms=100), None, None)
     with pytest.raises(ValueError, match=r"chunk_ms must be >= 0"):
         ServerConfig(chunk_ms=-40)
+    early = _models_to_serve(ServerConfig(model="default,streaming", early_lookahead="on"), None, None)
+    assert early["streaming"].config.encoder.early_lookahead
+    assert early["default"].config.encoder == models["default"].config.encoder
+    with pytest.raises(ValueError, match=r"--early-lookahead applies to streaming models over a Whisper"):
+        _models_to_serve(ServerConfig(model="default", early_lookahead="on"), None, None)
+    with pytest.raises(ValueError, match=r"early_lookahead must be on, off or empty"):
+        ServerConfig(early_lookahead="yes")
 
 
 def test_a_request_chooses_whole_or_growing_finals(

@@ -17,7 +17,7 @@ from asr.audio import SAMPLE_RATE
 from asr.decoding import DecodingOptions
 from asr.encoder import EncoderConfig
 from asr.features import FeatureConfig
-from asr.lc_blstm import LCBLSTMEncoder
+from asr.lc_blstm import EncoderStream, LCBLSTMEncoder
 from asr.model import ModelConfig
 from asr.online import OnlineRecognizer
 from asr.streaming import RecognizerConfig, StreamOptions
@@ -51,6 +51,9 @@ def test_block_mask_lets_a_state_read_its_block_and_those_before() -> None:
     m = block_mask(6, 2)
     assert m[0].tolist() == [True, True, False, False, False, False]
     assert m[3].tolist() == [True, True, True, True, False, False]
+    early = block_mask(8, 4, split=2)  # each block's first 2 states: a block of their own
+    assert early[4].tolist() == [True] * 6 + [False] * 2
+    assert early[6].tolist() == [True] * 8
 
 
 @pytest.mark.parametrize("frames", [57, 64, 9])
@@ -128,27 +131,35 @@ def test_causal_log_mel_frames_read_their_own_samples_only() -> None:
     assert torch.allclose(silence, torch.full_like(silence, (CAUSAL_FLOOR + 4) / 4))
 
 
-def _whisper_listener(chunk: int, ahead: int) -> LCBLSTMEncoder:
+def _whisper_listener(chunk: int, ahead: int, early: bool = False) -> LCBLSTMEncoder:
     cfg = EncoderConfig(
         input_dim=8, hidden_size=8, num_layers=2, pyramid_layers=1, dropout=0.0, frontend="whisper",
         whisper_width=16, whisper_heads=2, whisper_layers=1, chunk_frames=chunk, lookahead_frames=ahead,
+        early_lookahead=early,
     )  # fmt: skip
     torch.manual_seed(0)
     return LCBLSTMEncoder(cfg).eval()
 
 
-@pytest.mark.parametrize("chunk, ahead", [(2, 4), (3, 2)])
-def test_chunked_listener_over_whisper_streams_as_its_batch_encoding(chunk: int, ahead: int) -> None:
-    lc = _whisper_listener(chunk, ahead)
+@pytest.mark.parametrize(
+    "chunk, ahead, early, frames",
+    # past 30 s (3000 frames), blocks of 8 states no longer line up with the chunks: the look-ahead of
+    # (4, 1) is early up to the window's end, that of (4, 3) stops before the window's short last block
+    [(2, 4, False, 93), (3, 2, False, 93), (3, 2, True, 93), (4, 1, True, 3100), (4, 3, True, 3100)],
+)
+def test_chunked_listener_over_whisper_streams_as_its_batch_encoding(
+    chunk: int, ahead: int, early: bool, frames: int
+) -> None:
+    lc = _whisper_listener(chunk, ahead, early)
     assert isinstance(lc.front, WhisperFrontEnd) and lc.front.config.block == 2 * chunk
-    x = torch.randn(2, 93, 8, generator=torch.Generator().manual_seed(6))
-    lengths = torch.tensor([93, 60])
+    x = torch.randn(2, frames, 8, generator=torch.Generator().manual_seed(6))
+    lengths = torch.tensor([frames, 2 * frames // 3])
     enc, out_lengths = lc(x, lengths)
     for b in range(2):
         gen = torch.Generator().manual_seed(b)
         s, outs, t = lc.new_stream(), [], 0
         while t < int(lengths[b]):
-            n = int(torch.randint(1, 15, (), generator=gen))
+            n = int(torch.randint(1, 15 if frames < 1000 else 200, (), generator=gen))
             s.push(x[b, t : min(t + n, int(lengths[b]))])
             t += n
             while lc.ready(s):
@@ -160,6 +171,40 @@ def test_chunked_listener_over_whisper_streams_as_its_batch_encoding(chunk: int,
         assert streamed.size(0) == int(out_lengths[b])
         torch.testing.assert_close(streamed, enc[b, : out_lengths[b]], atol=1e-5, rtol=1e-5)
         assert s.front is not None and s.front.mel.size(0) <= 2 * lc.window0 + 8  # frames do not pile up
+
+
+def test_an_early_look_ahead_reads_its_own_audio_only_and_waits_for_no_more() -> None:
+    """Chunks of 4 frames (blocks of 8 states), look-ahead 1 frame (2 states): the first chunk waits for
+    the frames under 10 states, not under the whole next block's 16, and its look-ahead frame is the same
+    whatever audio comes after it (the block's later states do not change it)."""
+    waits: dict[bool, int] = {}
+    lc = None
+    for early in (False, True):
+        lc = _whisper_listener(4, 1, early)
+        s = lc.new_stream()
+        x = torch.randn(60, 8, generator=torch.Generator().manual_seed(3))
+        pushed = 0
+        while not lc.ready(s):
+            assert lc.frames_short(s) > 0
+            s.push(x[pushed : pushed + 1])
+            pushed += 1
+        waits[early] = pushed
+    assert waits == {False: 2 * 16 + 1, True: 2 * 10 + 1}
+    assert lc is not None
+    x = torch.randn(1, 60, 8, generator=torch.Generator().manual_seed(4))
+    other = x.clone()
+    other[:, 21:] = torch.randn(1, 39, 8, generator=torch.Generator().manual_seed(5))
+    ahead = [lc.step_ahead([_pushed(lc, y[0, :21])])[1][0] for y in (x, other)]
+    torch.testing.assert_close(ahead[0], ahead[1])
+    _, provisional, _ = lc.forward_provisional(torch.cat([x, other]), torch.tensor([60, 60]))
+    torch.testing.assert_close(provisional[0, 4], provisional[1, 4])  # chunk 1's first frame, read early
+
+
+def _pushed(lc: LCBLSTMEncoder, x: torch.Tensor) -> EncoderStream:
+    s = lc.new_stream()
+    s.push(x)
+    assert lc.ready(s)
+    return s
 
 
 def test_features_from_gives_back_the_frames_not_encoded() -> None:
