@@ -128,7 +128,8 @@ def step(front: WhisperFrontEnd, streams: list[WhisperStream], want: list[int]) 
         rows = [(s, n) for s, w in zip(streams, want, strict=True) if (n := _plan(front, s, w)) > 0]
         if not rows:
             return
-        _encode(front, rows)
+        with front.autocast():
+            _encode(front, rows)
         for s, _ in rows:
             if s.states == WINDOW_STATES:  # the window is full: the next starts afresh
                 s.window, s.states, s.keys, s.values = s.window + 1, 0, [], []
@@ -151,7 +152,9 @@ def peek(front: WhisperFrontEnd, streams: list[WhisperStream], count: int) -> li
     out = [front.ln_post.weight.new_zeros(0, front.config.width) for _ in streams]
     live = [j for j, (_, m) in enumerate(rows) if m > 0]
     if live:
-        for j, y in zip(live, _encode(front, [rows[j] for j in live], keep=False), strict=True):
+        with front.autocast():
+            encoded = _encode(front, [rows[j] for j in live], keep=False)
+        for j, y in zip(live, encoded, strict=True):
             out[j] = y
     return out
 
@@ -221,7 +224,7 @@ def _encode(front: WhisperFrontEnd, rows: list[tuple[WhisperStream, int]], keep:
             a = F.scaled_dot_product_attention(q[j : j + 1, :, :m], keys[None], values[None], attn_mask=mask)
             attended.append(F.pad(a[0], (0, 0, 0, n - m)))
         x = layer.finish(x, torch.stack(attended))
-    y = front.ln_post(x)
+    y = front.ln_post(x).float()
     if not keep:
         return [y[j, :m] for j, (_, m) in enumerate(rows)]
     for j, (s, m) in enumerate(rows):

@@ -3,13 +3,14 @@ that agrees with float32. The rest of the suite runs in float32 (conftest.py).""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-from asr import precision
+from asr import precision, whisper_stream
 from asr.checkpoint import load_model, with_chunk_ms
 from asr.decoder import LOW_PRECISION_ROWS, AttentionDecoder, DecoderConfig
 from asr.encoder import EncoderConfig
@@ -17,6 +18,7 @@ from asr.lc_blstm import LCBLSTMEncoder
 from asr.online import OnlineRecognizer
 from asr.stream_state import StreamOptions
 from asr.streaming import RecognizerConfig
+from asr.whisper_encoder import WhisperEncoderConfig, WhisperFrontEnd
 from tests.conftest import silence
 
 
@@ -39,6 +41,42 @@ def test_modes_and_dtypes(mode: None) -> None:
     assert precision.recurrent_dtype(cpu) in (torch.float32, torch.bfloat16)  # the encoder's, as auto
     with pytest.raises(ValueError, match="one of auto, float32, bfloat16, int8, got 'fp16'"):
         precision.set_mode("fp16")
+
+
+def test_a_streaming_whisper_front_end_runs_in_bfloat16_where_the_lstms_do(mode: None) -> None:
+    """A block-causal front end's products in bfloat16 (its states a little off float32's, as in training
+    under autocast; an offline front end stays float32), its output float32; never under autograd, and a
+    stream's blocks still give the whole utterance's states."""
+    torch.manual_seed(0)
+    front = WhisperFrontEnd(WhisperEncoderConfig(n_mels=8, width=32, heads=2, layers=2, block=4)).eval()
+    mel = torch.randn(1, 40, 8, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([40])
+    precision.set_mode("float32")
+    with torch.no_grad():
+        exact, _ = front(mel, lengths)
+    precision.set_mode("bfloat16")
+    with torch.no_grad():
+        low, _ = front(mel, lengths)
+        s = whisper_stream.new_stream(front)
+        s.push(mel[0, :23])
+        whisper_stream.step(front, [s], [10**9])
+        s.push(mel[0, 23:])
+        s.finished = True
+        whisper_stream.step(front, [s], [10**9])
+    assert low.dtype == torch.float32 and not torch.equal(low, exact)
+    offline = WhisperFrontEnd(dataclasses.replace(front.config, block=0))
+    with torch.no_grad():
+        assert isinstance(front.autocast(), torch.autocast)
+        assert not isinstance(offline.autocast(), torch.autocast)
+    torch.testing.assert_close(low, exact, atol=0.1, rtol=0.05)
+    assert s.out is not None
+    torch.testing.assert_close(s.out, low[0], atol=0.05, rtol=0.05)
+    with torch.no_grad():
+        assert isinstance(precision.transformer_autocast(torch.device("cpu")), torch.autocast)
+    assert not isinstance(precision.transformer_autocast(torch.device("cpu")), torch.autocast)  # autograd
+    precision.set_mode("float32")
+    with torch.no_grad():
+        assert not isinstance(precision.transformer_autocast(torch.device("cpu")), torch.autocast)
 
 
 needs_int8 = pytest.mark.skipif(
