@@ -170,7 +170,8 @@ def with_chunk_ms(model: _Model, chunk_ms: int) -> _Model:
     and device: the chunk shapes no weight, so a deployment may trade CPU and accuracy for latency without
     a new checkpoint (docs/BENCHMARKS.md, session 29). Over a Whisper front end the chunk is also the block
     its attention reads ahead within (``EncoderConfig.whisper``), which its weights were trained with: other
-    chunks cost more accuracy there. ``chunk_ms`` must be a whole number of encoder frames; the model's own
+    chunks cost more accuracy there; an early look-ahead stays early where the chunk is longer than it.
+    ``chunk_ms`` must be a whole number of encoder frames; the model's own
     chunk gives ``model`` back."""
     enc, shift_ms = model.config.encoder, round(model.config.encoder_frame_shift * 1000)
     if not enc.streaming:
@@ -181,9 +182,12 @@ def with_chunk_ms(model: _Model, chunk_ms: int) -> _Model:
         raise ValueError(
             f"chunk_ms must be a positive multiple of the encoder's {shift_ms} ms frames, got {chunk_ms}"
         )
-    if chunk_ms // shift_ms == enc.chunk_frames:
+    chunk = chunk_ms // shift_ms
+    if chunk == enc.chunk_frames:
         return model
-    return _with_encoder(model, replace(enc, chunk_frames=chunk_ms // shift_ms))
+    # a look-ahead as long as the chunk spans Whisper's whole next block: nothing of it to read early
+    early = enc.early_lookahead and enc.lookahead_frames < chunk
+    return _with_encoder(model, replace(enc, chunk_frames=chunk, early_lookahead=early))
 
 
 def with_early_lookahead(model: _Model, early: bool) -> _Model:

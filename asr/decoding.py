@@ -52,7 +52,7 @@ class DecodingOptions:
     tta_speeds: tuple[float, ...] = ()  # test-time augmentation: also decode at these speeds (asr.tta)
     # a segment in which greedy CTC emits no token decodes to nothing, without a search: CTC is the model's
     # speech detector, and the attention decoder alone writes words into silence and noise (60 s of digital
-    # silence came back as "IT IT IT")
+    # silence came back as "IT IT IT"); so does a recording of digital silence (transcribe.DIGITAL_SILENCE)
     ctc_gate: bool = True
 
     def __post_init__(self) -> None:

@@ -37,6 +37,10 @@ __all__ = [
 ]
 
 MAX_SEGMENT_SECONDS = 30.0  # longer audio is cut at quiet points and decoded piece by piece
+# a recording whose peak is below this (-80 dBFS, three steps of 16-bit audio) is digital silence: no speech,
+# and nothing to search. The models read Whisper's log-mel, which maps it to one constant frame, and the
+# default of session 37 heard "AN IN THE INDIAN" in 2-5 s of it (its CTC gate let it through).
+DIGITAL_SILENCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,7 @@ def decode_waveforms(
     durations = [len(w) / SAMPLE_RATE for w in waves]
     voiced = [voiced_span(w) for w in waves] if word_times else None
     views = encode_views(model, waves, options.tta_speeds) if options.tta_speeds else ()
+    silent = [options.ctc_gate and (w.size == 0 or float(np.abs(w).max()) < DIGITAL_SILENCE) for w in waves]
     results = decode_encoded(
         model,
         enc,
@@ -248,6 +253,7 @@ def decode_waveforms(
         word_times=word_times,
         voiced=voiced,
         views=views,
+        found=[[Hypothesis((), 0.0)] if x else None for x in silent] if any(silent) else None,
     )
     return [Transcript("", (), (), durations[i]) if short[i] else r for i, r in enumerate(results)]
 

@@ -166,17 +166,28 @@ class AttentionBlock(nn.Module):
         return x + self.mlp(self.mlp_ln(x))
 
 
-def block_mask(states: int, block: int, device: torch.device | None = None, split: int = 0) -> Tensor:
-    """``(states, states)``: True where state ``i`` may read state ``j``, ``j // block <= i // block``.
-
-    ``split`` (``0 < split < block``): each block's first ``split`` states are a block of their own, so that
-    they read only each other and the blocks before: what a stream can encode of a block from its first
-    ``split`` states' audio alone (a look-ahead that does not wait for the whole block, asr.lc_blstm)."""
-    t = torch.arange(states, device=device)
-    idx = 2 * (t // block)
-    if 0 < split < block:
-        idx = idx + (t % block >= split).long()
+def block_mask(states: int, block: int, device: torch.device | None = None) -> Tensor:
+    """``(states, states)``: True where state ``i`` may read state ``j``, ``j // block <= i // block``."""
+    idx = torch.arange(states, device=device) // block
     return idx[None, :] <= idx[:, None]
+
+
+def early_mask(
+    states: int, block: int, split: int, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
+    """The states followed by a copy of each block's first ``split``: those copies' positions ``(P,)`` and
+    the attention mask ``(states + P, states + P)``. The states read block-causally (:func:`block_mask`) and
+    never a copy; a copy reads the states of the blocks before its own and the copies of its own block: what a
+    stream encodes of a block from its first ``split`` states' audio alone (:func:`asr.whisper_stream.peek`),
+    every layer over the blocks before as they are encoded for good."""
+    t = torch.arange(states, device=device)
+    copies = t[t % block < split]
+    blk = torch.cat([t // block, copies // block])
+    is_copy = torch.arange(blk.numel(), device=device) >= states
+    q, k = blk[:, None], blk[None, :]
+    qc, kc = is_copy[:, None], is_copy[None, :]
+    mask = (~qc & ~kc & (k <= q)) | (qc & ((~kc & (k < q)) | (kc & (k == q))))
+    return copies, mask
 
 
 class WhisperFrontEnd(nn.Module):
@@ -217,21 +228,31 @@ class WhisperFrontEnd(nn.Module):
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, T / 2, width)
         states = (frames + 1) // 2
         x = x + self.positions[: x.size(1)].to(x.dtype)
-        valid = torch.arange(x.size(1), device=x.device)[None] < states[:, None]
-        mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, T): the real keys
-        if self.config.block:
-            causal = block_mask(x.size(1), self.config.block, x.device, split)[None, None]
-            mask = causal if mask is None else mask & causal
+        t = x.size(1)
+        valid = torch.arange(t, device=x.device)[None] < states[:, None]
+        keys = valid
+        causal = None
+        if split:  # each block's first ``split`` states again, as a look-ahead reads them early
+            copies, causal = early_mask(t, self.config.block, split, x.device)
+            x, keys = torch.cat([x, x[:, copies]], 1), torch.cat([valid, valid[:, copies]], 1)
+        elif self.config.block:
+            causal = block_mask(t, self.config.block, x.device)
+        mask = None if bool(keys.all()) else keys[:, None, None, :]  # (B, 1, 1, T): the real keys
+        if causal is not None:
+            mask = causal[None, None] if mask is None else mask & causal[None, None]
         with self.autocast():
             for block in self.blocks:
                 x = block(x, mask)
             x = self.ln_post(x).float()
+        if split:
+            x = x[:, :t].index_copy(1, copies, x[:, t:])
         return x.masked_fill(~valid[..., None], 0.0)
 
     def forward(self, mel: Tensor, lengths: Tensor, split: int = 0) -> tuple[Tensor, Tensor]:
-        """``split``: split each attention block (:func:`block_mask`); a block-causal front end only."""
-        if split and not self.config.block:
-            raise ValueError("split needs a block-causal front end (config.block > 0)")
+        """``split`` (``0 < split < block``, a block-causal front end): each block's first ``split`` states as
+        a stream encodes them from their own audio (:func:`early_mask`), the others as usual."""
+        if split and not 0 < split < self.config.block:
+            raise ValueError(f"split must lie between 0 and the block ({self.config.block}), got {split}")
         states = (lengths + 1) // 2
         win = 2 * WINDOW_STATES
         if mel.size(1) <= win:

@@ -160,15 +160,15 @@ def test_files_get_the_usual_permissions(tmp_path: Path, umask_022: None) -> Non
 
 
 def test_with_early_lookahead_reads_the_look_ahead_early_with_the_same_weights() -> None:
-    """The bundled streaming model's weights with an early look-ahead: the same weights; the chunks'
-    frames change (their look-ahead is read from less of Whisper's next block), and a model that is not a
-    streaming Whisper one says what the setting needs."""
+    """The bundled streaming model (early look-ahead) and its weights waiting for Whisper's whole next block:
+    the same weights; the chunks' frames change (the look-ahead is read from more of the next block), and a
+    model that is not a streaming Whisper one says what the setting needs."""
     from asr.checkpoint import with_early_lookahead
 
-    model = load_model("streaming", device="cpu")
-    assert not model.config.encoder.early_lookahead and with_early_lookahead(model, False) is model
-    early = with_early_lookahead(model, True)
-    assert early.config.encoder.early_lookahead and not early.training
+    early = load_model("streaming", device="cpu")
+    assert early.config.encoder.early_lookahead and with_early_lookahead(early, True) is early
+    model = with_early_lookahead(early, False)
+    assert not model.config.encoder.early_lookahead and not model.training
     for k, v in model.state_dict().items():
         torch.testing.assert_close(early.state_dict()[k], v)
     waves = torch.randn(1, 16000) * 0.1

@@ -43,6 +43,14 @@ def test_bundled_model_hears_no_words_in_silence_and_noise(bundled, name: str) -
     assert bundled.transcribe(nonspeech()[name]).text == ""
 
 
+@pytest.mark.parametrize("seconds", [2, 3, 5])
+def test_digital_silence_is_no_speech_and_never_searched(bundled, seconds: int) -> None:
+    """Whisper's log-mel makes one constant frame of digital silence, which the model may read as words
+    (the default of session 37: "AN IN THE INDIAN" in 2-5 s of it): it is not searched."""
+    out = bundled.transcribe_batch([np.zeros(seconds * SAMPLE_RATE, np.float32)])[0]
+    assert out.text == "" and out.confidence == 1.0
+
+
 def test_speech_still_decodes_with_the_gate(bundled, hello_wav: Path) -> None:
     audio = load_audio(hello_wav)
     gated = bundled.transcribe(audio)

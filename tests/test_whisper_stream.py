@@ -22,7 +22,14 @@ from asr.model import ModelConfig
 from asr.online import OnlineRecognizer
 from asr.streaming import RecognizerConfig, StreamOptions
 from asr.transcribe import decode_encoded
-from asr.whisper_encoder import CAUSAL_FLOOR, WhisperEncoderConfig, WhisperFrontEnd, WhisperLogMel, block_mask
+from asr.whisper_encoder import (
+    CAUSAL_FLOOR,
+    WhisperEncoderConfig,
+    WhisperFrontEnd,
+    WhisperLogMel,
+    block_mask,
+    early_mask,
+)
 
 TINY = WhisperEncoderConfig(n_mels=8, width=16, heads=2, layers=2, block=4)
 
@@ -51,9 +58,10 @@ def test_block_mask_lets_a_state_read_its_block_and_those_before() -> None:
     m = block_mask(6, 2)
     assert m[0].tolist() == [True, True, False, False, False, False]
     assert m[3].tolist() == [True, True, True, True, False, False]
-    early = block_mask(8, 4, split=2)  # each block's first 2 states: a block of their own
-    assert early[4].tolist() == [True] * 6 + [False] * 2
-    assert early[6].tolist() == [True] * 8
+    copies, early = early_mask(8, 4, 2)  # the states, then copies of each block's first 2
+    assert copies.tolist() == [0, 1, 4, 5] and early.shape == (12, 12)
+    assert early[4].tolist() == [True] * 8 + [False] * 4  # the states never read a copy
+    assert early[10].tolist() == [True] * 4 + [False] * 6 + [True] * 2  # block 1's copy: block 0, copies
 
 
 @pytest.mark.parametrize("frames", [57, 64, 9])
@@ -134,8 +142,8 @@ def test_causal_log_mel_frames_read_their_own_samples_only() -> None:
 def _whisper_listener(chunk: int, ahead: int, early: bool = False) -> LCBLSTMEncoder:
     cfg = EncoderConfig(
         input_dim=8, hidden_size=8, num_layers=2, pyramid_layers=1, dropout=0.0, frontend="whisper",
-        whisper_width=16, whisper_heads=2, whisper_layers=1, chunk_frames=chunk, lookahead_frames=ahead,
-        early_lookahead=early,
+        whisper_width=16, whisper_heads=2, whisper_layers=2 if early else 1, chunk_frames=chunk,
+        lookahead_frames=ahead, early_lookahead=early,
     )  # fmt: skip
     torch.manual_seed(0)
     return LCBLSTMEncoder(cfg).eval()
