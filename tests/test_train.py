@@ -368,6 +368,12 @@ def test_fine_tuning_may_change_regularisation_but_not_the_architecture() -> Non
         finetune_model_config(base, {"encoder": {"hidden_size": 64, "dropout": 0.2}})
     with pytest.raises(ValueError, match=r"unknown model config keys \['encoder.dropuot'\]"):
         finetune_model_config(base, {"encoder": {"dropuot": 0.2}})
+    # how a streaming Whisper model reads its look-ahead shapes no weight either
+    streaming = {**base, "features": {**base["features"], "kind": "whisper-causal"}}
+    chunked = {"frontend": "whisper", "chunk_frames": 4, "lookahead_frames": 2}
+    streaming["encoder"] = {**base["encoder"], **chunked}
+    early = finetune_model_config(streaming, {"encoder": {"early_lookahead": True}})
+    assert early.encoder.early_lookahead
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")

@@ -191,7 +191,8 @@ class TrainConfig:
 # Fields of the model config that only shape training (regularisation and the loss), not the weights: a
 # fine-tuning run (``init_from``) may change these in its ``model:`` section, and nothing else.
 FINETUNE_FIELDS: dict[str, frozenset[str]] = {
-    "encoder": frozenset({"dropout", "chunk_frames", "lookahead_frames"}),  # streaming keeps the weights
+    # streaming (and how it reads its look-ahead) keeps the weights
+    "encoder": frozenset({"dropout", "chunk_frames", "lookahead_frames", "early_lookahead"}),
     "features": frozenset({"kind"}),  # whisper <-> whisper-causal, with chunk_frames (ModelConfig checks)
     "decoder": frozenset({"dropout", "label_smoothing", "sampling_prob"}),
     "": frozenset({"ctc_weight"}),
