@@ -56,7 +56,14 @@ from asr.audio import SAMPLE_RATE, check_finite
 from asr.decoding import DecodingOptions, Hypothesis, LanguageModel
 from asr.endpointing import EndpointConfig
 from asr.stream_state import Job, Stream, StreamOptions, StreamResult
-from asr.transcribe import Alternative, decode_encoded, encode_views, encode_waveforms, split_long_audio
+from asr.transcribe import (
+    Alternative,
+    decode_encoded,
+    encode_views,
+    encode_waveforms,
+    silence_found,
+    split_long_audio,
+)
 
 if TYPE_CHECKING:
     from asr.model import ASRModel
@@ -331,7 +338,7 @@ class Recognizer:
             lm=self.lm if lm is None else lm,
             views=views,
             prefixes=prefixes,
-            found=found,
+            found=silence_found(audio, opts, found, prefixes),
         )
         short = short or [False] * len(pieces)
         return [

@@ -241,7 +241,6 @@ def decode_waveforms(
     durations = [len(w) / SAMPLE_RATE for w in waves]
     voiced = [voiced_span(w) for w in waves] if word_times else None
     views = encode_views(model, waves, options.tta_speeds) if options.tta_speeds else ()
-    silent = [options.ctc_gate and (w.size == 0 or float(np.abs(w).max()) < DIGITAL_SILENCE) for w in waves]
     results = decode_encoded(
         model,
         enc,
@@ -253,9 +252,30 @@ def decode_waveforms(
         word_times=word_times,
         voiced=voiced,
         views=views,
-        found=[[Hypothesis((), 0.0)] if x else None for x in silent] if any(silent) else None,
+        found=silence_found(waves, options),
     )
     return [Transcript("", (), (), durations[i]) if short[i] else r for i, r in enumerate(results)]
+
+
+def silence_found(
+    waves: Sequence[np.ndarray],
+    options: DecodingOptions,
+    found: Sequence[list[Hypothesis] | None] | None = None,
+    prefixes: Sequence[Sequence[int]] | None = None,
+) -> Sequence[list[Hypothesis] | None] | None:
+    """``found`` (n-best lists already searched, None for those to search) with an empty hypothesis for each
+    waveform of digital silence (:data:`DIGITAL_SILENCE`) that has no forced prefix, under
+    ``options.ctc_gate``: such audio is never searched, offline or in a stream's finals."""
+    silent = [
+        options.ctc_gate
+        and not (prefixes and prefixes[i])
+        and (w.size == 0 or float(np.abs(w).max()) < DIGITAL_SILENCE)
+        for i, w in enumerate(waves)
+    ]
+    if not any(silent):
+        return found
+    known = list(found) if found is not None else [None] * len(waves)
+    return [[Hypothesis((), 0.0)] if s else f for s, f in zip(silent, known, strict=True)]
 
 
 def split_long_audio(audio: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[tuple[int, int]]:

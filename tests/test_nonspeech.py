@@ -87,3 +87,16 @@ def test_recognize_returns_an_empty_transcript_for_a_minute_of_silence(bundled) 
                 timeout=120,
             )
     assert all(alt.transcript == "" for r in response.results for alt in r.alternatives)
+
+
+def test_silence_found_marks_digital_silence_unless_forced_or_ungated() -> None:
+    """The finals of streams share the rule: digital silence gets an empty n-best list without a search,
+    except where a forced prefix must be searched or the CTC gate is off."""
+    from asr.transcribe import silence_found
+
+    quiet, speech = np.zeros(8000, np.float32), np.full(8000, 0.1, np.float32)
+    found = silence_found([quiet, speech, quiet], DecodingOptions(), prefixes=[(), (), (5,)])
+    assert found is not None and [f is not None for f in found] == [True, False, False]
+    assert found[0] is not None and found[0][0].tokens == ()
+    assert silence_found([quiet], DecodingOptions(ctc_gate=False)) is None
+    assert silence_found([speech], DecodingOptions()) is None
