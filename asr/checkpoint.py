@@ -171,8 +171,7 @@ def with_chunk_ms(model: _Model, chunk_ms: int) -> _Model:
     a new checkpoint (docs/BENCHMARKS.md, session 29). Over a Whisper front end the chunk is also the block
     its attention reads ahead within (``EncoderConfig.whisper``), which its weights were trained with: other
     chunks cost more accuracy there; an early look-ahead stays early where the chunk is longer than it.
-    ``chunk_ms`` must be a whole number of encoder frames; the model's own
-    chunk gives ``model`` back."""
+    ``chunk_ms`` must be a whole number of encoder frames; the model's own chunk gives ``model`` back."""
     enc, shift_ms = model.config.encoder, round(model.config.encoder_frame_shift * 1000)
     if not enc.streaming:
         raise ValueError(

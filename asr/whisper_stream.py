@@ -140,9 +140,9 @@ def step(front: WhisperFrontEnd, streams: list[WhisperStream], want: list[int]) 
 def peek(front: WhisperFrontEnd, streams: list[WhisperStream], count: int) -> list[Tensor]:
     """Each stream's next ``count`` states (fewer at the end of a finished stream) as the frames under them
     give them: they read each other and the states encoded before them, not the rest of their block
-    (``block_mask(..., split=count)``). Nothing is kept; :func:`step` encodes them again with their whole
-    block. Each stream's encoded states must end on a block boundary, ``count`` states before its window's
-    end, with their frames arrived (:func:`frames_short` without ``whole_blocks``)."""
+    (offline: :func:`asr.whisper_encoder.early_mask`). Nothing is kept; :func:`step` encodes them again
+    with their whole block. Each stream's encoded states must end on a block boundary, ``count`` states
+    before its window's end, with their frames arrived (:func:`frames_short` without ``whole_blocks``)."""
     rows = []
     for s in streams:
         left = count if not s.finished else min(count, min((s.present + 1) // 2, WINDOW_STATES) - s.states)
