@@ -128,8 +128,7 @@ def step(front: WhisperFrontEnd, streams: list[WhisperStream], want: list[int]) 
         rows = [(s, n) for s, w in zip(streams, want, strict=True) if (n := _plan(front, s, w)) > 0]
         if not rows:
             return
-        with front.autocast():
-            _encode(front, rows)
+        _encode(front.cast(), rows)
         for s, _ in rows:
             if s.states == WINDOW_STATES:  # the window is full: the next starts afresh
                 s.window, s.states, s.keys, s.values = s.window + 1, 0, [], []
@@ -152,8 +151,7 @@ def peek(front: WhisperFrontEnd, streams: list[WhisperStream], count: int) -> li
     out = [front.ln_post.weight.new_zeros(0, front.config.width) for _ in streams]
     live = [j for j, (_, m) in enumerate(rows) if m > 0]
     if live:
-        with front.autocast():
-            encoded = _encode(front, [rows[j] for j in live], keep=False)
+        encoded = _encode(front.cast(), [rows[j] for j in live], keep=False)
         for j, y in zip(live, encoded, strict=True):
             out[j] = y
     return out
@@ -172,7 +170,7 @@ def _conv(front: WhisperFrontEnd, rows: list[tuple[WhisperStream, int]], n: int)
         x = F.pad(x, (0, 0, max(-lo, 0), span - x.size(0) - max(-lo, 0)))
         mels.append(x)
         limits.append((first, min(s.present, WINDOW_FRAMES)))
-    mel = torch.stack(mels).transpose(1, 2)  # (N, n_mels, span)
+    mel = torch.stack(mels).transpose(1, 2).to(front.conv1.weight.dtype)  # (N, n_mels, span)
     starts = torch.tensor([f for f, _ in limits], device=mel.device)[:, None]
     ends = torch.tensor([e for _, e in limits], device=mel.device)[:, None]
     at = starts + torch.arange(span, device=mel.device)[None]  # window-local frame of each column

@@ -79,6 +79,46 @@ def test_a_streaming_whisper_front_end_runs_in_bfloat16_where_the_lstms_do(mode:
         assert not isinstance(precision.transformer_autocast(torch.device("cpu")), torch.autocast)
 
 
+def test_a_stream_runs_on_a_bfloat16_copy_with_autocasts_arithmetic(mode: None) -> None:
+    """Streams encode on a bfloat16 copy of the front end, without autocast's cast of every weight at every
+    call: the same states to the bit as autocast gives. The copy is made once and again after the weights
+    change; in float32 the front end runs itself."""
+    torch.manual_seed(0)
+    front = WhisperFrontEnd(WhisperEncoderConfig(n_mels=8, width=32, heads=2, layers=2, block=4)).eval()
+    mel = torch.randn(37, 8, generator=torch.Generator().manual_seed(2))
+
+    def streamed(cast: bool) -> torch.Tensor:
+        s = whisper_stream.new_stream(front)
+        with torch.no_grad():
+            for a in range(0, 37, 9):
+                s.push(mel[a : a + 9])
+                if cast:
+                    whisper_stream.step(front, [s], [10**9])
+                else:  # the arithmetic before the copy: autocast over the front end itself
+                    with front.autocast():
+                        rows = [(s, n) for n in [whisper_stream._plan(front, s, 10**9)] if n]
+                        if rows:
+                            whisper_stream._encode(front, rows)
+        assert s.out is not None
+        return s.out
+
+    precision.set_mode("float32")
+    with torch.no_grad():
+        assert front.cast() is front
+    precision.set_mode("bfloat16")
+    with torch.no_grad():
+        copy = front.cast()
+        assert copy is not front and copy.conv1.weight.dtype == torch.bfloat16
+        assert front.cast() is copy  # made once
+        assert front.conv1.weight.dtype == torch.float32 and "_cast" not in dict(front.named_modules())
+    assert torch.equal(streamed(cast=True), streamed(cast=False))
+    with torch.no_grad():
+        front.blocks[0].qkv.weight.mul_(0.5)
+        again = front.cast()
+    assert again is not copy
+    assert torch.equal(again.blocks[0].qkv.weight, front.blocks[0].qkv.weight.bfloat16())
+
+
 needs_int8 = pytest.mark.skipif(
     not precision._quantized_engine(), reason="this PyTorch has no quantized CPU engine (fbgemm, x86)"
 )
