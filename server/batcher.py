@@ -1,7 +1,7 @@
 """Batching of model work across streams and unary requests: asyncio queues in front of model threads.
 
 Callers ``await batcher.decode(stream)``; the batcher takes the streams queued (up to ``max_batch_size``)
-and, when only one was, waits up to ``max_wait_ms`` for more, then runs
+and, when only one was (on the model lane), waits up to ``max_wait_ms`` for more, then runs
 :meth:`asr.streaming.Recognizer.decode_streams` on a model thread. There are two *lanes*, each a queue and
 one thread: streams with a final due (a closed segment or utterance,
 :meth:`~asr.streaming.Recognizer.has_final`) go to the finals lane, all other work (interims, a
@@ -144,9 +144,12 @@ class Batcher:
             items = [await self._first(lane)]
             while len(items) < self.max_batch_size and not lane.queue.empty():
                 items.append(lane.queue.get_nowait())
-            # Only a lone request waits (up to max_wait) for company; a backlog goes at once, so that a lane
-            # that is busy is never idle.
-            deadline = loop.time() + (self.max_wait if len(items) == 1 else 0.0)
+            # Only a lone request on the model lane waits (up to max_wait) for company; a backlog goes at
+            # once, so that a lane that is busy is never idle. A lone final goes at once too: finals are due
+            # at their own endpoints, seldom together, and a lone one waited max_wait for company that
+            # seldom came.
+            wait = self.max_wait if len(items) == 1 and lane is self._model else 0.0
+            deadline = loop.time() + wait
             while len(items) < self.max_batch_size:
                 timeout = deadline - loop.time()
                 if timeout <= 0:

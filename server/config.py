@@ -48,7 +48,7 @@ class ServerConfig:
     # segments or streams per model call; 32 real-time streams of a chunk-streaming model kept up on 2 cores
     # only when one chunk step could take them all (docs/BENCHMARKS.md)
     max_batch_size: int = 32
-    max_wait_ms: float = 10.0  # how long a batch waits for more work once it has some
+    max_wait_ms: float = 10.0  # how long a lone chunk or interim waits for company (finals never wait)
     # threads decoding finals (beam search) beside the model thread, so that they never hold up partials and
     # chunk steps; 0 = finals on the model thread. One: since finals step on int8 weights, a second thread
     # made 32 real-time streams' finals later on 2 cores, though streams sent faster than real time (the

@@ -102,6 +102,31 @@ def test_streams_queued_together_are_decoded_in_one_batch(finals_lane: bool) -> 
     assert [len(streams) for streams, _ in rec.calls] == [3, 2]
 
 
+def test_a_lone_final_goes_at_once_and_a_lone_chunk_waits_for_company() -> None:
+    """``max_wait_ms`` is the model lane's: a lone chunk step waits that long for other streams' (a batch
+    costs less than its steps alone), a lone final does not (finals come at their own endpoints)."""
+
+    async def run() -> tuple[float, float, FakeRecognizer]:
+        rec = FakeRecognizer()
+        rec.release.set()
+        batcher = Batcher(rec, max_wait_ms=300.0, finals_threads=1)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            t0 = time.perf_counter()
+            await batcher.decode("final-a")
+            final_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            await batcher.decode("chunk-b")
+            chunk_s = time.perf_counter() - t0
+        finally:
+            await batcher.stop()
+        return final_s, chunk_s, rec
+
+    final_s, chunk_s, rec = asyncio.run(run())
+    assert final_s < 0.15 <= 0.3 <= chunk_s
+    assert [t.split("_")[0] for _, t in rec.calls] == ["asr-finals", "asr-model"]
+
+
 def test_finals_threads_decode_batches_side_by_side() -> None:
     """Two threads in the finals lane: a second final is decoded while the first still runs (each call blocks
     until released), on another thread."""
