@@ -191,8 +191,8 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
         the last layer's look-ahead ``(B, K, chunk, D)``."""
         early = None
         if isinstance(self.front, WhisperFrontEnd) and self.config.early_lookahead:
-            early, _ = self.front(x, lengths, split=self.lookahead0)
-        if self.front is not None:
+            x, early, lengths = self.front.forward_early(x, lengths, self.lookahead0)
+        elif self.front is not None:
             x, lengths = self.front(x, lengths)
         c0 = self.config.chunk_frames * self.scale
         w0 = c0 + self.config.lookahead_frames * self.scale

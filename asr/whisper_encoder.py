@@ -235,8 +235,10 @@ class WhisperFrontEnd(nn.Module):
             self.__dict__["_cast"] = cached  # a cache, not a submodule
         return cached[1]
 
-    def _window(self, mel: Tensor, frames: Tensor, split: int = 0) -> Tensor:
-        """``(B, T <= 3000, n_mels)`` with frame counts -> ``(B, ceil(T / 2), width)``."""
+    def _window(self, mel: Tensor, frames: Tensor, split: int = 0) -> tuple[Tensor, Tensor | None]:
+        """``(B, T <= 3000, n_mels)`` with frame counts -> ``(B, ceil(T / 2), width)``; with ``split``, also
+        the states with each block's first ``split`` as a stream reads them early (one pass for both: the
+        states never read the copies)."""
         x = mel.masked_fill(
             (torch.arange(mel.size(1), device=mel.device)[None] >= frames[:, None])[..., None], 0
         )
@@ -261,27 +263,45 @@ class WhisperFrontEnd(nn.Module):
             for block in self.blocks:
                 x = block(x, mask)
             x = self.ln_post(x).float()
+        early = None
         if split:
-            x = x[:, :t].index_copy(1, copies, x[:, t:])
-        return x.masked_fill(~valid[..., None], 0.0)
+            x, early = x[:, :t], x[:, :t].index_copy(1, copies, x[:, t:])
+            early = early.masked_fill(~valid[..., None], 0.0)
+        return x.masked_fill(~valid[..., None], 0.0), early
 
-    def forward(self, mel: Tensor, lengths: Tensor, split: int = 0) -> tuple[Tensor, Tensor]:
-        """``split`` (``0 < split < block``, a block-causal front end): each block's first ``split`` states as
-        a stream encodes them from their own audio (:func:`early_mask`), the others as usual."""
-        if split and not 0 < split < self.config.block:
+    def forward(self, mel: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, T, n_mels)`` log-mel frames with lengths -> states ``(B, ceil(T / 2), width)``, lengths."""
+        states, _, lengths = self._windows(mel, lengths, 0)
+        return states, lengths
+
+    def forward_early(self, mel: Tensor, lengths: Tensor, split: int) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward`'s states, the same with each block's first ``split`` states (``0 < split < block``,
+        a block-causal front end) as a stream encodes them from their own audio (:func:`early_mask`), and
+        the lengths; in one pass."""
+        if not 0 < split < self.config.block:
             raise ValueError(f"split must lie between 0 and the block ({self.config.block}), got {split}")
+        states, early, lengths = self._windows(mel, lengths, split)
+        assert early is not None
+        return states, early, lengths
+
+    def _windows(self, mel: Tensor, lengths: Tensor, split: int) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Each 30 s window of ``mel`` through :meth:`_window`, the windows of an utterance end to end."""
         states = (lengths + 1) // 2
         win = 2 * WINDOW_STATES
         if mel.size(1) <= win:
-            return self._window(mel, lengths, split), states
+            return *self._window(mel, lengths, split), states
         b, t, f = mel.shape
         n_win = -(-t // win)
         rows = F.pad(mel, (0, 0, 0, n_win * win - t)).view(b * n_win, win, f)
         starts = torch.arange(n_win, device=mel.device) * win
         row_frames = (lengths[:, None] - starts[None]).clamp(0, win).reshape(-1)
-        out = self._window(rows, row_frames.clamp_min(2), split)
-        out = out.masked_fill((row_frames == 0)[:, None, None], 0.0)
-        return out.view(b, n_win * WINDOW_STATES, -1)[:, : (t + 1) // 2], states
+
+        def joined(out: Tensor) -> Tensor:
+            out = out.masked_fill((row_frames == 0)[:, None, None], 0.0)
+            return out.view(b, n_win * WINDOW_STATES, -1)[:, : (t + 1) // 2]
+
+        out, early = self._window(rows, row_frames.clamp_min(2), split)
+        return joined(out), None if early is None else joined(early), states
 
 
 _CT2_TOP = {
