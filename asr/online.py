@@ -49,7 +49,7 @@ import dataclasses
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -221,14 +221,15 @@ class OnlineRecognizer(Recognizer):
             return len(self._to_grow) > 0
 
     @torch.inference_mode()
-    def grow_pending(self, budget_s: float) -> int:
+    def grow_pending(self, budget_s: float, stop: Callable[[], bool] | None = None) -> int:
         """Grow the searches of the streams that have new chunks, oldest first, for about ``budget_s``
         seconds; returns how many streams were grown. A server runs this on its finals thread when it has
         nothing else to do: the finals' beam search then runs while the audio is still coming, so that at an
-        endpoint only its last tokens are left. May run beside :meth:`decode_streams` on another thread."""
+        endpoint only its last tokens are left. May run beside :meth:`decode_streams` on another thread.
+        ``stop``: asked before each stream; once it is true (a final is waiting), the rest waits."""
         deadline = time.perf_counter() + budget_s
         grown = 0
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and not (stop is not None and stop()):
             with self._growth_lock:
                 if not self._to_grow:
                     break

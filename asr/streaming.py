@@ -43,7 +43,7 @@ called from ``decode_streams``; call that from one thread at a time.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -184,8 +184,9 @@ class Recognizer:
         heard: chunk-streaming models, :mod:`asr.online`)."""
         return False
 
-    def grow_pending(self, budget_s: float) -> int:
-        """Do up to about ``budget_s`` seconds of :meth:`has_growth`'s work; the number of streams served."""
+    def grow_pending(self, budget_s: float, stop: Callable[[], bool] | None = None) -> int:
+        """Do up to about ``budget_s`` seconds of :meth:`has_growth`'s work, and none after ``stop()`` says
+        so (asked between streams: a final is waiting); the number of streams served."""
         return 0
 
     def result(self, stream: Stream) -> StreamResult | None:

@@ -41,7 +41,9 @@ from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-GROW_SLICE_S = 0.02  # growing-search work per idle turn of the finals thread: a final waits at most this
+# growing-search work per idle turn of the finals thread; a final queued meanwhile waits for the stream being
+# grown, not for the rest of the slice
+GROW_SLICE_S = 0.02
 # the finals are behind when a batch holds this many streams' finals, or more wait behind it: the beam search
 # of a chunk-streaming model's stream finals then keeps ``load_beam_size`` hypotheses (32 real-time streams on
 # 2 cores: docs/BENCHMARKS.md, session 27; a wait of 1 s as the sign instead came too late to help). Unary
@@ -174,13 +176,19 @@ class Batcher:
             return await lane.queue.get()
         loop = asyncio.get_running_loop()
         failed = False  # growing failed: not again before the next chunks (the finals must go on)
+
+        def queued() -> bool:  # asked by a slice between two streams: a final queued stops it
+            return lane.queue.qsize() > 0
+
         while True:
             if not lane.queue.empty():
                 return lane.queue.get_nowait()
             # growing is for spare time: the model thread's chunks and partials come first
             if not failed and self._model.queue.empty() and self.recognizer.has_growth():
                 try:
-                    await loop.run_in_executor(lane.executor, self.recognizer.grow_pending, GROW_SLICE_S)
+                    await loop.run_in_executor(
+                        lane.executor, self.recognizer.grow_pending, GROW_SLICE_S, queued
+                    )
                 except Exception:
                     log.exception("growing searches failed; their finals will be searched whole")
                     failed = True

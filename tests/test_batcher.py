@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ class FakeRecognizer:
     """Streams are strings; ``"final..."`` streams have a final due. A final's decode blocks until
     ``release`` is set; every decode call is recorded with its thread."""
 
-    def __init__(self, growth: int = 0, grow_error: bool = False) -> None:
+    def __init__(self, growth: int = 0, grow_error: bool = False, stream_s: float = 0.0) -> None:
         self.release = threading.Event()
         self.calls: list[tuple[list[str], str]] = []
         self.finals: list[bool] = []  # each call's ``finals``
@@ -25,6 +26,8 @@ class FakeRecognizer:
         self.growth = growth  # slices of growing-search work pending
         self.grow_error = grow_error
         self.grown: list[str] = []  # the thread of each slice grown
+        self.stream_s = stream_s  # with it, a slice grows streams of this many seconds each, as budget allows
+        self.stopped = 0  # slices cut short by ``stop``
 
     def has_final(self, stream: Any) -> bool:
         return str(stream).startswith("final")
@@ -32,13 +35,22 @@ class FakeRecognizer:
     def has_growth(self) -> bool:
         return self.growth > 0
 
-    def grow_pending(self, budget_s: float) -> int:
+    def grow_pending(self, budget_s: float, stop: Callable[[], bool] | None = None) -> int:
         self.grown.append(threading.current_thread().name)
         if self.grow_error:
             raise RuntimeError("a bug in growing")
-        time.sleep(budget_s)
         self.growth -= 1
-        return 1
+        if not self.stream_s:
+            time.sleep(budget_s)
+            return 1
+        deadline, served = time.perf_counter() + budget_s, 0
+        while time.perf_counter() < deadline:
+            if stop is not None and stop():
+                self.stopped += 1
+                break
+            time.sleep(self.stream_s)
+            served += 1
+        return served
 
     def decode_streams(
         self, streams: list[Any], *, interims: bool = True, finals: bool = True, beam_cap: int = 0
@@ -178,6 +190,33 @@ def test_the_finals_thread_grows_searches_while_idle_and_a_final_waits_at_most_a
     rec, waited = asyncio.run(run())
     assert rec.grown and all(name.startswith("asr-finals") for name in rec.grown)
     assert waited < GROW_SLICE_S + 0.5  # one slice, then the final
+
+
+def test_a_final_queued_during_a_slice_waits_for_one_streams_growth_not_the_slice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slice asks between its streams whether a final is queued, and gives the thread to it: with slices of
+    2 s (40 streams of 50 ms), a final still starts within a stream's growth or two."""
+    monkeypatch.setattr("server.batcher.GROW_SLICE_S", 2.0)
+
+    async def run() -> tuple[FakeRecognizer, float]:
+        rec = FakeRecognizer(growth=1000, stream_s=0.05)
+        rec.release.set()
+        batcher = Batcher(rec, max_wait_ms=1.0, finals_threads=1)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            await batcher.decode("chunk-a")
+            while not rec.grown:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # well inside the slice
+            t0 = time.perf_counter()
+            await batcher.decode("final-b")
+            return rec, time.perf_counter() - t0
+        finally:
+            await batcher.stop()
+
+    rec, waited = asyncio.run(run())
+    assert rec.stopped >= 1 and waited < 0.5
 
 
 def test_a_failure_to_grow_leaves_the_finals_lane_working() -> None:

@@ -273,8 +273,9 @@ def test_a_server_can_split_chunk_steps_from_finals(
     """As a server with a finals lane calls it: a stream with a final due goes to ``interims=False`` calls,
     which decode its finals and encode no chunk until its input has ended; the others to ``finals=False``
     calls (chunk steps), which leave the finals of the utterances they close, and the finals thread grows
-    the searches when it is idle (``grow_pending``). An energy endpoint after a blank endpoint, in an
-    utterance where nothing was heard, is no final due. The results are those of undivided calls."""
+    the searches when it is idle (``grow_pending``, which gives way when told a final waits). An energy
+    endpoint after a blank endpoint, in an utterance where nothing was heard, is no final due. The results
+    are those of undivided calls."""
     audio = np.concatenate([silence(0.3), speech[0], silence(1.2), speech[1], silence(1.2)])
     opts = dataclasses.replace(OPTS, endpoint=EndpointConfig(blank_ms=blank_ms))
     config = RecognizerConfig(growing_finals=growing)
@@ -298,7 +299,9 @@ def test_a_server_can_split_chunk_steps_from_finals(
         rec.decode_streams([s], finals=False)
         if growing and s.open.tokens:
             assert rec.has_growth()
-        rec.grow_pending(10.0)
+            assert rec.grow_pending(10.0, stop=lambda: True) == 0  # a final waits: nothing grown
+            assert rec.has_growth()
+        rec.grow_pending(10.0, stop=lambda: False)
         assert not rec.has_growth()
 
     split = feed_split(rec, s, audio, finals_call, chunks_call)
