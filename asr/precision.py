@@ -21,8 +21,8 @@ The mode is one of :data:`MODES`: :func:`set_mode`, or the ``ASR_PRECISION`` env
 * ``"bfloat16"``: the encoder's LSTMs, and decoder steps of ``LOW_PRECISION_ROWS`` rows or more, in
   bfloat16;
 * ``"int8"``: the decoder's LSTM steps on 8-bit weights, the encoder's LSTMs as ``"auto"`` has them;
-* ``"auto"``: bfloat16 for the encoder on a CPU with AMX (float32 elsewhere), and int8 decoder steps on a CPU
-  whose PyTorch has a quantized engine (float32 on GPUs).
+* ``"auto"``: bfloat16 for the encoder on a CPU that multiplies it natively (AMX or AVX-512 BF16; float32
+  elsewhere), and int8 decoder steps on a CPU whose PyTorch has a quantized engine (float32 on GPUs).
 
 Weights are cast once and cached (:func:`cast_weights`), recast when the weights change.
 """
@@ -72,10 +72,14 @@ def mode() -> str:
 
 
 @functools.cache
-def _amx() -> bool:
-    """Whether the CPU has AMX tiles (asked once: every chunk step and decoder step reads it)."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe()) if probe is not None else False
+def _native_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively: AMX tiles (Intel Sapphire Rapids and later) or AVX-512
+    BF16 (AMD Zen 4, Intel Cooper Lake). Asked once: every chunk step and decoder step reads it. On a 2-vCPU
+    AMD EPYC with AVX-512 BF16 and no AMX, the streaming model's CPU per second of audio fell from 193 to
+    149 ms at one stream (bench/online_cpu.py, session 38)."""
+    names = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    probes = [getattr(torch.cpu, name, None) for name in names]
+    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 @functools.cache
@@ -90,7 +94,7 @@ def _quantized_engine() -> str:
 
 def recurrent_dtype(device: torch.device) -> torch.dtype:
     """The dtype of the encoder's recurrent products (and the decoder's large steps) on ``device``."""
-    if _mode == "bfloat16" or (_mode in ("auto", "int8") and device.type == "cpu" and _amx()):
+    if _mode == "bfloat16" or (_mode in ("auto", "int8") and device.type == "cpu" and _native_bf16()):
         return torch.bfloat16
     return torch.float32
 

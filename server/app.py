@@ -331,7 +331,8 @@ SERVE_HELP = {
     "cpu_threads": "torch threads of each model thread on CPU (default 0: the cores shared among the "
     "model thread and the finals threads)",
     "precision": "number format of the LSTMs' products: auto (the encoder's in bfloat16 on CPUs with "
-    "AMX, the decoder's steps on int8 weights on CPUs), float32, bfloat16 or int8 (default auto)",
+    "AMX or AVX-512 BF16, the decoder's steps on int8 weights on CPUs), float32, bfloat16 or int8 "
+    "(default auto)",
     "lm": "language model from 'asr lm train', fused into beam search (default: none)",
     "lm_weight": "default weight of --lm in beam search; requests may set their own (default 0.3)",
     "max_phrases": "phrase hints a request may carry (default 1000)",

@@ -39,7 +39,8 @@ class ServerConfig:
     # model lane and finals_threads): many small ops run best one thread each, side by side
     cpu_threads: int = 0
     # number format of the recurrent products (asr.precision): auto = the encoder's in bfloat16 on CPUs
-    # with AMX, the decoder's steps on int8 weights on CPUs; "" = the process's (set_mode, else auto)
+    # with AMX or AVX-512 BF16, the decoder's steps on int8 weights on CPUs; "" = the process's (set_mode,
+    # else auto)
     precision: str = ""
     warmup: bool = True
     lm: str = ""  # language model from `asr lm train`, fused into beam search; "" = none

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 # Tests compare outputs of different code paths exactly: the recurrent products stay float32 (on CPUs with
-# AMX the default would be bfloat16, whose rounding depends on the batch's shape); the servers the tests
-# start as subprocesses inherit it. tests/test_precision.py checks bfloat16 itself.
+# AMX or AVX-512 BF16 the default would be bfloat16, whose rounding depends on the batch's shape); the
+# servers the tests start as subprocesses inherit it. tests/test_precision.py checks bfloat16 itself.
 os.environ.setdefault("ASR_PRECISION", "float32")
 
 import shutil
