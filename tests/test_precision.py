@@ -43,6 +43,24 @@ def test_modes_and_dtypes(mode: None) -> None:
         precision.set_mode("fp16")
 
 
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "native"), [(True, False, True), (False, True, True), (False, False, False)]
+)
+def test_auto_uses_bfloat16_where_the_cpu_multiplies_it_natively(
+    mode: None, monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, native: bool
+) -> None:
+    """AMX tiles (Intel) or AVX-512 BF16 (AMD Zen 4, Intel Cooper Lake): either makes ``auto`` bfloat16."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    precision._native_bf16.cache_clear()
+    try:
+        precision.set_mode("auto")
+        expected = torch.bfloat16 if native else torch.float32
+        assert precision.recurrent_dtype(torch.device("cpu")) == expected
+    finally:
+        precision._native_bf16.cache_clear()
+
+
 def test_a_streaming_whisper_front_end_runs_in_bfloat16_where_the_lstms_do(mode: None) -> None:
     """A block-causal front end's products in bfloat16 (its states a little off float32's, as in training
     under autocast; an offline front end stays float32), its output float32; never under autograd, and a
