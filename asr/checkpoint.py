@@ -131,17 +131,22 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> ASRModel:
     return _build(ASRModel, ckpt)
 
 
+def float_state_dict(ckpt: dict[str, Any]) -> dict[str, Tensor]:
+    """A checkpoint's weights in float32, whatever its export stored (fp16, or 8 bits and ``int8_scales``)."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    for k, scale in ckpt.get("int8_scales", {}).items():
+        if k not in state or state[k].dtype != torch.int8:
+            raise ValueError(f"checkpoint has an 8-bit scale for {k} but no 8-bit weight; export it again")
+        state[k] = state[k].float() * scale.float()
+    return state
+
+
 def _build(cls: type[_Model], ckpt: dict[str, Any]) -> _Model:
     missing = [k for k in ("config", "tokenizer", "state_dict") if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint lacks {missing}")
     model = cls(ModelConfig.from_dict(ckpt["config"]), tokenizer_from_dict(ckpt["tokenizer"]))
-    scales = ckpt.get("int8_scales", {})
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
-    for k, scale in scales.items():
-        if k not in state or state[k].dtype != torch.int8:
-            raise ValueError(f"checkpoint has an 8-bit scale for {k} but no 8-bit weight; export it again")
-        state[k] = state[k].float() * scale.float()
+    state = float_state_dict(ckpt)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors

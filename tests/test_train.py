@@ -502,6 +502,20 @@ def test_average_files_averages_given_checkpoints_and_refuses_other_models(
     assert "not both" in capsys.readouterr().err
 
 
+def test_an_exported_checkpoint_averages_by_its_weights_not_its_8_bit_codes(tmp_path: Path) -> None:
+    """The bundled models are exported (fp16, some matrices in 8 bits with a scale per row): averaging one
+    with a training checkpoint averages the weights those codes stand for (it once averaged the raw codes
+    with the other's weights, and the mean decoded nothing but noise: 100 % WER)."""
+    a, b = tiny_model(seed=1), tiny_model(seed=2)
+    save_checkpoint(a, tmp_path / "a.pt", half=True, int8=["ctc"])
+    assert load_checkpoint(tmp_path / "a.pt")["state_dict"]["ctc.weight"].dtype == torch.int8
+    save_checkpoint(b, tmp_path / "b.pt")
+    for paths in ([tmp_path / "a.pt", tmp_path / "b.pt"], [tmp_path / "b.pt", tmp_path / "a.pt"]):
+        avg = average_checkpoints(paths)
+        expected = (a.state_dict()["ctc.weight"] + b.state_dict()["ctc.weight"]) / 2
+        torch.testing.assert_close(avg.state_dict()["ctc.weight"], expected, atol=0.02, rtol=0.02)
+
+
 def test_empty_transcripts_and_the_channel_train_when_asked(manifest: Path, tmp_path: Path) -> None:
     """Silence with an empty transcript is a training example (the model learns to say nothing) only with
     data.keep_empty_text; the channel augmentation section parses and runs in the loader."""

@@ -20,6 +20,7 @@ import torch
 from asr.checkpoint import (
     atomic_save,
     checkpoint_dict,
+    float_state_dict,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
@@ -97,7 +98,8 @@ def select_checkpoints(out_dir: Path, n: int, by: str = "best") -> list[Path]:
 
 
 def average_checkpoints(paths: Sequence[str | os.PathLike]) -> ASRModel:
-    """Average the weights of several checkpoints of the same model (floats; other tensors from the last)."""
+    """Average the weights of several checkpoints of the same model (floats, exported ones' 8-bit weights
+    with their scales; other tensors from the last)."""
     if not paths:
         raise ValueError("no checkpoints to average")
     ckpts = [load_checkpoint(p) for p in paths]
@@ -110,16 +112,17 @@ def average_checkpoints(paths: Sequence[str | os.PathLike]) -> ASRModel:
                 f"cannot average {p} with {paths[-1]}: their tokenizers or architectures differ; "
                 "average only checkpoints of one model (one run, or fine-tuning runs of it)"
             )
+    # exported checkpoints (the bundled models) store some weights in 8 bits with a scale: average the weights
+    states = [float_state_dict(c) for c in ckpts]
     avg: dict[str, torch.Tensor] = {}
-    for k, v in ckpts[-1]["state_dict"].items():
+    for k, v in states[-1].items():
         if v.is_floating_point():
-            avg[k] = sum(
-                (c["state_dict"][k].double() for c in ckpts), torch.zeros_like(v, dtype=torch.float64)
-            )
+            avg[k] = sum((s[k].double() for s in states), torch.zeros_like(v, dtype=torch.float64))
             avg[k] = (avg[k] / len(ckpts)).float()
         else:
             avg[k] = v
-    return model_from_checkpoint({**ckpts[-1], "state_dict": avg})
+    last = {k: v for k, v in ckpts[-1].items() if k != "int8_scales"}
+    return model_from_checkpoint({**last, "state_dict": avg})
 
 
 def _shapes(ckpt: dict[str, Any]) -> dict[str, tuple[int, ...]]:
