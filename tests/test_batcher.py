@@ -171,23 +171,27 @@ def test_finals_threads_decode_batches_side_by_side() -> None:
         Batcher(rec, finals_threads=-1)  # type: ignore[arg-type]
 
 
-def test_the_finals_thread_grows_searches_while_idle_and_a_final_waits_at_most_a_slice() -> None:
-    async def run() -> tuple[FakeRecognizer, float]:
-        rec = FakeRecognizer(growth=1000)
-        batcher = Batcher(rec, max_wait_ms=1.0, finals_threads=1)  # type: ignore[arg-type]
-        batcher.start()
-        try:
-            await batcher.decode("chunk-a")  # the model lane's chunks wake the finals thread
-            while len(rec.grown) < 3:
-                await asyncio.sleep(0.01)
-            rec.release.set()
-            t0 = time.perf_counter()
-            await batcher.decode("final-b")
-            return rec, time.perf_counter() - t0
-        finally:
-            await batcher.stop()
+async def _final_while_growing(rec: FakeRecognizer, slices: int, pause_s: float = 0.0) -> float:
+    """A chunk wakes the finals thread, which grows searches; after ``slices`` slices have started (and
+    ``pause_s`` more), how long a final waits to be decoded."""
+    rec.release.set()
+    batcher = Batcher(rec, max_wait_ms=1.0, finals_threads=1)  # type: ignore[arg-type]
+    batcher.start()
+    try:
+        await batcher.decode("chunk-a")  # the model lane's chunks wake the finals thread
+        while len(rec.grown) < slices:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(pause_s)
+        t0 = time.perf_counter()
+        await batcher.decode("final-b")
+        return time.perf_counter() - t0
+    finally:
+        await batcher.stop()
 
-    rec, waited = asyncio.run(run())
+
+def test_the_finals_thread_grows_searches_while_idle_and_a_final_waits_at_most_a_slice() -> None:
+    rec = FakeRecognizer(growth=1000)
+    waited = asyncio.run(_final_while_growing(rec, slices=3))
     assert rec.grown and all(name.startswith("asr-finals") for name in rec.grown)
     assert waited < GROW_SLICE_S + 0.5  # one slice, then the final
 
@@ -198,24 +202,8 @@ def test_a_final_queued_during_a_slice_waits_for_one_streams_growth_not_the_slic
     """A slice asks between its streams whether a final is queued, and gives the thread to it: with slices of
     2 s (40 streams of 50 ms), a final still starts within a stream's growth or two."""
     monkeypatch.setattr("server.batcher.GROW_SLICE_S", 2.0)
-
-    async def run() -> tuple[FakeRecognizer, float]:
-        rec = FakeRecognizer(growth=1000, stream_s=0.05)
-        rec.release.set()
-        batcher = Batcher(rec, max_wait_ms=1.0, finals_threads=1)  # type: ignore[arg-type]
-        batcher.start()
-        try:
-            await batcher.decode("chunk-a")
-            while not rec.grown:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)  # well inside the slice
-            t0 = time.perf_counter()
-            await batcher.decode("final-b")
-            return rec, time.perf_counter() - t0
-        finally:
-            await batcher.stop()
-
-    rec, waited = asyncio.run(run())
+    rec = FakeRecognizer(growth=1000, stream_s=0.05)
+    waited = asyncio.run(_final_while_growing(rec, slices=1, pause_s=0.2))  # well inside the slice
     assert rec.stopped >= 1 and waited < 0.5
 
 
