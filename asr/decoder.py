@@ -10,7 +10,8 @@ traffic and call overhead rather than arithmetic: outside autograd, :meth:`Atten
 same arithmetic on weights repacked once for it (:class:`_StepWeights`): each LSTM layer's two matrices as one
 input-major ``(in + H, 4H)`` matrix (a 10-row step on the 1.3k x 2k layer takes 0.8 ms instead of 1.9 on a
 Xeon core), the location filter as a matrix applied to sliding windows of the previous weights, and the
-attention energies computed in place.
+attention energies computed in place, through a sigmoid rather than tanh (the same function, scaled and
+shifted, and several times cheaper on the CPU).
 """
 
 from __future__ import annotations
@@ -99,11 +100,16 @@ class LocationAwareAttention(nn.Module):
         self.sharpening = config.attention_sharpening
 
     def forward(
-        self, memory: Memory, query: Tensor, prev: Tensor, location: tuple[Tensor, Tensor] | None = None
+        self,
+        memory: Memory,
+        query: Tensor,
+        prev: Tensor,
+        location: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``query (N, H)``, ``prev (N, T)`` -> context ``(N, D)``, weights ``(N, T)``; the rows are ``N / B``
         hypotheses of each of the memory's ``B`` utterances, in blocks. ``location``: the location filter and
-        its projection as matrices, ``(kernel, channels)`` and ``(channels, A)`` (:class:`_StepWeights`); the
+        twice its projection as matrices, ``(kernel, channels)`` and ``(channels, A)``, and the energy's
+        weights ``(A, 1)`` and bias ``(1,)`` for a sigmoid in place of tanh (:class:`_StepWeights`); the
         energies are then computed in place, in one ``(N, T, A)`` buffer."""
         n, t = prev.shape
         b = memory.enc.size(0)
@@ -115,12 +121,14 @@ class LocationAwareAttention(nn.Module):
             loc = self.loc_proj(self.loc_conv(prev.unsqueeze(1)).transpose(1, 2))  # (N, T, A)
             e = self.score(torch.tanh(memory.proj[:, None] + query + loc.view(b, g, t, -1)))
         else:
-            conv, proj = location
+            # w . tanh(h) + b = 2w . sigmoid(2h) + (b - sum w): the same energies, and sigmoid is several
+            # times cheaper than tanh on the (N, T, A) buffer (0.4 against 2.5 ns an element on a Zen 4 core)
+            conv, proj2, w2, b2 = location
             k = conv.size(0)
             windows = F.pad(prev, (k // 2, k // 2)).unfold(1, k, 1).reshape(-1, k)  # (N * T, kernel)
-            hidden = (windows @ conv @ proj).view(b, g, t, -1)  # (B, g, T, A)
-            hidden.add_(memory.proj[:, None]).add_(query).tanh_()
-            e = self.score(hidden)
+            hidden = (windows @ conv @ proj2).view(b, g, t, -1)  # (B, g, T, A): twice the location term
+            hidden.add_(memory.proj[:, None], alpha=2).add_(query, alpha=2).sigmoid_()
+            e = torch.addmm(b2, hidden.view(-1, hidden.size(-1)), w2).view(b, g, t, 1)
         e = e.view(b, g, t).masked_fill(~memory.mask[:, None], float("-inf"))
         weights = torch.softmax(self.sharpening * e, dim=2)  # (B, g, T)
         context = torch.bmm(weights, memory.enc).view(n, -1)  # each utterance's frames read once
@@ -246,7 +254,8 @@ class _StepWeights(NamedTuple):
     token_gates: Tensor  # (V, 4H): each token's embedding through layer 0's input weights
     low: list[tuple[Tensor, Tensor]]  # ``cells`` in the precision of large batches (asr.precision)
     int8: list[object]  # ``cells`` on 8-bit weights (asr.precision.quantize_linear); [] when off
-    location: tuple[Tensor, Tensor]  # loc_conv (kernel, channels) and loc_proj (channels, A), as matrices
+    # loc_conv (kernel, channels) and 2 loc_proj (channels, A) as matrices; the energy's 2 w (A, 1), b - sum w
+    location: tuple[Tensor, Tensor, Tensor, Tensor]
 
     @staticmethod
     def key(decoder: AttentionDecoder) -> tuple[object, ...]:
@@ -255,6 +264,8 @@ class _StepWeights(NamedTuple):
             *decoder.cells.parameters(),
             decoder.attention.loc_conv.weight,
             decoder.attention.loc_proj.weight,
+            decoder.attention.score.weight,
+            decoder.attention.score.bias,
         ]
         device = params[0].device
         formats = (precision.recurrent_dtype(device), precision.int8_steps(device))
@@ -280,7 +291,8 @@ class _StepWeights(NamedTuple):
         int8 = [precision.quantize_linear(w.t(), b) for w, b in cells] if source[1] else []
         att = decoder.attention
         conv = att.loc_conv.weight[:, 0, :].t().contiguous()  # (kernel, channels)
-        location = (conv, att.loc_proj.weight.t().contiguous())
+        w, bias = att.score.weight[0], att.score.bias
+        location = (conv, 2 * att.loc_proj.weight.t(), 2 * w[:, None], bias - w.sum())
         return _StepWeights(source, cells, token_gates.contiguous(), low, int8, location)
 
     def cell(
