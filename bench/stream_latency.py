@@ -8,6 +8,7 @@
     python bench/stream_latency.py --models streaming@160,streaming@160/chunk160 --measures latency
     python bench/stream_latency.py --models streaming,streaming/finals=default   # two-pass finals
     python bench/stream_latency.py --models streaming/finals=default/budget300   # ... within 300 ms
+    python bench/stream_latency.py --models streaming@120,streaming@120/late --measures load   # later
 
 For each of ``--models`` (names under models/ or checkpoint paths) the bench starts ``asr serve --model NAME``
 on loopback with ``--server-threads`` torch threads per model thread (default: the server's own choice), one
@@ -479,7 +480,8 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
     ``streaming@160/chunk160``; a ``/finals=OTHER`` suffix serves OTHER beside it and has it decode each
     utterance's final again (``--streaming-finals``), e.g. ``streaming/finals=default``; ``/quietMS`` asks the
     energy VAD for MS ms of quiet at the end of a blank run (``--blank-quiet-ms``; ``/quiet0``: no check);
-    ``/budgetMS`` gives the second pass a budget (``--second-pass-budget-ms``)."""
+    ``/budgetMS`` gives the second pass a budget (``--second-pass-budget-ms``); ``/late`` reads each chunk's
+    look-ahead from the whole next block of a Whisper front end (``--early-lookahead off``)."""
     from asr.checkpoint import resolve_model_path
 
     spec, *variants = name.split("/")
@@ -495,11 +497,13 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
             env["ASR_BLANK_QUIET_MS"] = variant[5:]
         elif variant.startswith("budget") and variant[6:].isdigit():
             env["ASR_SECOND_PASS_BUDGET_MS"] = variant[6:]
+        elif variant == "late":
+            env["ASR_EARLY_LOOKAHEAD"] = "off"
         elif variant.startswith("finals=") and variant[7:]:
             served.append(variant[7:])
             env["ASR_STREAMING_FINALS"] = Path(variant[7:]).stem  # its served name
         else:
-            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS"
+            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS, late"
             raise SystemExit(f"{name}: unknown variant {variant!r} (known: {known})")
     try:
         for m in served:
