@@ -22,7 +22,7 @@ import yaml
 from conftest import tiny_model
 
 import asr.train as train_module
-from asr.checkpoint import load_checkpoint, load_model, save_checkpoint
+from asr.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
 from asr.ctc import delay_penalty
 from asr.data.importers import import_corpus
 from asr.data.manifest import write_manifest
@@ -500,6 +500,26 @@ def test_average_files_averages_given_checkpoints_and_refuses_other_models(
     capsys.readouterr()
     assert main(["train", "--average", "2", "--average-files", *files, "--out", str(out)]) == 1
     assert "not both" in capsys.readouterr().err
+    assert main(["train", "--average-files", *files, "--out", str(out), "--int8", "encoder"]) == 1
+    assert "add --half" in capsys.readouterr().err
+
+
+def test_average_files_can_store_a_prefix_in_8_bits_as_the_bundled_models_are(tmp_path: Path) -> None:
+    a, b = tiny_model(seed=1), tiny_model(seed=2)
+    save_checkpoint(a, tmp_path / "a.pt")
+    save_checkpoint(b, tmp_path / "b.pt")
+    files, out = [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")], tmp_path / "ab"
+    assert main(["train", "--average-files", *files, "--out", str(out), "--half", "--int8", "encoder"]) == 0
+    ckpt = load_checkpoint(out / "averaged.pt")
+    rounded = set(ckpt["int8_scales"])
+    matrices = {k for k, v in a.state_dict().items() if k.startswith("encoder.") and v.dim() >= 2}
+    assert matrices and rounded == matrices
+    assert all(ckpt["state_dict"][k].dtype == torch.int8 for k in rounded)
+    assert ckpt["state_dict"]["ctc.weight"].dtype == torch.float16  # outside the prefix: fp16
+    restored = model_from_checkpoint(ckpt).state_dict()
+    for k in matrices:  # the codes stand for the average, to 8 bits
+        mean = (a.state_dict()[k] + b.state_dict()[k]) / 2
+        assert (restored[k] - mean).abs().max() <= mean.abs().max() / 127 + 1e-6
 
 
 def test_an_exported_checkpoint_averages_by_its_weights_not_its_8_bit_codes(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Examples:\n  asr train configs/default.yaml --out exp/default\n"
         "  torchrun --nproc-per-node 2 -m client.cli train configs/default.yaml\n"
         "  asr train --average 5 --out exp/default     # average the best 5 epoch models\n"
-        "  asr train --average-files a.pt b.pt --out exp/ab --half   # average given checkpoints",
+        "  asr train --average-files a.pt b.pt --out exp/ab --half   # average given checkpoints\n"
+        "  asr train --average-files a.pt b.pt --out exp/ab --half --int8 encoder.front   # as bundled",
     )
     p.add_argument("config", nargs="?", type=Path, help="YAML or TOML training config")
     p.add_argument("--out", type=Path, help="output folder (default: out_dir from the config)")
@@ -78,6 +79,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--half", action="store_true", help="with --average or --average-files: store the average in fp16"
     )
+    p.add_argument(
+        "--int8",
+        nargs="+",
+        default=[],
+        metavar="PREFIX",
+        help="with --half: also store the weight matrices under each PREFIX in 8 bits, as a config's "
+        "export_int8 does (the bundled models: --half --int8 encoder.front)",
+    )
     p.set_defaults(func=run)
 
 
@@ -114,6 +123,8 @@ def _average(args: argparse.Namespace) -> int:
         )
     if args.average and args.average_files:
         raise ValueError("give --average N or --average-files CKPT..., not both")
+    if args.int8 and not args.half:
+        raise ValueError("--int8 rounds weights of an fp16 export: add --half")
     if args.average_files:
         paths = list(args.average_files)
         names = [str(p) for p in paths]
@@ -129,6 +140,7 @@ def _average(args: argparse.Namespace) -> int:
         args.out / "averaged.pt",
         extra={"averaged": names, **extra},
         half=args.half,
+        int8=args.int8,
     )
     print(f"{args.out / 'averaged.pt'}: average of {', '.join(names)}")
     return 0
