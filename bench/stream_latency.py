@@ -8,7 +8,7 @@
     python bench/stream_latency.py --models streaming@160,streaming@160/chunk160 --measures latency
     python bench/stream_latency.py --models streaming,streaming/finals=default   # two-pass finals
     python bench/stream_latency.py --models streaming/finals=default/budget300   # ... within 300 ms
-    python bench/stream_latency.py --models streaming@120,streaming@120/late --measures load   # later
+    python bench/stream_latency.py --models streaming,streaming/late --measures load  # --early-lookahead off
 
 For each of ``--models`` (names under models/ or checkpoint paths) the bench starts ``asr serve --model NAME``
 on loopback with ``--server-threads`` torch threads per model thread (default: the server's own choice), one
