@@ -191,19 +191,28 @@ def with_chunk_ms(model: _Model, chunk_ms: int) -> _Model:
         return model
     # a look-ahead as long as the chunk spans Whisper's whole next block: nothing of it to read early
     early = enc.early_lookahead and enc.lookahead_frames < chunk
-    return _with_encoder(model, replace(enc, chunk_frames=chunk, early_lookahead=early))
+    when_arrived = early and enc.lookahead_block_when_arrived
+    return _with_encoder(
+        model,
+        replace(enc, chunk_frames=chunk, early_lookahead=early, lookahead_block_when_arrived=when_arrived),
+    )
 
 
-def with_early_lookahead(model: _Model, early: bool) -> _Model:
+def with_early_lookahead(model: _Model, early: bool, *, block_when_arrived: bool = False) -> _Model:
     """A streaming Whisper ``model`` whose chunks read their look-ahead early (``early``: as soon as the
     look-ahead's own audio has arrived, from the part of Whisper's next block heard so far) or from the
     whole next block (as it was trained, a block later), same weights and device
     (``EncoderConfig.early_lookahead``): a deployment's trade of accuracy for latency
-    (docs/BENCHMARKS.md, session 37). The model's own setting gives ``model`` back."""
+    (docs/BENCHMARKS.md, session 37). With ``block_when_arrived`` (and ``early``), a stream whose next block
+    has all arrived reads it whole (``EncoderConfig.lookahead_block_when_arrived``): streams that fall
+    behind cost what a late look-ahead costs (session 41). The model's own settings give ``model`` back."""
     enc = model.config.encoder
-    if enc.early_lookahead == early:
+    if enc.early_lookahead == early and enc.lookahead_block_when_arrived == block_when_arrived:
         return model
-    return _with_encoder(model, replace(enc, early_lookahead=early))  # EncoderConfig says what it needs
+    # EncoderConfig says what it needs
+    return _with_encoder(
+        model, replace(enc, early_lookahead=early, lookahead_block_when_arrived=block_when_arrived)
+    )
 
 
 def _with_encoder(model: _Model, encoder: EncoderConfig) -> _Model:

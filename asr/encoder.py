@@ -36,6 +36,12 @@ class EncoderConfig:
     # block), so that a chunk waits for its look-ahead's audio only, not for the whole next block. A
     # decoding choice as much as a training one: the same weights decode either way (asr.lc_blstm).
     early_lookahead: bool = False
+    # ... except where a stream's next block has all arrived when its chunk is encoded (the stream is behind,
+    # or its audio came in long pieces): that block is encoded whole and the look-ahead read from it, as
+    # without early_lookahead, instead of its first states twice. So a loaded server catches up at the late
+    # look-ahead's cost, and no stream waits longer for it. Streams only (whole utterances read the look-ahead
+    # early): what a stream gives then depends on when its audio arrived.
+    lookahead_block_when_arrived: bool = False
     # "conv": ConvFrontEnd with conv_channels (0: none); "whisper": Whisper's encoder (asr.whisper_encoder) of
     # these sizes (tiny's by default) over Whisper log-mel features (features.kind: whisper; streaming, with
     # chunk_frames: whisper-causal, and its attention block-causal in chunks, asr.whisper_stream)
@@ -62,6 +68,8 @@ class EncoderConfig:
                 f" (got frontend {self.frontend!r}, chunk {self.chunk_frames}, look-ahead "
                 f"{self.lookahead_frames}); without it a chunk waits for the whole next block"
             )
+        if self.lookahead_block_when_arrived and not self.early_lookahead:
+            raise ValueError("lookahead_block_when_arrived needs early_lookahead (without it, it always is)")
         if not 0 <= self.pyramid_layers < self.num_layers:
             raise ValueError(
                 f"pyramid_layers must be in [0, num_layers - 1] = [0, {self.num_layers - 1}], "

@@ -383,9 +383,12 @@ class LCBLSTMEncoder(PyramidalBLSTMEncoder):
         fronts = [s.front for s in streams if s.front is not None]
         c0 = self.config.chunk_frames * self.scale
         ends = [s.emitted * self.scale + c0 for s in streams]
-        want = [a if self._early(a) else a + self.lookahead0 for a in ends]
+        # the look-ahead's block too where it is due, or (lookahead_block_when_arrived) where its audio is all
+        # there: step encodes whole blocks only as far as the frames reach
+        whole = self.config.lookahead_block_when_arrived
+        want = [a if self._early(a) and not whole else a + self.lookahead0 for a in ends]
         whisper_stream.step(self.front, fronts, want)
-        # early where the chunk's block is encoded and its look-ahead is not (a finished stream may end first)
+        # early where the chunk's block is encoded, its look-ahead's not (a finished stream may end first)
         early = [self._early(a) and f.encoded == a for f, a in zip(fronts, ends, strict=True)]
         ahead = [f for f, e in zip(fronts, early, strict=True) if e]
         peeked = iter(whisper_stream.peek(self.front, ahead, self.lookahead0) if ahead else [])

@@ -9,6 +9,7 @@
     python bench/stream_latency.py --models streaming,streaming/finals=default   # two-pass finals
     python bench/stream_latency.py --models streaming/finals=default/budget300   # ... within 300 ms
     python bench/stream_latency.py --models streaming,streaming/late --measures load  # --early-lookahead off
+    python bench/stream_latency.py --models streaming,streaming/auto --measures load  # --early-lookahead auto
 
 For each of ``--models`` (names under models/ or checkpoint paths) the bench starts ``asr serve --model NAME``
 on loopback with ``--server-threads`` torch threads per model thread (default: the server's own choice), one
@@ -481,7 +482,8 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
     utterance's final again (``--streaming-finals``), e.g. ``streaming/finals=default``; ``/quietMS`` asks the
     energy VAD for MS ms of quiet at the end of a blank run (``--blank-quiet-ms``; ``/quiet0``: no check);
     ``/budgetMS`` gives the second pass a budget (``--second-pass-budget-ms``); ``/late`` reads each chunk's
-    look-ahead from the whole next block of a Whisper front end (``--early-lookahead off``)."""
+    look-ahead from the whole next block of a Whisper front end (``--early-lookahead off``), ``/auto`` early
+    unless that block has already arrived (``--early-lookahead auto``)."""
     from asr.checkpoint import resolve_model_path
 
     spec, *variants = name.split("/")
@@ -497,13 +499,13 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
             env["ASR_BLANK_QUIET_MS"] = variant[5:]
         elif variant.startswith("budget") and variant[6:].isdigit():
             env["ASR_SECOND_PASS_BUDGET_MS"] = variant[6:]
-        elif variant == "late":
-            env["ASR_EARLY_LOOKAHEAD"] = "off"
+        elif variant in ("late", "auto"):
+            env["ASR_EARLY_LOOKAHEAD"] = "off" if variant == "late" else "auto"
         elif variant.startswith("finals=") and variant[7:]:
             served.append(variant[7:])
             env["ASR_STREAMING_FINALS"] = Path(variant[7:]).stem  # its served name
         else:
-            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS, late"
+            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS, late, auto"
             raise SystemExit(f"{name}: unknown variant {variant!r} (known: {known})")
     try:
         for m in served:

@@ -167,8 +167,11 @@ def _models_to_serve(
                 "--early-lookahead applies to streaming models over a Whisper front end (e.g. streaming); "
                 f"none of {', '.join(models)} is one"
             )
-        early = config.early_lookahead == "on"
-        models = {k: with_early_lookahead(m, early) if k in whisper else m for k, m in models.items()}
+        early, when_arrived = config.early_lookahead != "off", config.early_lookahead == "auto"
+        models = {
+            k: with_early_lookahead(m, early, block_when_arrived=when_arrived) if k in whisper else m
+            for k, m in models.items()
+        }
     return models
 
 
@@ -311,7 +314,8 @@ SERVE_HELP = {
     "for about 0.6 WER points and 1.6x the CPU (default 0: each model's own)",
     "early_lookahead": "streaming models over a Whisper front end: on reads each chunk's look-ahead as "
     "soon as its own audio has arrived, from the part of Whisper's next block heard so far; off waits for "
-    "the whole next block, as the weights were trained (default: each model's own setting)",
+    "the whole next block; auto reads it early unless the whole block has already arrived (a stream that "
+    "is behind), so that a loaded server catches up at off's cost (default: each model's own setting)",
     "streaming_finals": "streams of chunk-streaming models: the served model (a name, e.g. default) that "
     "decodes each utterance's audio again at its endpoint for the final, while the streaming model gives "
     "the partials and endpoints: finals as accurate as that model's, for its encoding time after each "

@@ -87,7 +87,8 @@ class ServerConfig:
     # chunked-encoder models: run with chunks of this many ms instead of their checkpoint's; 0 = their own
     chunk_ms: int = 0
     # streaming Whisper models: "on" reads each chunk's look-ahead early
-    # (asr.checkpoint.with_early_lookahead), "off" from the whole next block; "" = each model's own
+    # (asr.checkpoint.with_early_lookahead), "off" from the whole next block, "auto" early unless the whole
+    # block has arrived (a stream behind); "" = each model's own
     early_lookahead: str = ""
     # streams of chunked-encoder models: the served model (a name) that decodes each utterance's audio for
     # its final, a second pass at the endpoint (asr.online); "" = the streaming model's own search
@@ -137,9 +138,10 @@ class ServerConfig:
             raise ValueError(f"second_pass_budget_ms must be >= 0, got {self.second_pass_budget_ms}")
         if self.growing_lag_ms < 0:
             raise ValueError(f"growing_lag_ms must be >= 0 (0: never), got {self.growing_lag_ms}")
-        if self.early_lookahead not in ("", "on", "off"):
+        if self.early_lookahead not in ("", "on", "off", "auto"):
             raise ValueError(
-                f"early_lookahead must be on, off or empty (each model's own), got {self.early_lookahead!r}"
+                "early_lookahead must be on, off, auto or empty (each model's own), "
+                f"got {self.early_lookahead!r}"
             )
         if self.chunk_ms < 0:
             raise ValueError(f"chunk_ms must be >= 0 (0: each model's own), got {self.chunk_ms}")

@@ -173,8 +173,12 @@ def test_with_early_lookahead_reads_the_look_ahead_early_with_the_same_weights()
         torch.testing.assert_close(early.state_dict()[k], v)
     waves = torch.randn(1, 16000) * 0.1
     assert not torch.allclose(outputs(early, waves), outputs(model, waves))
+    when_arrived = with_early_lookahead(early, True, block_when_arrived=True)
+    assert when_arrived.config.encoder.lookahead_block_when_arrived and when_arrived is not early
     with pytest.raises(ValueError, match=r"early_lookahead needs a streaming Whisper front end"):
         with_early_lookahead(tiny_model(), True)
+    with pytest.raises(ValueError, match=r"lookahead_block_when_arrived needs early_lookahead"):
+        with_early_lookahead(early, False, block_when_arrived=True)
 
 
 def test_with_chunk_ms_reruns_a_streaming_model_with_another_chunk() -> None:

@@ -191,9 +191,13 @@ def test_the_bundled_models_serve_together_from_disk() -> None:
     early = _models_to_serve(ServerConfig(model="default,streaming", early_lookahead="on"), None, None)
     assert early["streaming"].config.encoder.early_lookahead
     assert early["default"].config.encoder == models["default"].config.encoder
+    auto = _models_to_serve(ServerConfig(model="streaming", early_lookahead="auto"), None, None)["streaming"]
+    assert auto.config.encoder.early_lookahead and auto.config.encoder.lookahead_block_when_arrived
+    late = _models_to_serve(ServerConfig(model="streaming", early_lookahead="off"), None, None)["streaming"]
+    assert not late.config.encoder.early_lookahead and not late.config.encoder.lookahead_block_when_arrived
     with pytest.raises(ValueError, match=r"--early-lookahead applies to streaming models over a Whisper"):
         _models_to_serve(ServerConfig(model="default", early_lookahead="on"), None, None)
-    with pytest.raises(ValueError, match=r"early_lookahead must be on, off or empty"):
+    with pytest.raises(ValueError, match=r"early_lookahead must be on, off, auto or empty"):
         ServerConfig(early_lookahead="yes")
 
 

@@ -139,11 +139,13 @@ def test_causal_log_mel_frames_read_their_own_samples_only() -> None:
     assert torch.allclose(silence, torch.full_like(silence, (CAUSAL_FLOOR + 4) / 4))
 
 
-def _whisper_listener(chunk: int, ahead: int, early: bool = False) -> LCBLSTMEncoder:
+def _whisper_listener(
+    chunk: int, ahead: int, early: bool = False, when_arrived: bool = False
+) -> LCBLSTMEncoder:
     cfg = EncoderConfig(
         input_dim=8, hidden_size=8, num_layers=2, pyramid_layers=1, dropout=0.0, frontend="whisper",
         whisper_width=16, whisper_heads=2, whisper_layers=2 if early else 1, chunk_frames=chunk,
-        lookahead_frames=ahead, early_lookahead=early,
+        lookahead_frames=ahead, early_lookahead=early, lookahead_block_when_arrived=when_arrived,
     )  # fmt: skip
     torch.manual_seed(0)
     return LCBLSTMEncoder(cfg).eval()
@@ -206,6 +208,45 @@ def test_an_early_look_ahead_reads_its_own_audio_only_and_waits_for_no_more() ->
     torch.testing.assert_close(ahead[0], ahead[1])
     _, provisional, _ = lc.forward_provisional(torch.cat([x, other]), torch.tensor([60, 60]))
     torch.testing.assert_close(provisional[0, 4], provisional[1, 4])  # chunk 1's first frame, read early
+
+
+def test_a_look_ahead_whose_block_has_arrived_is_read_from_the_whole_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``lookahead_block_when_arrived``: a stream stepped as soon as each chunk is ready reads its look-ahead
+    early (the early batch encoding); one whose audio is all there before its steps (a stream that is
+    behind) never peeks and gives the late batch encoding, at the late look-ahead's cost."""
+    lc = _whisper_listener(4, 1, early=True, when_arrived=True)
+    x = torch.randn(1, 93, 8, generator=torch.Generator().manual_seed(8))
+    early, _ = lc(x, torch.tensor([93]))
+    late_lc = _whisper_listener(4, 1, early=True)
+    late_lc.config = dataclasses.replace(late_lc.config, early_lookahead=False)  # the same weights, late
+    late, _ = late_lc(x, torch.tensor([93]))
+    assert not torch.allclose(early, late, atol=1e-4)  # the two readings differ: the test can tell them apart
+    peeks = []
+    real_peek = whisper_stream.peek
+    monkeypatch.setattr(whisper_stream, "peek", lambda *a: peeks.append(1) or real_peek(*a))
+
+    def streamed(behind: bool) -> torch.Tensor:
+        s, outs = lc.new_stream(), []
+        for t in range(0, 93, 93 if behind else 1):
+            s.push(x[0, t : t + (93 if behind else 1)])
+            if behind:
+                s.finish()  # the stream's last (short) block has arrived too
+            while lc.ready(s):
+                outs += lc.step([s])
+        s.finish()
+        while lc.ready(s):
+            outs += lc.step([s])
+        return torch.cat(outs)
+
+    torch.testing.assert_close(streamed(behind=False), early[0], atol=1e-5, rtol=1e-5)
+    assert peeks
+    peeks.clear()
+    torch.testing.assert_close(streamed(behind=True), late[0], atol=1e-5, rtol=1e-5)
+    assert not peeks
+    with pytest.raises(ValueError, match="lookahead_block_when_arrived needs early_lookahead"):
+        dataclasses.replace(late_lc.config, lookahead_block_when_arrived=True)
 
 
 def _pushed(lc: LCBLSTMEncoder, x: torch.Tensor) -> EncoderStream:

@@ -192,7 +192,9 @@ class TrainConfig:
 # fine-tuning run (``init_from``) may change these in its ``model:`` section, and nothing else.
 FINETUNE_FIELDS: dict[str, frozenset[str]] = {
     # streaming (and how it reads its look-ahead) keeps the weights
-    "encoder": frozenset({"dropout", "chunk_frames", "lookahead_frames", "early_lookahead"}),
+    "encoder": frozenset(
+        {"dropout", "chunk_frames", "lookahead_frames", "early_lookahead", "lookahead_block_when_arrived"}
+    ),
     "features": frozenset({"kind"}),  # whisper <-> whisper-causal, with chunk_frames (ModelConfig checks)
     "decoder": frozenset({"dropout", "label_smoothing", "sampling_prob"}),
     "": frozenset({"ctc_weight"}),
