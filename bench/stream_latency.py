@@ -97,6 +97,7 @@ BEHIND_FINAL_S = 2.0  # or a final this long after the end of speech
 STAGGER_S = 0.037  # clients do not all start on the same millisecond (as bench/load.py)
 CPU_AUDIO_S = 15.0  # least audio per length in the CPU measure (short ones are played several times)
 IDLE_S = 3.0  # how long the idle server's CPU rate is measured
+LOOKAHEAD_VARIANTS = {"late": "off", "early": "on", "auto": "auto"}  # NAME/VARIANT: --early-lookahead
 
 Words = tuple[tuple[str, float], ...]  # (word, end in seconds)
 
@@ -482,8 +483,8 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
     utterance's final again (``--streaming-finals``), e.g. ``streaming/finals=default``; ``/quietMS`` asks the
     energy VAD for MS ms of quiet at the end of a blank run (``--blank-quiet-ms``; ``/quiet0``: no check);
     ``/budgetMS`` gives the second pass a budget (``--second-pass-budget-ms``); ``/late`` reads each chunk's
-    look-ahead from the whole next block of a Whisper front end (``--early-lookahead off``), ``/auto`` early
-    unless that block has already arrived (``--early-lookahead auto``)."""
+    look-ahead from the whole next block of a Whisper front end (``--early-lookahead off``), ``/early`` always
+    early (``on``), ``/auto`` early unless that block has already arrived (``auto``)."""
     from asr.checkpoint import resolve_model_path
 
     spec, *variants = name.split("/")
@@ -499,13 +500,13 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
             env["ASR_BLANK_QUIET_MS"] = variant[5:]
         elif variant.startswith("budget") and variant[6:].isdigit():
             env["ASR_SECOND_PASS_BUDGET_MS"] = variant[6:]
-        elif variant in ("late", "auto"):
-            env["ASR_EARLY_LOOKAHEAD"] = "off" if variant == "late" else "auto"
+        elif variant in LOOKAHEAD_VARIANTS:
+            env["ASR_EARLY_LOOKAHEAD"] = LOOKAHEAD_VARIANTS[variant]
         elif variant.startswith("finals=") and variant[7:]:
             served.append(variant[7:])
             env["ASR_STREAMING_FINALS"] = Path(variant[7:]).stem  # its served name
         else:
-            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS, late, auto"
+            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS, late, early, auto"
             raise SystemExit(f"{name}: unknown variant {variant!r} (known: {known})")
     try:
         for m in served:

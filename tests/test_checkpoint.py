@@ -165,16 +165,18 @@ def test_with_early_lookahead_reads_the_look_ahead_early_with_the_same_weights()
     model that is not a streaming Whisper one says what the setting needs."""
     from asr.checkpoint import with_early_lookahead
 
-    early = load_model("streaming", device="cpu")
-    assert early.config.encoder.early_lookahead and with_early_lookahead(early, True) is early
+    shipped = load_model("streaming", device="cpu")
+    enc = shipped.config.encoder
+    assert enc.early_lookahead and enc.lookahead_block_when_arrived  # --early-lookahead auto, session 41
+    assert with_early_lookahead(shipped, True, block_when_arrived=True) is shipped
+    early = with_early_lookahead(shipped, True)
+    assert early.config.encoder.early_lookahead and not early.config.encoder.lookahead_block_when_arrived
     model = with_early_lookahead(early, False)
     assert not model.config.encoder.early_lookahead and not model.training
     for k, v in model.state_dict().items():
         torch.testing.assert_close(early.state_dict()[k], v)
     waves = torch.randn(1, 16000) * 0.1
     assert not torch.allclose(outputs(early, waves), outputs(model, waves))
-    when_arrived = with_early_lookahead(early, True, block_when_arrived=True)
-    assert when_arrived.config.encoder.lookahead_block_when_arrived and when_arrived is not early
     with pytest.raises(ValueError, match=r"early_lookahead needs a streaming Whisper front end"):
         with_early_lookahead(tiny_model(), True)
     with pytest.raises(ValueError, match=r"lookahead_block_when_arrived needs early_lookahead"):

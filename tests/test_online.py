@@ -36,7 +36,14 @@ CONFIRMED = dataclasses.replace(OPTS, lookahead_results=False)  # partials from 
 
 
 def chunked(model: ASRModel, chunk: int = 4, lookahead: int = 2) -> Transcriber:
-    enc = dataclasses.replace(model.config.encoder, chunk_frames=chunk, lookahead_frames=lookahead)
+    """``model`` with these chunk sizes; its look-ahead read as whole-utterance encoding reads it, whenever
+    the audio arrives (not ``lookahead_block_when_arrived``), so that streams equal their batch encoding."""
+    enc = dataclasses.replace(
+        model.config.encoder,
+        chunk_frames=chunk,
+        lookahead_frames=lookahead,
+        lookahead_block_when_arrived=False,
+    )
     out = Transcriber(dataclasses.replace(model.config, encoder=enc), model.tokenizer)
     out.load_state_dict(model.state_dict())
     return out.eval()

@@ -228,17 +228,15 @@ def test_a_look_ahead_whose_block_has_arrived_is_read_from_the_whole_block(
     monkeypatch.setattr(whisper_stream, "peek", lambda *a: peeks.append(1) or real_peek(*a))
 
     def streamed(behind: bool) -> torch.Tensor:
+        """Frame by frame, each chunk encoded once it is ready; or (``behind``) all at once, then encoded."""
         s, outs = lc.new_stream(), []
-        for t in range(0, 93, 93 if behind else 1):
-            s.push(x[0, t : t + (93 if behind else 1)])
+        for piece in [x[0]] if behind else x[0].split(1):
+            s.push(piece)
             if behind:
                 s.finish()  # the stream's last (short) block has arrived too
-            while lc.ready(s):
-                outs += lc.step([s])
+            outs += _ready_chunks(lc, s)
         s.finish()
-        while lc.ready(s):
-            outs += lc.step([s])
-        return torch.cat(outs)
+        return torch.cat(outs + _ready_chunks(lc, s))
 
     torch.testing.assert_close(streamed(behind=False), early[0], atol=1e-5, rtol=1e-5)
     assert peeks
@@ -247,6 +245,14 @@ def test_a_look_ahead_whose_block_has_arrived_is_read_from_the_whole_block(
     assert not peeks
     with pytest.raises(ValueError, match="lookahead_block_when_arrived needs early_lookahead"):
         dataclasses.replace(late_lc.config, lookahead_block_when_arrived=True)
+
+
+def _ready_chunks(lc: LCBLSTMEncoder, s: EncoderStream) -> list[torch.Tensor]:
+    """Encode ``s``'s chunks while one is ready."""
+    out: list[torch.Tensor] = []
+    while lc.ready(s):
+        out += lc.step([s])
+    return out
 
 
 def _pushed(lc: LCBLSTMEncoder, x: torch.Tensor) -> EncoderStream:
