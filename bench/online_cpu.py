@@ -68,6 +68,7 @@ PARTS = (
     ("front end", "encoder", "_front_window"),
     ("front end", "encoder", "_front_windows"),
     ("encoder step", "encoder", "step"),
+    ("encoder step", "encoder", "step_ahead"),  # the chunk step with partials from the look-ahead
     ("greedy CTC", "model.ctc", "forward"),
     ("chunk bookkeeping", "rec", "_heard"),
     ("settle", "rec", "_settle"),
