@@ -172,12 +172,9 @@ def test_chunked_listener_over_whisper_streams_as_its_batch_encoding(
             n = int(torch.randint(1, 15 if frames < 1000 else 200, (), generator=gen))
             s.push(x[b, t : min(t + n, int(lengths[b]))])
             t += n
-            while lc.ready(s):
-                outs += lc.step([s])
+            outs += _ready_chunks(lc, s)
         s.finish()
-        while lc.ready(s):
-            outs += lc.step([s])
-        streamed = torch.cat(outs)
+        streamed = torch.cat(outs + _ready_chunks(lc, s))
         assert streamed.size(0) == int(out_lengths[b])
         torch.testing.assert_close(streamed, enc[b, : out_lengths[b]], atol=1e-5, rtol=1e-5)
         assert s.front is not None and s.front.mel.size(0) <= 2 * lc.window0 + 8  # frames do not pile up
