@@ -192,6 +192,24 @@ def test_resume_with_workers_validation_and_a_max_steps_stop(manifest: Path, tmp
     assert [r["step"] for r in records(part, "train")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_step_snapshots_keep_the_newest(manifest: Path, tmp_path: Path) -> None:
+    """keep_step_checkpoints: the model at each save_every_steps save, the newest N kept, averageable."""
+    from asr.training import average_checkpoints
+
+    common = {"data__max_batch_seconds": 4.5, "data__valid": [], "epochs": 2, "average": 0}
+    out = tmp_path / "run"
+    cfg = tiny_config(manifest, out, max_steps=3, save_every_steps=1, keep_step_checkpoints=2, **common)
+    train(TrainConfig.from_dict(cfg))
+    assert sorted(p.name for p in out.glob("step-*.pt")) == ["step-2.pt", "step-3.pt"]
+    last, step3 = load_checkpoint(out / "last.pt"), load_checkpoint(out / "step-3.pt")
+    assert step3["extra"]["step"] == 3 and "train" not in step3["extra"]
+    for k, v in last["state_dict"].items():
+        torch.testing.assert_close(v, step3["state_dict"][k], msg=k)
+    assert average_checkpoints(sorted(out.glob("step-*.pt"))) is not None
+    with pytest.raises(ValueError, match="save_every_steps > 0"):
+        TrainConfig.from_dict(tiny_config(manifest, out, keep_step_checkpoints=2, **common))
+
+
 def test_resume_refuses_another_world_size(manifest: Path, tmp_path: Path) -> None:
     from asr.checkpoint import atomic_save
 

@@ -79,6 +79,13 @@ def prune(out: Path, history: list[dict[str, Any]], keep: int) -> None:
             (out / h["path"]).unlink()
 
 
+def prune_steps(out: Path, keep: int) -> None:
+    """Keep the ``keep`` newest ``step-N.pt`` snapshots in ``out``."""
+    snaps = sorted(out.glob("step-*.pt"), key=lambda p: int(p.stem.split("-", 1)[1]))
+    for p in snaps[: max(0, len(snaps) - keep)]:
+        p.unlink()
+
+
 def select_checkpoints(out_dir: Path, n: int, by: str = "best") -> list[Path]:
     """The ``n`` best (by the recorded validation metric) or latest epoch checkpoints in ``out_dir``."""
     entries = []

@@ -6,6 +6,7 @@ folder gets
     last.pt         model + training state (optimizer, scheduler, epoch, step, RNG), for ``--resume``
     best.pt         the model with the best validation ``best_by`` metric (model only)
     epoch-N.pt      per-epoch models, the ``keep_checkpoints`` best kept, for averaging
+    step-N.pt       with ``keep_step_checkpoints``: the model at the newest ``save_every_steps`` saves
     averaged.pt     the average of the best ``average`` epoch models
     final.pt        the better of best.pt and averaged.pt (fp16 when ``export_half``), ready to bundle
     metrics.jsonl   one JSON object per log interval ("train") and per epoch ("valid")

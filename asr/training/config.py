@@ -104,6 +104,9 @@ class TrainConfig:
     device: str = ""  # "" picks CUDA when available
     log_every: int = 50
     save_every_steps: int = 0  # also write last.pt inside an epoch (0: at epoch ends only)
+    # ... and the model alone as step-N.pt at each of those saves, the newest N kept: snapshots within an
+    # epoch to average (asr train --average-files OUT/step-*.pt), as fairseq's keep_interval_updates (0: none)
+    keep_step_checkpoints: int = 0
     best_by: str = "loss"  # validation "loss" or "cer"
     keep_checkpoints: int = 5
     average: int = 5  # average the best N epoch models at the end (<= 1: off)
@@ -167,6 +170,11 @@ class TrainConfig:
             )
         if self.provisional_ctc < 0:
             raise ValueError(f"provisional_ctc must be >= 0 (a loss weight), got {self.provisional_ctc}")
+        if self.keep_step_checkpoints < 0 or (self.keep_step_checkpoints and self.save_every_steps <= 0):
+            raise ValueError(
+                f"keep_step_checkpoints ({self.keep_step_checkpoints}) keeps the newest step-N.pt of the "
+                "saves that save_every_steps makes: give it a number >= 0 and set save_every_steps > 0"
+            )
         if self.init_from:  # the section lies over the checkpoint's config (finetune_model_config checks it)
             return
         model = ModelConfig.from_dict(self.model)  # fail early on a bad model section

@@ -38,6 +38,7 @@ from asr.training.checkpoints import (
     export_final,
     load_resume_state,
     prune,
+    prune_steps,
     rng_state,
     save_resume_state,
     select_checkpoints,
@@ -346,6 +347,7 @@ class Trainer:
             window = self._log_train(window, bar.disable)
             if self.config.save_every_steps and self.step % self.config.save_every_steps == 0:
                 self.save_last()
+                self.save_step()
             if self._should_stop():
                 break
         else:
@@ -520,6 +522,14 @@ class Trainer:
         if isinstance(self.trained, Distilling):
             train_state["distill_head"] = self.trained.head.state_dict()
         save_resume_state(self.model, train_state, self.last_path)
+
+    def save_step(self) -> None:
+        """Rank 0, with ``keep_step_checkpoints``: ``step-N.pt`` (the model alone), the newest kept."""
+        if not self.dinfo.is_main or not self.config.keep_step_checkpoints:
+            return
+        extra = {"step": self.step, "epoch": self.epoch}
+        save_checkpoint(self.model, self.out / f"step-{self.step}.pt", extra=extra)
+        prune_steps(self.out, self.config.keep_step_checkpoints)
 
     def save_epoch(self, record: dict[str, Any], score: float) -> None:
         """Rank 0 at an epoch's end: ``epoch-N.pt``, ``best.pt`` when it is the best yet, and pruning."""
