@@ -62,6 +62,7 @@ number. The bench's own clients share the 2 cores with the server, and so does a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import itertools
 import json
@@ -356,13 +357,24 @@ def prepare(args: argparse.Namespace) -> TestAudio:
 # ---- playing streams ----
 
 
+OWN_CONNECTIONS = False  # --own-connections: each stream's client on a connection of its own
+
+
 def play(target: str, clip: Clip, config: Any) -> StreamLog:
     """One real-time stream through the SDK; every result with its arrival time."""
     from client import ASRError, Client
 
+    class OwnConnection(Client):
+        """A client whose channel does not share gRPC's connection to the target with the other clients'."""
+
+        def _open_channel(self, kind: Any) -> Any:
+            self._channel_options = [*self._channel_options, ("grpc.use_local_subchannel_pool", 1)]
+            return super()._open_channel(kind)
+
     log = StreamLog()
     try:
-        with Client(target, timeout=60 + clip.seconds, retries=0) as client:
+        kind = OwnConnection if OWN_CONNECTIONS else Client
+        with kind(target, timeout=60 + clip.seconds, retries=0) as client:
             for r in client.stream(paced_chunks(clip.audio, log.sent), config):
                 log.results.append((time.perf_counter(), r.is_final, r.text, r.end))
     except ASRError as exc:
@@ -380,10 +392,17 @@ def play_together(target: str, clips: Sequence[Clip], config: Any) -> list[Strea
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU seconds of the server process and of its live children (``--workers``), and of those reaped."""
     import psutil
 
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system + t.children_user + t.children_system
+    proc = psutil.Process(pid)
+    t = proc.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a child that has just exited
+            c = child.cpu_times()
+            total += c.user + c.system
+    return total
 
 
 def finals_wer(clips: Sequence[Clip], logs: Sequence[StreamLog]) -> float | None:
@@ -484,7 +503,8 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
     energy VAD for MS ms of quiet at the end of a blank run (``--blank-quiet-ms``; ``/quiet0``: no check);
     ``/budgetMS`` gives the second pass a budget (``--second-pass-budget-ms``); ``/late`` reads each chunk's
     look-ahead from the whole next block of a Whisper front end (``--early-lookahead off``), ``/early`` always
-    early (``on``), ``/auto`` early unless that block has already arrived (``auto``)."""
+    early (``on``), ``/auto`` early unless that block has already arrived (``auto``); ``/workersN`` runs N
+    server processes (``--workers``; with ``--own-connections`` the kernel spreads the streams over them)."""
     from asr.checkpoint import resolve_model_path
 
     spec, *variants = name.split("/")
@@ -500,13 +520,15 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
             env["ASR_BLANK_QUIET_MS"] = variant[5:]
         elif variant.startswith("budget") and variant[6:].isdigit():
             env["ASR_SECOND_PASS_BUDGET_MS"] = variant[6:]
+        elif variant.startswith("workers") and variant[7:].isdigit():
+            env["ASR_WORKERS"] = variant[7:]
         elif variant in LOOKAHEAD_VARIANTS:
             env["ASR_EARLY_LOOKAHEAD"] = LOOKAHEAD_VARIANTS[variant]
         elif variant.startswith("finals=") and variant[7:]:
             served.append(variant[7:])
             env["ASR_STREAMING_FINALS"] = Path(variant[7:]).stem  # its served name
         else:
-            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS, late, early, auto"
+            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS, late, early, auto, workersN"
             raise SystemExit(f"{name}: unknown variant {variant!r} (known: {known})")
     try:
         for m in served:
@@ -637,6 +659,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--load-streams", type=int, default=32, help="concurrent streams (load)")
     p.add_argument("--load-seconds", type=float, default=20.0, help="audio per stream (load)")
     p.add_argument(
+        "--own-connections",
+        action="store_true",
+        help="each stream on a connection of its own, as separate callers' would be (default: the streams "
+        "share one, as gRPC's channels to one target in one process do)",
+    )
+    p.add_argument(
         "--server-threads",
         type=int,
         default=0,
@@ -658,7 +686,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global OWN_CONNECTIONS
     args = parse_args(argv)
+    OWN_CONNECTIONS = args.own_connections
     if not any(d.exists() for d in args.data):
         print(f"skipped: no speech found ({', '.join(map(str, args.data))} missing)", file=sys.stderr)
         return 0

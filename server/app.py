@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from server.config import ServerConfig
 from server.metrics import Metrics
 from server.models import start_models
 from server.servicer import RecognizerService
+from server.workers import run_workers
 
 log = logging.getLogger("server")
 
@@ -81,13 +83,17 @@ class SpeechServer:
 
 
 async def create_server(
-    config: ServerConfig, model: ASRModel | None = None, models: dict[str, ASRModel] | None = None
+    config: ServerConfig,
+    model: ASRModel | None = None,
+    models: dict[str, ASRModel] | None = None,
+    worker: int | None = None,
 ) -> tuple[SpeechServer, int]:
     """Build, bind and start the server; returns it and the bound port (``config.port`` 0 picks one).
 
     ``model`` (served as ``config.model_name`` or "default") or ``models`` (name -> model, the first is the
     default) skip loading ``config.model`` from disk. ``config.lm`` is fused into every model's beam search
-    (each model's tokenizer must match it).
+    (each model's tokenizer must match it). ``worker``: this server is that worker of several sharing the
+    port (:mod:`server.workers`).
     """
     decodings = _own_decodings(config) if model is None and models is None else {}
     models = _models_to_serve(config, model, models)
@@ -98,7 +104,7 @@ async def create_server(
     loaded = await start_models(models, config, metrics, decodings)
     default = loaded[next(iter(loaded))]
     service = RecognizerService(loaded, default.name, config, metrics)
-    server, health_servicer = _grpc_server(config, service)
+    server, health_servicer = _grpc_server(config, service, reuse_port=worker is not None)
     port = _bind(server, config)
     # /metrics listens where gRPC does: all interfaces for the wildcard hosts, else the given address
     metrics_host = "0.0.0.0" if config.host in ("[::]", "::", "0.0.0.0", "") else config.host.strip("[]")
@@ -107,8 +113,9 @@ async def create_server(
     for svc in ("", SERVICE_NAME):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "serving",
+        "serving" if worker is None else "worker serving",
         extra={
+            **({} if worker is None else {"worker": worker, "pid": os.getpid()}),
             "port": port,
             "metrics_port": metrics_port,
             "tls": bool(config.tls_cert),
@@ -176,9 +183,10 @@ def _models_to_serve(
 
 
 def _grpc_server(
-    config: ServerConfig, service: RecognizerService
+    config: ServerConfig, service: RecognizerService, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """The unbound ``grpc.aio.Server`` with the recognizer, health and reflection services."""
+    """The unbound ``grpc.aio.Server`` with the recognizer, health and reflection services; ``reuse_port``
+    for a worker that shares its port with the others (:mod:`server.workers`)."""
     interceptors = [BearerTokenInterceptor(config.tokens)] if config.tokens else []
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -186,8 +194,8 @@ def _grpc_server(
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         # gRPC sets SO_REUSEPORT by default: a second server on a busy port would silently take half its
-        # connections. Off, so that binding a used port fails.
-        ("grpc.so_reuseport", 0),
+        # connections. Off, so that binding a used port fails; on for workers (whose parent checked the port).
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     asr_pb2_grpc.add_RecognizerServicer_to_server(service, server)
@@ -220,12 +228,20 @@ def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
     return port
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    server, _ = await create_server(config)
+async def serve(
+    config: ServerConfig,
+    worker: int | None = None,
+    on_ready: Callable[[int, int | None], None] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully. ``worker``: one of several processes on the port
+    (:mod:`server.workers`); ``on_ready(port, metrics_port)`` once it serves."""
+    server, port = await create_server(config, worker=worker)
+    if on_ready is not None:
+        on_ready(port, server.metrics_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # a worker leaves SIGINT (a ^C sent to the whole process group) to its parent, which sends it SIGTERM
+    for sig in (signal.SIGTERM,) if worker is not None else (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     waiter = loop.create_task(server.wait_for_termination())
@@ -326,6 +342,10 @@ SERVE_HELP = {
     "second_pass_budget_ms": "with --streaming-finals: a final whose second pass would end more than this "
     "many ms after its endpoint (its wait so far plus its batch's expected time) is the streaming model's "
     "own instead, so that finals keep up under load (default 0: every final is the second pass's)",
+    "workers": "server processes sharing the port (SO_REUSEPORT; the kernel spreads connections over "
+    "them), each with its own models, model threads, limits and metrics port (--metrics-port plus its "
+    "index). On a CPU one process's model threads wait for each other's GIL; 2 workers on 2 cores keep 32 "
+    "real-time streams better than one (docs/BENCHMARKS.md). Default 1",
     "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
     "never wait behind a beam search (default 1; 0: finals on the model thread)",
     "load_beam_size": "chunk-streaming models: beam of the stream finals' search while they are "
@@ -405,6 +425,8 @@ def run(args: argparse.Namespace) -> int:
     # before the first oneDNN primitive; the operator's setting wins
     capacity = primitive_cache_capacity([summarize(p).streaming for p in paths])
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
+    if config.workers > 1:
+        return run_workers(config)
     asyncio.run(serve(config))
     return 0
 

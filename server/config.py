@@ -49,6 +49,11 @@ class ServerConfig:
     # segments or streams per model call; 32 real-time streams of a chunk-streaming model kept up on 2 cores
     # only when one chunk step could take them all (docs/BENCHMARKS.md)
     max_batch_size: int = 32
+    # server processes sharing the port (SO_REUSEPORT: the kernel spreads connections over them), each with
+    # the models, its own model threads, limits and metrics port (metrics_port + its index). On CPUs, one
+    # process's model threads wait for each other's GIL: two processes get more out of 2 cores
+    # (bench/thread_contention.py, docs/BENCHMARKS.md)
+    workers: int = 1
     max_wait_ms: float = 10.0  # how long a lone chunk or interim waits for company (finals never wait)
     # threads decoding finals (beam search) beside the model thread, so that they never hold up partials and
     # chunk steps; 0 = finals on the model thread. One: since finals step on int8 weights, a second thread
@@ -111,11 +116,11 @@ class ServerConfig:
 
     def torch_threads(self) -> int:
         """Intra-op threads for each model thread: ``cpu_threads``, else the cores this process may use
-        divided among the model threads (at least 1)."""
+        divided among the model threads of every worker (at least 1)."""
         if self.cpu_threads:
             return self.cpu_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, cores // (1 + self.finals_threads))
+        return max(1, cores // ((1 + self.finals_threads) * self.workers))
 
     def __post_init__(self) -> None:
         if not -1 <= self.metrics_port <= 65535 or not 0 <= self.port <= 65535:
@@ -124,6 +129,8 @@ class ServerConfig:
             )
         if self.load_beam_size < 0:
             raise ValueError(f"load_beam_size must be >= 0 (0: off), got {self.load_beam_size}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.finals_threads < 0:
             raise ValueError(f"finals_threads must be >= 0, got {self.finals_threads}")
         for name in ("max_batch_size", "max_streams", "max_message_bytes", "max_beam_size", "beam_size"):
