@@ -42,7 +42,7 @@ from server.config import ServerConfig
 from server.metrics import Metrics
 from server.models import start_models
 from server.servicer import RecognizerService
-from server.workers import run_workers
+from server.workers import report_ready, run_workers
 
 log = logging.getLogger("server")
 
@@ -426,9 +426,16 @@ def run(args: argparse.Namespace) -> int:
     capacity = primitive_cache_capacity([summarize(p).streaming for p in paths])
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
     if config.workers > 1:
-        return run_workers(config)
+        return run_workers(config, run_worker)
     asyncio.run(serve(config))
     return 0
+
+
+def run_worker(config: ServerConfig, index: int, ready: Any) -> None:
+    """A process of ``asr serve --workers N`` (:mod:`server.workers`): the whole server on the shared port."""
+    setup_logging(config)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns a ^C (sent to all of us) into one SIGTERM
+    asyncio.run(serve(config, worker=index, on_ready=report_ready(ready, index)))
 
 
 def main(argv: list[str] | None = None) -> int:

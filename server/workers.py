@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from server.config import ServerConfig
@@ -60,28 +61,24 @@ def worker_config(config: ServerConfig, index: int, port: int) -> ServerConfig:
     return dataclasses.replace(config, workers=1, port=port, metrics_port=metrics, cpu_threads=threads)
 
 
-def _worker(config: ServerConfig, index: int, ready: Any) -> None:
-    """A worker process: the whole server on the shared port; tells the parent once it serves."""
-    import asyncio
-
-    from server.app import serve, setup_logging
-
-    setup_logging(config)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns a ^C (sent to all of us) into one SIGTERM
+def report_ready(ready: Any, index: int) -> Callable[[int, int | None], None]:
+    """The ``on_ready(port, metrics_port)`` with which worker ``index`` tells the parent it serves."""
 
     def on_ready(_port: int, metrics: int | None) -> None:
         ready.put((index, os.getpid(), metrics))
 
-    asyncio.run(serve(config, worker=index, on_ready=on_ready))
+    return on_ready
 
 
-def run_workers(config: ServerConfig) -> int:
-    """Run ``config.workers`` server processes until SIGTERM or SIGINT; the exit code (1: a worker failed)."""
+def run_workers(config: ServerConfig, worker: Callable[[ServerConfig, int, Any], None]) -> int:
+    """Run ``config.workers`` server processes until SIGTERM or SIGINT; the exit code (1: a worker failed).
+    ``worker(config, index, ready)``: a worker's main (a module-level function, for ``spawn``), which serves
+    with :func:`report_ready`'s callback."""
     port = free_port(config.host, config.port)
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(worker_config(config, i, port), i, ready), name=f"asr-worker-{i}")
+        ctx.Process(target=worker, args=(worker_config(config, i, port), i, ready), name=f"asr-worker-{i}")
         for i in range(config.workers)
     ]
     stopping = False
