@@ -344,8 +344,8 @@ SERVE_HELP = {
     "own instead, so that finals keep up under load (default 0: every final is the second pass's)",
     "workers": "server processes sharing the port (SO_REUSEPORT; the kernel spreads connections over "
     "them), each with its own models, model threads, limits and metrics port (--metrics-port plus its "
-    "index). On a CPU one process's model threads wait for each other's GIL; 2 workers on 2 cores keep 32 "
-    "real-time streams better than one (docs/BENCHMARKS.md). Default 1",
+    "index). On a CPU one process's model threads wait for each other's GIL: 2 workers used 1.7-1.8 of 2 "
+    "cores with 32 streams against 1.4-1.5 for one (docs/BENCHMARKS.md). Default 1",
     "finals_threads": "threads decoding finals beside the model thread, so partials and chunk steps "
     "never wait behind a beam search (default 1; 0: finals on the model thread)",
     "load_beam_size": "chunk-streaming models: beam of the stream finals' search while they are "
