@@ -360,21 +360,29 @@ def prepare(args: argparse.Namespace) -> TestAudio:
 OWN_CONNECTIONS = False  # --own-connections: each stream's client on a connection of its own
 
 
-def play(target: str, clip: Clip, config: Any) -> StreamLog:
-    """One real-time stream through the SDK; every result with its arrival time."""
-    from client import ASRError, Client
+def _client_class() -> Any:
+    """The SDK's ``Client``, or with ``--own-connections`` one whose channel does not share gRPC's connection
+    to the target with the other clients'."""
+    from client import Client
+
+    if not OWN_CONNECTIONS:
+        return Client
 
     class OwnConnection(Client):
-        """A client whose channel does not share gRPC's connection to the target with the other clients'."""
-
         def _open_channel(self, kind: Any) -> Any:
             self._channel_options = [*self._channel_options, ("grpc.use_local_subchannel_pool", 1)]
             return super()._open_channel(kind)
 
+    return OwnConnection
+
+
+def play(target: str, clip: Clip, config: Any) -> StreamLog:
+    """One real-time stream through the SDK; every result with its arrival time."""
+    from client import ASRError
+
     log = StreamLog()
     try:
-        kind = OwnConnection if OWN_CONNECTIONS else Client
-        with kind(target, timeout=60 + clip.seconds, retries=0) as client:
+        with _client_class()(target, timeout=60 + clip.seconds, retries=0) as client:
             for r in client.stream(paced_chunks(clip.audio, log.sent), config):
                 log.results.append((time.perf_counter(), r.is_final, r.text, r.end))
     except ASRError as exc:

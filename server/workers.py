@@ -1,8 +1,9 @@
 """``asr serve --workers N``: N server processes on one port, and the parent that starts and stops them.
 
 One process's model threads (chunk steps, finals) hold Python's GIL between their torch ops, so on a CPU
-they wait for each other: side by side in one process two such loops lose 15-35 % of their rates and leave a
-tenth of 2 cores idle; in two processes they do not (``bench/thread_contention.py``, docs/BENCHMARKS.md).
+they wait for each other: side by side in one process two such loops lose 7-35 % of their rates and leave
+0.17-0.27 of 2 cores idle; as two processes they use 1.98 (``bench/thread_contention.py``,
+docs/BENCHMARKS.md).
 Workers are the usual way out (as gunicorn's, or gRPC's own multiprocessing example): each worker is a whole
 server (models, batcher, model threads, limits, health) bound to the same port with ``SO_REUSEPORT``, and the
 kernel spreads new connections over them. A connection stays with its worker, so the streams of one client
@@ -24,6 +25,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import socket
 import time
@@ -128,7 +130,7 @@ def _wait_ready(procs: list[Any], ready: Any, n: int, stopping: Any) -> list[tup
     while len(got) < n and time.monotonic() < deadline and not stopping():
         if any(p.exitcode is not None for p in procs):
             return None
-        with contextlib.suppress(Exception):  # queue.Empty
+        with contextlib.suppress(queue.Empty):
             got.append(ready.get(timeout=0.2))
     return sorted(got) if len(got) == n else None
 
