@@ -12,8 +12,9 @@ kernel spreads new connections over them. A connection stays with its worker, so
 The parent binds nothing but checks the port is free first (``SO_REUSEPORT`` would otherwise let the workers
 share a port some other server holds), starts the workers with ``spawn`` (no torch or gRPC state is
 inherited), logs ``serving`` once every worker serves, forwards SIGTERM and SIGINT, and exits when they have
-stopped; a worker that dies on its own stops the rest, and the parent exits with an error for the supervisor
-(systemd, docker) to restart the whole server. Each worker's metrics listen on ``metrics_port`` plus its
+stopped; a worker that dies on its own stops the rest, and so do workers that have not all started within
+``READY_TIMEOUT_S``; the parent then exits with an error for the supervisor (systemd, docker) to restart the
+whole server. Each worker's metrics listen on ``metrics_port`` plus its
 index (0: a free port each; -1: none).
 """
 
@@ -98,7 +99,15 @@ def run_workers(config: ServerConfig, worker: Callable[[ServerConfig, int, Any],
     try:
         for p in procs:
             p.start()
-        served = _wait_ready(procs, ready, config.workers, lambda: stopping)
+        served = _wait_ready(procs, ready, config.workers, lambda: stopping, READY_TIMEOUT_S)
+        if served is None and not stopping and all(p.exitcode is None for p in procs):
+            log.error(
+                "workers did not start in time; stopping them",
+                extra={"workers": len(procs), "timeout_s": READY_TIMEOUT_S},
+            )
+            stop(signal.SIGTERM, None)
+            _join(procs, config.grace_s + 30.0)
+            return 1
         if served is not None:
             log.info(
                 "serving",
@@ -123,10 +132,13 @@ def run_workers(config: ServerConfig, worker: Callable[[ServerConfig, int, Any],
             signal.signal(sig, handler)
 
 
-def _wait_ready(procs: list[Any], ready: Any, n: int, stopping: Any) -> list[tuple[int, int, Any]] | None:
-    """Each worker's (index, pid, metrics port) once all serve; None if one exited first, or on a stop."""
+def _wait_ready(
+    procs: list[Any], ready: Any, n: int, stopping: Any, timeout: float
+) -> list[tuple[int, int, Any]] | None:
+    """Each worker's (index, pid, metrics port) once all serve; None if one exited first, on a stop, or when
+    ``timeout`` seconds pass first."""
     got: list[tuple[int, int, Any]] = []
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while len(got) < n and time.monotonic() < deadline and not stopping():
         if any(p.exitcode is not None for p in procs):
             return None

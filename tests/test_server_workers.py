@@ -26,7 +26,8 @@ from client_support import tiny_checkpoint
 from asr.audio import float_to_pcm16
 from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.config import ServerConfig
-from server.workers import free_port, worker_config
+import server.workers
+from server.workers import free_port, run_workers, worker_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,6 +151,30 @@ def test_a_port_in_use_fails_before_any_worker_starts(checkpoint: Path) -> None:
         )
     assert done.returncode != 0 and "pick another --port" in done.stderr
     assert "worker serving" not in done.stderr
+
+
+def _never_ready(_config: ServerConfig, _index: int, _ready: Any) -> None:
+    """A worker that hangs while it starts (a model that never finishes loading)."""
+    time.sleep(120)
+
+
+def test_workers_that_never_start_stop_the_server_with_an_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(server.workers, "READY_TIMEOUT_S", 2.0)
+    config = ServerConfig(host="127.0.0.1", port=0, workers=2, metrics_port=-1, grace_s=1.0)
+    t0 = time.monotonic()
+    with caplog.at_level("INFO", logger="server"):
+        assert run_workers(config, _never_ready) == 1
+    assert time.monotonic() - t0 < 60  # stopped, not waited out
+    messages = [r.getMessage() for r in caplog.records]
+    assert "workers did not start in time; stopping them" in messages and "serving" not in messages
+    workers = [
+        p
+        for p in psutil.Process().children()
+        if p.status() != "zombie" and "resource_tracker" not in " ".join(p.cmdline())
+    ]
+    assert not workers  # (multiprocessing's own resource tracker may stay)
 
 
 def test_each_worker_gets_its_own_metrics_port_and_a_share_of_the_threads() -> None:
