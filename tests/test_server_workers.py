@@ -23,10 +23,10 @@ import psutil
 import pytest
 from client_support import tiny_checkpoint
 
+import server.workers
 from asr.audio import float_to_pcm16
 from asr_grpc import asr_pb2, asr_pb2_grpc
 from server.config import ServerConfig
-import server.workers
 from server.workers import free_port, run_workers, worker_config
 
 ROOT = Path(__file__).resolve().parent.parent
