@@ -139,7 +139,17 @@ class CTCPrefixScorer:
     ``log_probs (B, T, V)`` with ``lengths (B,)``. A hypothesis state is ``r (N, 2, T)``: the log-probs
     that the prefix's frames ``0..t`` end in a non-blank (``r[:, 0]``) or a blank (``r[:, 1]``).
     Time is the last, contiguous axis throughout, so every cumulative op runs along memory.
+
+    A candidate's prefix score sums, over the frame ``t`` where it starts, the prefix's probability of
+    having ended by ``t - 1`` (``phi``) times the candidate's posterior at ``t``. Only the frames where a
+    row's ``phi`` is within ``window_margin`` nats of its best are summed (a window where the prefix
+    ends: it follows the speech along a long utterance): the frames left out add at most ``T *
+    exp(-window_margin)`` of the row's best ``phi`` to any candidate's score. So each step costs the
+    window's frames, not the utterance's, and a 30 s segment is searched in about the time per second of
+    a short one (docs/BENCHMARKS.md). ``window_margin=None`` sums every frame.
     """
+
+    window_margin: float | None = 30.0
 
     def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int, eos: int) -> None:
         x = log_probs.double()
@@ -148,6 +158,7 @@ class CTCPrefixScorer:
         x = x.masked_fill(pad[:, :, None], _PAD_LOGP)
         x[:, :, blank] = x[:, :, blank].masked_fill(pad, 0.0)
         self.x = x.transpose(1, 2).contiguous()  # (B, V, T)
+        self.frames = ~pad  # (B, T): each utterance's own frames
         self.blank, self.eos = blank, eos
         self.blank_cum = torch.cumsum(self.x[:, blank], dim=1)  # (B, T)
         self.blank_prev = torch.cat([torch.zeros_like(self.blank_cum[:, :1]), self.blank_cum[:, :-1]], dim=1)
@@ -158,11 +169,13 @@ class CTCPrefixScorer:
         self.blank_prev = torch.cat([self.blank_prev, self.blank_cum[:, -1:], blank[:, :-1]], dim=1)
         self.blank_cum = torch.cat([self.blank_cum, blank], dim=1)
         self.x = torch.cat([self.x, x], dim=2)
+        self.frames = torch.cat([self.frames, self.frames.new_ones(x.size(0), x.size(2))], dim=1)
 
     def rewind(self, frames: int) -> None:
         """Keep only the first ``frames`` frames (undoes :meth:`grow`)."""
         self.x = self.x[:, :, :frames]
         self.blank_cum, self.blank_prev = self.blank_cum[:, :frames], self.blank_prev[:, :frames]
+        self.frames = self.frames[:, :frames]
 
     def initial_state(self, utt: Tensor) -> Tensor:
         """State of the empty prefix for hypotheses of utterances ``utt (N,)``: ``(N, 2, T)``."""
@@ -183,6 +196,42 @@ class CTCPrefixScorer:
         phi_ext = torch.cat([start, phi[:, :, :-1]], dim=2)  # phi_{t-1}, with phi_{-1} = [g is empty]
         return xc, phi_ext, r_sum
 
+    def _window(self, utt: Tensor, r_prev: Tensor, is_empty: Tensor) -> Tensor | None:
+        """The frames ``(N, W)`` each row's prefix scores are summed over: one run of ``W`` frames per row
+        that holds every frame of its utterance whose ``phi_{t-1}`` is within ``window_margin`` of the
+        row's best (a padded frame adds nothing, a dead row nothing at all); None (every frame) without a
+        margin or where the window would not halve the work."""
+        t = r_prev.size(2)
+        if self.window_margin is None or t < 8:
+            return None
+        r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (N, T): phi_t is at most this
+        start = torch.where(is_empty, 0.0, NEG_INF).to(r_sum.dtype)[:, None]
+        phi = torch.cat([start, r_sum[:, :-1]], dim=1)  # phi_{t-1}
+        best = phi.max(dim=1, keepdim=True).values
+        keep = (phi >= best - self.window_margin) & (phi > NEG_INF) & self.frames[utt]  # (N, T)
+        lo = keep.to(torch.uint8).argmax(dim=1)  # first kept frame (0 for a dead row)
+        hi = t - 1 - keep.flip(1).to(torch.uint8).argmax(dim=1)
+        hi = torch.where(keep.any(dim=1), hi, lo)
+        width = int((hi - lo).max()) + 1
+        if 2 * width > t:
+            return None
+        lo = lo.clamp(max=t - width)  # the run ends within the utterance's frames
+        return lo[:, None] + torch.arange(width, device=lo.device)
+
+    def _phi_window(
+        self, utt: Tensor, r_prev: Tensor, last: Tensor, is_empty: Tensor, cand: Tensor, frames: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_phi` over each row's ``frames (N, W)`` only: ``xc``, ``phi_{t-1}`` ``(N, K, W)``; and
+        ``r_sum (N, T)``."""
+        xc = self.x[utt[:, None, None], cand.clamp_max(self.x.size(1) - 1)[:, :, None], frames[:, None, :]]
+        r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])
+        start = torch.where(is_empty, 0.0, NEG_INF).to(r_sum.dtype)[:, None]
+        any_path = torch.cat([start, r_sum[:, :-1]], dim=1).gather(1, frames)  # (N, W)
+        blank_end = torch.cat([start, r_prev[:, 1, :-1]], dim=1).gather(1, frames)
+        same = (cand == last[:, None])[:, :, None]  # (N, K, 1)
+        phi_ext = torch.where(same, blank_end[:, None, :], any_path[:, None, :])  # (N, K, W)
+        return xc, phi_ext, r_sum
+
     def score(self, utt: Tensor, r_prev: Tensor, last: Tensor, is_empty: Tensor, cand: Tensor) -> Tensor:
         """Prefix scores of extending each hypothesis with each candidate.
 
@@ -191,7 +240,11 @@ class CTCPrefixScorer:
         ``<eos>`` the full-sequence probability of ``g``. The new states come from :meth:`extend`, for the
         few extensions that survive the beam.
         """
-        xc, phi_ext, r_sum = self._phi(utt, r_prev, last, is_empty, cand)
+        frames = self._window(utt, r_prev, is_empty)
+        if frames is None:
+            xc, phi_ext, r_sum = self._phi(utt, r_prev, last, is_empty, cand)
+        else:
+            xc, phi_ext, r_sum = self._phi_window(utt, r_prev, last, is_empty, cand, frames)
         psi = torch.logsumexp(phi_ext + xc, dim=2)  # (N, K)
         psi = torch.where(cand == self.eos, r_sum[:, -1:].expand_as(psi), psi)
         return psi.masked_fill(psi.isnan(), NEG_INF)  # (nan_to_num would turn -inf into a finite number)

@@ -115,6 +115,47 @@ def test_prefix_scorer_batched_with_padding() -> None:
             assert math.exp(float(psi[2])) == pytest.approx(seqs.get(g, 0.0), rel=1e-9, abs=1e-300)
 
 
+def peaky_posteriors(labels: list[int], t: int, seed: int) -> Tensor:
+    """CTC-like log posteriors ``(t, V)``: mostly blank, each label spiking on two frames of its own."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(t, V, generator=g, dtype=torch.float64)
+    logits[:, BLANK] += 16.0
+    at = torch.linspace(10, t - 10, len(labels)).long()
+    for frame, label in zip(at.tolist(), labels, strict=True):
+        logits[frame : frame + 2, label] += 32.0
+    return logits.log_softmax(-1)
+
+
+def test_prefix_scorer_window_gives_the_full_sums() -> None:
+    """On a long utterance each row's prefix scores are summed over a window of frames where its prefix
+    ends (much shorter than the utterance), and equal the sums over every frame."""
+    labels = [1, 2, 2, 1, 1, 2, 1, 2]
+    lp = torch.stack([peaky_posteriors(labels, 160, 5), peaky_posteriors(labels[::-1], 160, 6)])
+    lengths = torch.tensor([160, 130])  # the second utterance padded
+    lp[1, 130:] = peaky_posteriors(labels, 30, 7)  # garbage on its padded frames
+    windowed = CTCPrefixScorer(lp, lengths, BLANK, EOS)
+    whole = CTCPrefixScorer(lp, lengths, BLANK, EOS)
+    whole.window_margin = None
+    utt = torch.tensor([0, 1])
+    r = windowed.initial_state(utt)
+    last = torch.full((2,), EOS)
+    cands = torch.tensor([[1, 2, EOS]] * 2)
+    for i in range(5):
+        is_empty = torch.full((2,), i == 0)
+        frames = windowed._window(utt, r, is_empty)
+        assert frames is not None  # the window path is taken: at most half the frames
+        got = windowed.score(utt, r, last, is_empty, cands)
+        want = whole.score(utt, r, last, is_empty, cands)
+        # what the window leaves out is at most T * exp(-margin) of the row's best phi: a likely candidate
+        # (psi near that best) is off by about T * exp(-30) = 1e-11, an unlikely one (psi 12 nats below
+        # it) by about T * exp(-18) = 2e-6
+        assert torch.allclose(got, want, rtol=0, atol=1e-5), (i, got, want)
+        assert torch.allclose(got.max(1).values, want.max(1).values, rtol=0, atol=1e-9)
+        nxt = torch.tensor([labels[i], labels[::-1][i]])
+        r = windowed.extend(utt, r, last, is_empty, nxt)
+        last = nxt
+
+
 def test_prefix_scorer_many_hypotheses_at_once() -> None:
     """Scoring N hypotheses of different utterances in one call equals scoring each alone."""
     torch.manual_seed(3)
