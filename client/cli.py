@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OFFLINE_DECODING = ("transcribe", "eval")  # commands that may decode recordings of every length here
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP threads that spin while they wait cost 30-60x the CPU when the cores are shared (a server beside
     # other work; bench/online_cpu.py measured it); sleeping ones cost nothing. It must be set before torch
@@ -73,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in OFFLINE_DECODING:
+        # oneDNN keeps a compiled primitive per input shape (up to 1,024), and recordings bring every length:
+        # joined recordings of 86 s in 10 s pieces grew RSS from 1.25 to 2.53 GiB over 60 of them with the
+        # cache, to 1.73 GiB without it, at the same speed (docs/BENCHMARKS.md, "Long recordings"); `asr
+        # serve` sets its own. An explicit setting wins.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

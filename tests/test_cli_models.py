@@ -48,6 +48,23 @@ def test_the_bundled_models_say_whether_they_stream() -> None:
     assert primitive_cache_capacity([True, False]) == primitive_cache_capacity([False]) == 0
 
 
+@pytest.mark.parametrize(("command", "capacity"), [("eval", "0"), ("transcribe", "0"), ("models", None)])
+def test_local_decoding_runs_without_onednn_primitive_cache(
+    command: str, capacity: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recordings of every length would fill oneDNN's cache of compiled shapes (RSS grows, no speed gained):
+    the commands that decode here turn it off unless the environment says otherwise."""
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "")  # restored after the test, whatever main sets
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    missing = str(tmp_path / "missing.jsonl")
+    args = {"eval": [missing], "transcribe": [missing], "models": ["--dir", str(tmp_path)]}[command]
+    main([command, *args])  # (fails or lists nothing: the environment is set before the command runs)
+    assert os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") == capacity
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    main([command, *args])
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"  # the operator's setting wins
+
+
 def test_models_json_and_table(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--dir", str(models_dir), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
