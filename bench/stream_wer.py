@@ -85,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--final-model", default="default", help="the second pass's model (--finals second)")
     p.add_argument("--ctc-weight", type=float, help="CTC weight of the joint search, offline and streamed")
+    p.add_argument(
+        "--max-segment-s",
+        type=float,
+        nargs="+",
+        default=[20.0],
+        help="segments (utterances) longer than this are cut at a quiet point (the endpointer's default 20)",
+    )
     p.add_argument("--lead", type=float, default=0.5, help="seconds of silence before each recording")
     p.add_argument("--trail", type=float, default=1.0, help="seconds of silence after each recording")
     p.add_argument("--batch", type=int, default=16, help="streams per decode call")
@@ -148,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         args.blank_ms if online else args.tail_ms,
         args.context_s if online else [0.0],
         args.finals if online else ["whole"],
+        args.max_segment_s,
     )
-    for silence, tail, context, finals_kind in rows:
+    for silence, tail, context, finals_kind, max_segment in rows:
         if online and not tail and context != args.context_s[0]:
             continue  # without blank endpoints there is no context: one row
         grown = finals_kind == "grown"
@@ -157,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         rec = make_recognizer(model, config, final_model=final_pass if finals_kind == "second" else None)
         t0 = time.perf_counter()
         ep = (
-            EndpointConfig(silence_ms=silence, blank_ms=tail)
+            EndpointConfig(silence_ms=silence, blank_ms=tail, max_segment_seconds=max_segment)
             if online
-            else EndpointConfig(silence_ms=silence, final_tail_ms=tail)
+            else EndpointConfig(silence_ms=silence, final_tail_ms=tail, max_segment_seconds=max_segment)
         )
         opts = StreamOptions(decoding=dec, endpoint=ep, interim_results=False)
         streams = []
@@ -178,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             f"blank {tail} ms" + (f", context {context:g} s" if tail else "") + f", {finals_kind}"
             if online
             else f"tail {min(tail, silence)} ms"
-        )
+        ) + (f", segments <= {max_segment:g} s" if len(args.max_segment_s) > 1 else "")
         print(row.format(name, wer, cer, segs, time.perf_counter() - t0), flush=True)
         keep_errors(args.errors, name, utts, refs, hyps)
     return 0
