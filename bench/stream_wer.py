@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         "--max-segment-s",
         type=float,
         nargs="+",
-        default=[20.0],
-        help="segments (utterances) longer than this are cut at a quiet point (the endpointer's default 20)",
+        default=[10.0],
+        help="segments (utterances) longer than this are cut at a quiet point (the endpointer's default 10)",
     )
     p.add_argument("--lead", type=float, default=0.5, help="seconds of silence before each recording")
     p.add_argument("--trail", type=float, default=1.0, help="seconds of silence after each recording")
