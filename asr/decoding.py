@@ -196,17 +196,21 @@ class CTCPrefixScorer:
         phi_ext = torch.cat([start, phi[:, :, :-1]], dim=2)  # phi_{t-1}, with phi_{-1} = [g is empty]
         return xc, phi_ext, r_sum
 
-    def _window(self, utt: Tensor, r_prev: Tensor, is_empty: Tensor) -> Tensor | None:
+    @staticmethod
+    def _new_token_phi(r_prev: Tensor, is_empty: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``r_sum (N, T)``, the ``phi_{-1}`` column ``(N, 1)`` and ``phi_{t-1} (N, T)`` of a new token."""
+        r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])
+        start = torch.where(is_empty, 0.0, NEG_INF).to(r_sum.dtype)[:, None]
+        return r_sum, start, torch.cat([start, r_sum[:, :-1]], dim=1)
+
+    def _window(self, utt: Tensor, phi: Tensor) -> Tensor | None:
         """The frames ``(N, W)`` each row's prefix scores are summed over: one run of ``W`` frames per row
-        that holds every frame of its utterance whose ``phi_{t-1}`` is within ``window_margin`` of the
-        row's best (a padded frame adds nothing, a dead row nothing at all); None (every frame) without a
-        margin or where the window would not halve the work."""
-        t = r_prev.size(2)
+        that holds every frame of its utterance whose ``phi_{t-1}`` (``phi (N, T)``, for a new token) is
+        within ``window_margin`` of the row's best (a padded frame adds nothing, a dead row nothing at all);
+        None (every frame) without a margin or where the window would not halve the work."""
+        t = phi.size(1)
         if self.window_margin is None or t < 8:
             return None
-        r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (N, T): phi_t is at most this
-        start = torch.where(is_empty, 0.0, NEG_INF).to(r_sum.dtype)[:, None]
-        phi = torch.cat([start, r_sum[:, :-1]], dim=1)  # phi_{t-1}
         best = phi.max(dim=1, keepdim=True).values
         keep = (phi >= best - self.window_margin) & (phi > NEG_INF) & self.frames[utt]  # (N, T)
         lo = keep.to(torch.uint8).argmax(dim=1)  # first kept frame (0 for a dead row)
@@ -219,18 +223,22 @@ class CTCPrefixScorer:
         return lo[:, None] + torch.arange(width, device=lo.device)
 
     def _phi_window(
-        self, utt: Tensor, r_prev: Tensor, last: Tensor, is_empty: Tensor, cand: Tensor, frames: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`_phi` over each row's ``frames (N, W)`` only: ``xc``, ``phi_{t-1}`` ``(N, K, W)``; and
-        ``r_sum (N, T)``."""
+        self,
+        utt: Tensor,
+        r_prev: Tensor,
+        last: Tensor,
+        start: Tensor,
+        cand: Tensor,
+        phi: Tensor,
+        frames: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`_phi` over each row's ``frames (N, W)`` only (``phi``: :meth:`_window`'s, ``start``: the
+        ``phi_{-1}`` column): ``xc`` and ``phi_{t-1}``, ``(N, K, W)``."""
         xc = self.x[utt[:, None, None], cand.clamp_max(self.x.size(1) - 1)[:, :, None], frames[:, None, :]]
-        r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])
-        start = torch.where(is_empty, 0.0, NEG_INF).to(r_sum.dtype)[:, None]
-        any_path = torch.cat([start, r_sum[:, :-1]], dim=1).gather(1, frames)  # (N, W)
+        any_path = phi.gather(1, frames)  # (N, W)
         blank_end = torch.cat([start, r_prev[:, 1, :-1]], dim=1).gather(1, frames)
         same = (cand == last[:, None])[:, :, None]  # (N, K, 1)
-        phi_ext = torch.where(same, blank_end[:, None, :], any_path[:, None, :])  # (N, K, W)
-        return xc, phi_ext, r_sum
+        return xc, torch.where(same, blank_end[:, None, :], any_path[:, None, :])  # (N, K, W)
 
     def score(self, utt: Tensor, r_prev: Tensor, last: Tensor, is_empty: Tensor, cand: Tensor) -> Tensor:
         """Prefix scores of extending each hypothesis with each candidate.
@@ -240,11 +248,14 @@ class CTCPrefixScorer:
         ``<eos>`` the full-sequence probability of ``g``. The new states come from :meth:`extend`, for the
         few extensions that survive the beam.
         """
-        frames = self._window(utt, r_prev, is_empty)
+        frames = None
+        if self.window_margin is not None:
+            r_sum, start, phi = self._new_token_phi(r_prev, is_empty)
+            frames = self._window(utt, phi)
         if frames is None:
             xc, phi_ext, r_sum = self._phi(utt, r_prev, last, is_empty, cand)
         else:
-            xc, phi_ext, r_sum = self._phi_window(utt, r_prev, last, is_empty, cand, frames)
+            xc, phi_ext = self._phi_window(utt, r_prev, last, start, cand, phi, frames)
         psi = torch.logsumexp(phi_ext + xc, dim=2)  # (N, K)
         psi = torch.where(cand == self.eos, r_sum[:, -1:].expand_as(psi), psi)
         return psi.masked_fill(psi.isnan(), NEG_INF)  # (nan_to_num would turn -inf into a finite number)
