@@ -147,6 +147,7 @@ class OnlineRecognizer(Recognizer):
         self.max_lag = -(-self.config.growing_lag_ms // int(chunk_ms)) if self.config.growing_lag_ms else 0
         self.chunk_steps = 0  # encoder.step calls
         self.frames_encoded = 0  # encoder frames they produced, all streams
+        self.frames_skipped = 0  # encoder frames of silence dropped unencoded (RecognizerConfig.silence_gate)
         # streams whose open utterance has chunks its growing search has not had (grow_pending)
         self._growth_lock = threading.Lock()
         self._to_grow: weakref.WeakValueDictionary[int, OnlineStream] = weakref.WeakValueDictionary()
@@ -330,12 +331,56 @@ class OnlineRecognizer(Recognizer):
         ready = []
         for s, _, input_done in taken:
             with s.lock:
+                if self.config.silence_gate and s.open.num_frames == 0 and not s.ended:
+                    self._skip_silence(s)
+                    if not input_done and self._onset(s) is None:
+                        continue  # silence so far: waits unencoded (RecognizerConfig.silence_gate)
                 es = s.open.encoder
                 if input_done and not es.finished:
                     es.finish()
                 if self.encoder.ready(es):
                     ready.append(s)
         return ready
+
+    def _onset(self, s: OnlineStream) -> int | None:
+        """The first stream sample from the open utterance's start on where the energy VAD heard speech
+        (None: none in the audio it has heard)."""
+        start = s.open.start
+        return next((max(a, start) for a, b in s.speech_spans if b > start), None)
+
+    def _gated(self, s: OnlineStream) -> bool:
+        """Whether the open utterance waits unencoded (``RecognizerConfig.silence_gate``): nothing encoded
+        yet, no speech heard since it began, and more audio to come."""
+        return (
+            self.config.silence_gate
+            and s.open.num_frames == 0
+            and not s.input_done
+            and self._onset(s) is None
+        )
+
+    def _skip_silence(self, s: OnlineStream) -> None:
+        """Start the open utterance, not yet encoded, ``pre_speech_ms`` before the speech the energy VAD
+        heard first in it (before the audio it has heard, if none yet), on an encoder frame boundary: the
+        whole frames of silence before that are dropped unencoded. Where it starts depends on the audio,
+        not on how fast it came: a client sending faster than real time gets the same utterances."""
+        utt = s.open
+        onset = self._onset(s)
+        until = (
+            s.vad_samples if onset is None else onset
+        ) - s.options.endpoint.pre_speech_ms * SAMPLE_RATE // 1000
+        held = utt.encoder.features_from(0).size(0) // self.feats_per_frame  # whole frames of features
+        frames = min(held, (until - utt.start) // self.samples_per_frame)
+        if frames <= 0:
+            return
+        cut = utt.start + frames * self.samples_per_frame
+        nxt = self._new_utterance(cut)
+        nxt.encoder.push(utt.encoder.features_from(frames * self.feats_per_frame))
+        # an energy endpoint in the silence dropped ends the sentence, as it would have once encoded
+        sentence_end = bool(s.energy_ends) and s.energy_ends[0] <= cut
+        s._cut(cut, nxt, final=False, sentence_end=sentence_end)
+        s.encoded_to = cut
+        s.skipped_samples += cut - utt.start
+        self.frames_skipped += frames
 
     def _features(self, samples: list[np.ndarray]) -> list[Tensor]:
         """Normalised log-mel frames ``(T_i, n_mels)`` of each of ``samples`` (whole frames), in one call:
@@ -397,9 +442,12 @@ class OnlineRecognizer(Recognizer):
         by a few frames and a token, and reads them better."""
         utt = s.open
         tokens = _spliced(self.model.tokenizer, utt.searched, utt.shown)
-        if tokens != utt.sent and tokens and s.options.interim_results:
-            utt.sent = tokens
-            s._add_result(self._partial(s, tokens))
+        if tokens == utt.sent or not tokens or not s.options.interim_results:
+            return
+        utt.sent = tokens
+        partial = self._partial(s, tokens)
+        if partial.text != s._last_interim_text:  # new tokens may read the same (a word's trailing space)
+            s._add_result(partial)
 
     def _partial(self, s: OnlineStream, tokens: list[int]) -> StreamResult:
         """The open utterance's partial saying ``tokens``, covering its frames and the look-ahead's."""
@@ -456,6 +504,8 @@ class OnlineRecognizer(Recognizer):
         elif s.energy_ends and s.encoded_to >= s.energy_ends[0]:  # the VAD heard the end after the encoder
             self._cut(s, final=True, at=s.energy_ends[0])
         s.short = self._frames_short(s.open.encoder)
+        if self._gated(s):  # waits for a chunk's more audio (or speech, or the end of input)
+            s.short = max(s.short, self.encoder.config.chunk_frames * self.feats_per_frame)
 
     def _decode_closed(self, streams: list[OnlineStream], beam_cap: int = 0) -> None:
         """The finals of the closed utterances: one beam search per distinct decoding options (their beam at

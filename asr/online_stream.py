@@ -93,7 +93,12 @@ class ClosedUtterance:
         enc = torch.cat([c.enc for c in parts])
         audio = np.concatenate([c.audio for c in parts])
         return ClosedUtterance(
-            enc, audio, parts[0].start, self.utterance, self.closes_stream, self.closed_at,
+            enc,
+            audio,
+            parts[0].start,
+            self.utterance,
+            self.closes_stream,
+            self.closed_at,
             closed_time=self.closed_time,
         )
 
@@ -121,6 +126,7 @@ class OnlineStream(Stream):
         self.closed: deque[ClosedUtterance] = deque()
         self.context: list[ClosedUtterance] = []  # the sentence's utterances so far, cut by blank endpoints
         self.idle_restarts = 0  # utterances dropped with no token heard
+        self.skipped_samples = 0  # silence dropped unencoded (RecognizerConfig.silence_gate)
 
     # -- audio in (callers hold the lock) --------------------------------------------------------------------
 

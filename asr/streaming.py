@@ -113,6 +113,14 @@ class RecognizerConfig:
     # seconds per second of audio) is the streaming model's own instead, so that finals keep up under load;
     # 0: every final is a second pass's.
     second_pass_budget_ms: int = 0
+    # Chunk-streaming models: while the energy VAD has heard no speech since the open utterance began, its
+    # audio waits unencoded, and what lies more than the stream's pre_speech_ms before the newest audio is
+    # dropped; so silence between utterances costs the VAD and the features, not the encoder, and each
+    # utterance starts pre_speech_ms before the speech the VAD heard. False: every chunk is encoded, silence
+    # too, and an utterance that heard nothing for pre_speech_ms starts again. (Session 46: silence cost
+    # 130-150 ms of CPU per second against 205 for speech; the streamed finals' word errors on the three
+    # validation sets 2,563 with the gate and without; docs/BENCHMARKS.md.)
+    silence_gate: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

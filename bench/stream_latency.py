@@ -45,7 +45,10 @@ latency  *final*: the arrival of the stream's last final - the end of speech. *w
 cpu      server CPU time (user + system of its process, less its idle rate) per second of audio sent, for
          one stream of continuous speech (recordings joined at their voiced spans, no pause long enough for an
          endpoint) of each of ``--cpu-seconds`` (default 5 and 60; with the silence before and after). The
-         target is a cost independent of length: the ratio of the longest to the shortest.
+         target is a cost independent of length: the ratio of the longest to the shortest. Every clip carries
+         the same 2 s of silence, 29 % of a 5 s clip's audio and 3 % of a 60 s one's; so the measure also
+         plays clips of that silence alone and gives the CPU *per second of speech*: each clip's CPU less
+         what its silence costs alone, over its seconds of speech, and that ratio.
 load     ``--load-streams`` (default 32) concurrent real-time streams of about ``--load-seconds`` (default 20)
          each, several utterances 1.5 s apart: final (each stream's last utterance), word partial and word
          covered latency, *interim lag*: audio sent by an interim's arrival - the audio it covers (its
@@ -97,6 +100,7 @@ BEHIND_LAG_S = 1.0  # so does a stream's median interim lag over this
 BEHIND_FINAL_S = 2.0  # or a final this long after the end of speech
 STAGGER_S = 0.037  # clients do not all start on the same millisecond (as bench/load.py)
 CPU_AUDIO_S = 15.0  # least audio per length in the CPU measure (short ones are played several times)
+SILENT_CLIPS = 4  # clips of only the lead and trail silence, whose CPU the measure takes off per clip
 IDLE_S = 3.0  # how long the idle server's CPU rate is measured
 LOOKAHEAD_VARIANTS = {"late": "off", "early": "on", "auto": "auto"}  # NAME/VARIANT: --early-lookahead
 
@@ -462,21 +466,42 @@ def measure_latency(target: str, clips: Sequence[Clip], levels: Sequence[int], c
     return out
 
 
+def speech_ms_per_s(used_s: float, clips: int, silence_s: float, speech_s: float) -> float:
+    """CPU per second of speech: the clips' CPU less what their lead and trail silence costs alone."""
+    return 1000 * (used_s - clips * silence_s) / speech_s
+
+
 def measure_cpu(target: str, pid: int, cpu: dict[int, list[Clip]], config: Any, idle: float) -> dict:
-    out: dict[str, Any] = {}
-    for seconds, clips in cpu.items():
+    def used_by(clips: Sequence[Clip]) -> tuple[float, int]:
         c0, w0 = cpu_seconds(pid), time.perf_counter()
         logs = [play(target, c, config) for c in clips]
-        used = cpu_seconds(pid) - c0 - idle * (time.perf_counter() - w0)
+        return cpu_seconds(pid) - c0 - idle * (time.perf_counter() - w0), sum(
+            log.error is not None for log in logs
+        )
+
+    # Each clip has LEAD_S + TRAIL_S of silence whatever its length: a larger share of a short clip's audio.
+    # What that silence costs alone is taken off to give the cost per second of speech.
+    quiet = [Clip(silence(LEAD_S + TRAIL_S), (), 0.0)] * SILENT_CLIPS
+    used, _ = used_by(quiet)
+    out: dict[str, Any] = {"silence_ms_per_clip": 1000 * used / len(quiet)}
+    for seconds, clips in cpu.items():
+        used, errors = used_by(clips)
         audio = sum(c.seconds for c in clips)
+        speech = audio - len(clips) * (LEAD_S + TRAIL_S)
         out[str(seconds)] = {
             "cpu_ms_per_s": 1000 * used / audio,
+            "speech_cpu_ms_per_s": speech_ms_per_s(
+                used, len(clips), out["silence_ms_per_clip"] / 1000, speech
+            ),
             "audio_s": audio,
-            "errors": sum(log.error is not None for log in logs),
+            "errors": errors,
         }
         print(f"  cpu {seconds} s: {out[str(seconds)]}", file=sys.stderr, flush=True)
-    per_s = [out[str(s)]["cpu_ms_per_s"] for s in (max(cpu), min(cpu))]
-    out["longest_over_shortest"] = ratio(*per_s)
+    longest, shortest = out[str(max(cpu))], out[str(min(cpu))]
+    out["longest_over_shortest"] = ratio(longest["cpu_ms_per_s"], shortest["cpu_ms_per_s"])
+    out["speech_longest_over_shortest"] = ratio(
+        longest["speech_cpu_ms_per_s"], shortest["speech_cpu_ms_per_s"]
+    )
     return out
 
 
@@ -512,7 +537,8 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
     ``/budgetMS`` gives the second pass a budget (``--second-pass-budget-ms``); ``/late`` reads each chunk's
     look-ahead from the whole next block of a Whisper front end (``--early-lookahead off``), ``/early`` always
     early (``on``), ``/auto`` early unless that block has already arrived (``auto``); ``/workersN`` runs N
-    server processes (``--workers``; with ``--own-connections`` the kernel spreads the streams over them)."""
+    server processes (``--workers``; with ``--own-connections`` the kernel spreads the streams over them);
+    ``/nogate`` encodes silence too (``--no-silence-gate``)."""
     from asr.checkpoint import resolve_model_path
 
     spec, *variants = name.split("/")
@@ -530,13 +556,15 @@ def run_model(name: str, args: argparse.Namespace, audio: TestAudio, config: Any
             env["ASR_SECOND_PASS_BUDGET_MS"] = variant[6:]
         elif variant.startswith("workers") and variant[7:].isdigit():
             env["ASR_WORKERS"] = variant[7:]
+        elif variant == "nogate":
+            env["ASR_SILENCE_GATE"] = "0"
         elif variant in LOOKAHEAD_VARIANTS:
             env["ASR_EARLY_LOOKAHEAD"] = LOOKAHEAD_VARIANTS[variant]
         elif variant.startswith("finals=") and variant[7:]:
             served.append(variant[7:])
             env["ASR_STREAMING_FINALS"] = Path(variant[7:]).stem  # its served name
         else:
-            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS, late, early, auto, workersN"
+            known = "whole, chunkMS, quietMS, finals=MODEL, budgetMS, late, early, auto, workersN, nogate"
             raise SystemExit(f"{name}: unknown variant {variant!r} (known: {known})")
     try:
         for m in served:
@@ -598,6 +626,13 @@ def table_rows(args: argparse.Namespace) -> list[Row]:
         if len(args.cpu_seconds) > 1:
             lo, hi = min(args.cpu_seconds), max(args.cpu_seconds)
             rows.append((f"  CPU per s, {hi} s / {lo} s (target 1)", ("cpu", "longest_over_shortest")))
+        rows.append(
+            (f"server CPU per {LEAD_S + TRAIL_S:g} s of silence alone, ms", ("cpu", "silence_ms_per_clip"))
+        )
+        for s in map(str, args.cpu_seconds):
+            rows.append((f"server CPU per s of speech, {s} s speech, ms", ("cpu", s, "speech_cpu_ms_per_s")))
+        if len(args.cpu_seconds) > 1:
+            rows.append((f"  CPU per s of speech, {hi} s / {lo} s", ("cpu", "speech_longest_over_shortest")))
     if "load" in args.measures:
         for keys, label in (
             (("final", "p50_ms"), "final after end of speech, p50 ms"),

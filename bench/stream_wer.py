@@ -92,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[10.0],
         help="segments (utterances) longer than this are cut at a quiet point (the endpointer's default 10)",
     )
+    p.add_argument(
+        "--silence-gate",
+        nargs="+",
+        choices=("on", "off"),
+        default=["on"],
+        help="streaming models: silence before speech waits unencoded and is dropped (on, the default) or "
+        "is encoded (off); RecognizerConfig.silence_gate",
+    )
     p.add_argument("--lead", type=float, default=0.5, help="seconds of silence before each recording")
     p.add_argument("--trail", type=float, default=1.0, help="seconds of silence after each recording")
     p.add_argument("--batch", type=int, default=16, help="streams per decode call")
@@ -156,12 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         args.context_s if online else [0.0],
         args.finals if online else ["whole"],
         args.max_segment_s,
+        args.silence_gate if online else ["on"],
     )
-    for silence, tail, context, finals_kind, max_segment in rows:
+    for silence, tail, context, finals_kind, max_segment, gate in rows:
         if online and not tail and context != args.context_s[0]:
             continue  # without blank endpoints there is no context: one row
         grown = finals_kind == "grown"
-        config = RecognizerConfig(final_context_seconds=context, growing_finals=grown)
+        config = RecognizerConfig(
+            final_context_seconds=context,
+            growing_finals=grown,
+            silence_gate=gate == "on",
+        )
         rec = make_recognizer(model, config, final_model=final_pass if finals_kind == "second" else None)
         t0 = time.perf_counter()
         ep = (
@@ -182,11 +195,16 @@ def main(argv: list[str] | None = None) -> int:
         hyps = [" ".join(r.text for r in f if r.text) for f in finals]
         wer, cer = scores(refs, hyps)
         segs = sum(map(len, finals)) / len(finals)
-        name = f"streamed, silence {silence} ms, " + (
-            f"blank {tail} ms" + (f", context {context:g} s" if tail else "") + f", {finals_kind}"
-            if online
-            else f"tail {min(tail, silence)} ms"
-        ) + (f", segments <= {max_segment:g} s" if len(args.max_segment_s) > 1 else "")
+        name = (
+            f"streamed, silence {silence} ms, "
+            + (
+                f"blank {tail} ms" + (f", context {context:g} s" if tail else "") + f", {finals_kind}"
+                if online
+                else f"tail {min(tail, silence)} ms"
+            )
+            + (f", segments <= {max_segment:g} s" if len(args.max_segment_s) > 1 else "")
+            + (f", silence gate {gate}" if len(args.silence_gate) > 1 else "")
+        )
         print(row.format(name, wer, cer, segs, time.perf_counter() - t0), flush=True)
         keep_errors(args.errors, name, utts, refs, hyps)
     return 0

@@ -325,6 +325,10 @@ SERVE_HELP = {
     "searched_partials": "streams of chunked-encoder models with growing finals: partials show the "
     "growing search's best hypothesis so far, then greedy CTC's newer tokens (default on; "
     "--no-searched-partials: greedy CTC alone, only ever extended)",
+    "silence_gate": "streams of chunked-encoder models: while the energy VAD hears no speech, audio waits "
+    "unencoded and all but the last pre_speech_ms (300) of it is dropped, so silence costs the server "
+    "the VAD, not the encoder (default on; --no-silence-gate encodes every chunk, silence too, for audio "
+    "whose speech the VAD misses)",
     "chunk_ms": "chunk-streaming models: encode chunks of this many ms (a multiple of 40) instead of "
     "their checkpoint's: 80 against the bundled model's 160 gives finals and partials 50-70 ms sooner "
     "for about 0.6 WER points and 1.6x the CPU (default 0: each model's own)",

@@ -89,6 +89,8 @@ class ServerConfig:
     growing_lag_ms: int = 500
     # streams of chunked-encoder models: partials show the growing search's best hypothesis so far
     searched_partials: bool = True
+    # streams of chunked-encoder models: silence before speech waits unencoded and is dropped
+    silence_gate: bool = True
     # chunked-encoder models: run with chunks of this many ms instead of their checkpoint's; 0 = their own
     chunk_ms: int = 0
     # streaming Whisper models: "on" reads each chunk's look-ahead early

@@ -61,6 +61,7 @@ async def start_models(
             defaults,
             growing_lag_ms=config.growing_lag_ms,
             searched_partials=config.searched_partials,
+            silence_gate=config.silence_gate,
             second_pass_budget_ms=config.second_pass_budget_ms,
         )
         final_model = None

@@ -24,6 +24,7 @@ from bench.stream_latency import (
     lag_growth,
     ratio,
     send_delay,
+    speech_ms_per_s,
     trim_bounds,
     word_latencies,
 )
@@ -118,6 +119,13 @@ def test_send_delay_lag_and_falling_behind() -> None:
     assert lag_growth(interim_lags(far)) == pytest.approx(0.0, abs=1e-9) and fell_behind(far, final=0.8)
 
 
+def test_cpu_per_second_of_speech_takes_off_what_the_clips_silence_costs_alone() -> None:
+    # 3 clips of 5 s of speech and 2 s of silence each: 1.6 s of CPU, of which 0.1 s per clip is silence's
+    assert speech_ms_per_s(1.6, 3, 0.1, 15.0) == pytest.approx(1000 * 1.3 / 15)
+    # the same cost per second of speech with one long clip: equal, where per second of audio it was not
+    assert speech_ms_per_s(60 * 1.3 / 15 + 0.1, 1, 0.1, 60.0) == pytest.approx(1000 * 1.3 / 15)
+
+
 def test_table_cells_and_ratios() -> None:
     assert [cell(None), cell(float("nan")), cell(3), cell(812.4), cell(0.523)] == [
         "-",
@@ -137,9 +145,9 @@ def test_audio_latency_stamps_results_with_the_audio_fed_and_counts_words(speech
     from asr.stream_state import StreamOptions
     from bench.audio_latency import measure, percentiles, run_clip
 
-    wave = speech[3]  # "THANK YOU VERY MUCH"
+    wave = speech[2]  # "OPEN THE DOOR"
     end = len(wave) / SAMPLE_RATE
-    words = tuple((w, end * (k + 1) / 4) for k, w in enumerate(["THANK", "YOU", "VERY", "MUCH"]))
+    words = tuple((w, end * (k + 1) / 3) for k, w in enumerate(["OPEN", "THE", "DOOR"]))
     clip = compose([Piece(wave, words, end)], 0.0)
     rec = OnlineRecognizer(load_model("streaming", device="cpu"), RecognizerConfig())
     results = run_clip(rec, clip, StreamOptions())
