@@ -170,7 +170,11 @@ def profiled(top: int) -> Iterator[None]:
 
 
 def measure(model: Any, speech: Sequence[np.ndarray], n: int, args: argparse.Namespace) -> dict[str, Any]:
-    config = RecognizerConfig(max_batch_size=args.max_batch_size, growing_finals=not args.whole_finals)
+    config = RecognizerConfig(
+        max_batch_size=args.max_batch_size,
+        growing_finals=not args.whole_finals,
+        silence_gate=not args.no_silence_gate,
+    )
     rec = OnlineRecognizer(model, config)
     timers = Timers()
     roots = {"rec": rec, "encoder": rec.encoder, "model": rec.model}
@@ -234,6 +238,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--whole-finals",
         action="store_true",
         help="search each final whole at its endpoint (RecognizerConfig.growing_finals off)",
+    )
+    p.add_argument(
+        "--no-silence-gate",
+        action="store_true",
+        help="encode the silence between recordings too (RecognizerConfig.silence_gate off)",
     )
     p.add_argument("--data", type=Path, nargs="+", default=list(DEFAULT_DATA))
     p.add_argument("--profile", type=int, default=0, metavar="TOP", help="print cProfile's top functions")
