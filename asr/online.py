@@ -332,7 +332,7 @@ class OnlineRecognizer(Recognizer):
         for s, _, input_done in taken:
             with s.lock:
                 if self.config.silence_gate and s.open.num_frames == 0 and not s.ended:
-                    self._skip_silence(s)
+                    self._skip_silence(s, input_done)
                     if not input_done and self._onset(s) is None:
                         continue  # silence so far: waits unencoded (RecognizerConfig.silence_gate)
                 es = s.open.encoder
@@ -358,16 +358,16 @@ class OnlineRecognizer(Recognizer):
             and self._onset(s) is None
         )
 
-    def _skip_silence(self, s: OnlineStream) -> None:
+    def _skip_silence(self, s: OnlineStream, input_done: bool) -> None:
         """Start the open utterance, not yet encoded, ``pre_speech_ms`` before the speech the energy VAD
         heard first in it (before the audio it has heard, if none yet), on an encoder frame boundary: the
         whole frames of silence before that are dropped unencoded. Where it starts depends on the audio,
-        not on how fast it came: a client sending faster than real time gets the same utterances."""
+        not on how fast it came: a client sending faster than real time gets the same utterances. At the
+        end of input with no speech heard, no speech is to come: all of it is dropped."""
         utt = s.open
         onset = self._onset(s)
-        until = (
-            s.vad_samples if onset is None else onset
-        ) - s.options.endpoint.pre_speech_ms * SAMPLE_RATE // 1000
+        lead = 0 if onset is None and input_done else s.options.endpoint.pre_speech_ms * SAMPLE_RATE // 1000
+        until = (s.vad_samples if onset is None else onset) - lead
         held = utt.encoder.features_from(0).size(0) // self.feats_per_frame  # whole frames of features
         frames = min(held, (until - utt.start) // self.samples_per_frame)
         if frames <= 0:

@@ -583,6 +583,7 @@ def test_silence_and_noise_give_nothing(model: Transcriber) -> None:
     s = rec.create_stream(OPTS)
     assert feed(rec, s, np.concatenate([silence(1.0), noise])) == []
     assert s.idle_restarts >= 5  # no utterance keeps a long lead of silence
+    assert rec.frames_encoded == 0  # the gate: no speech heard, nothing encoded, at the end of input too
     assert sum(len(a) for a in s.audio) < SAMPLE_RATE
 
 
