@@ -333,8 +333,8 @@ class OnlineRecognizer(Recognizer):
             with s.lock:
                 if self.config.silence_gate and s.open.num_frames == 0 and not s.ended:
                     self._skip_silence(s, input_done)
-                    if not input_done and self._onset(s) is None:
-                        continue  # silence so far: waits unencoded (RecognizerConfig.silence_gate)
+                    if self._gated(s, input_done):
+                        continue  # silence so far: waits unencoded
                 es = s.open.encoder
                 if input_done and not es.finished:
                     es.finish()
@@ -348,14 +348,11 @@ class OnlineRecognizer(Recognizer):
         start = s.open.start
         return next((max(a, start) for a, b in s.speech_spans if b > start), None)
 
-    def _gated(self, s: OnlineStream) -> bool:
+    def _gated(self, s: OnlineStream, input_done: bool) -> bool:
         """Whether the open utterance waits unencoded (``RecognizerConfig.silence_gate``): nothing encoded
-        yet, no speech heard since it began, and more audio to come."""
+        yet, no speech heard since it began, and more audio to come (not ``input_done``)."""
         return (
-            self.config.silence_gate
-            and s.open.num_frames == 0
-            and not s.input_done
-            and self._onset(s) is None
+            self.config.silence_gate and s.open.num_frames == 0 and not input_done and self._onset(s) is None
         )
 
     def _skip_silence(self, s: OnlineStream, input_done: bool) -> None:
@@ -504,7 +501,7 @@ class OnlineRecognizer(Recognizer):
         elif s.energy_ends and s.encoded_to >= s.energy_ends[0]:  # the VAD heard the end after the encoder
             self._cut(s, final=True, at=s.energy_ends[0])
         s.short = self._frames_short(s.open.encoder)
-        if self._gated(s):  # waits for a chunk's more audio (or speech, or the end of input)
+        if self._gated(s, s.input_done):  # waits for a chunk's more audio (or speech, or the end of input)
             s.short = max(s.short, self.encoder.config.chunk_frames * self.feats_per_frame)
 
     def _decode_closed(self, streams: list[OnlineStream], beam_cap: int = 0) -> None:
