@@ -1,7 +1,7 @@
 """``asr lm``: train a language model for a model's tokenizer, and measure its perplexity.
 
     asr lm train TEXTS... -o models/my.lm [--model M] [--order 6] [--valid TEXTS...]
-    asr lm train --kind word [TEXTS...] [--counts FILE...] -o models/english.wlm
+    asr lm train --kind word [TEXTS...] [--counts FILE...] [--oov 0.001] -o models/english.wlm
     asr lm perplexity LM TEXTS... [--model M]
 
 ``--kind ngram`` (the default) counts token n-grams; ``--kind word`` builds a word bigram LM that scores one
@@ -30,7 +30,7 @@ from asr.lm import DEFAULT_LM_WEIGHT, NGramLM, load_lm
 from asr.model import ASRModel
 from asr.model_decoding import ModelDecoding
 from asr.tokenizer import CharTokenizer, SentencePieceTokenizer, normalize_text
-from asr.word_lm import Counts, PairCounts, WordLM, add_text_counts
+from asr.word_lm import Counts, PairCounts, WordLM, WordLMConfig, add_text_counts
 
 Tokenizer = CharTokenizer | SentencePieceTokenizer
 
@@ -93,6 +93,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-o", "--output", required=True, type=Path, help="where to write the LM (by convention NAME.lm)"
     )
     t.add_argument("--order", type=int, default=6, help="n-gram order in tokens (default: 6)")
+    t.add_argument(
+        "--oov",
+        type=float,
+        default=WordLMConfig.oov,
+        help="word LM: share of each character's probability left to spellings outside the vocabulary "
+        f"(default: {WordLMConfig.oov}; lower keeps the search to known words)",
+    )
     t.add_argument("--valid", nargs="+", metavar="TEXTS", help="report perplexity on these texts")
     _common(t)
     t.set_defaults(func=run_train)
@@ -138,8 +145,8 @@ def read_counts(paths: Sequence[Path]) -> tuple[Counts, PairCounts]:
 def _train(args: argparse.Namespace, tokenizer: Tokenizer) -> tuple[NGramLM | WordLM, int]:
     texts = list(read_texts(args.texts, args.format))
     if args.kind == "ngram":
-        if args.counts:
-            raise ValueError("--counts builds a word LM: add --kind word")
+        if args.counts or args.oov != WordLMConfig.oov:
+            raise ValueError("--counts and --oov build a word LM: add --kind word")
         if not texts:
             raise ValueError(f"no text in {' '.join(args.texts) or '(no TEXTS given)'}")
         return NGramLM.train(texts, tokenizer, order=args.order), len(texts)
@@ -149,7 +156,7 @@ def _train(args: argparse.Namespace, tokenizer: Tokenizer) -> tuple[NGramLM | Wo
     add_text_counts(texts, unigrams, bigrams)
     if not unigrams:
         raise ValueError("no words: give TEXTS or --counts")
-    return WordLM.from_counts(unigrams, bigrams, tokenizer), len(texts)
+    return WordLM.from_counts(unigrams, bigrams, tokenizer, WordLMConfig(oov=args.oov)), len(texts)
 
 
 def run_train(args: argparse.Namespace) -> int:

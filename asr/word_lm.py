@@ -60,7 +60,9 @@ class WordLMConfig:
 
     followers_k: float = 3.0  # K in S(h) = n(h) / (n(h) + K)
     max_bigram_share: float = 0.95  # S(h) never above this
-    oov: float = 0.01  # share of every character's mass given to a uniform spelling
+    # share of every character's mass given to a uniform spelling (0.01 until session 47; 0.001 spells
+    # fewer near-misses such as "TRUSURE" for "TREASURE": docs/TRAINING_LOG.md, "The word LM's unknown words")
+    oov: float = 0.001
     oov_word_end: float = 0.2  # chance that an unknown word ends at each further character
     eos: float = 0.1  # share of a word's end that is the end of the sentence (the rest is a space)
     possessive: float = 0.02  # share of a word's end that continues as "'S"

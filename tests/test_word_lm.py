@@ -81,6 +81,14 @@ def test_sentences_of_known_words_beat_misspellings_and_unknown_words_still_scor
     assert model.perplexity(["THE CAT"], TOK) < model.perplexity(["XQ ZJ"], TOK)
 
 
+def test_a_lower_oov_share_keeps_the_search_to_known_words() -> None:
+    open_lm, closed_lm = lm(WordLMConfig(oov=0.01)), lm(WordLMConfig(oov=0.0001))
+    unknown, known = "THE KAT", "THE CAT"
+    # leaving the vocabulary costs log(0.01 / 0.0001) more; off it, every letter costs the same
+    assert closed_lm.log_prob(unknown, TOK) < open_lm.log_prob(unknown, TOK) - 4.5
+    assert closed_lm.log_prob(known, TOK) > open_lm.log_prob(known, TOK)
+
+
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="outside the tokenizer's characters"):
         WordLM.from_counts({"CAFÉ": 1.0}, {}, TOK)
@@ -138,7 +146,10 @@ def test_lm_train_kind_word_and_the_server(tmp_path: Path, capsys: pytest.Captur
     assert main(["lm", "perplexity", str(out), str(tmp_path / "text.txt"), "--model", ckpt]) == 0
     assert float(capsys.readouterr().out.split()[1]) > 1
     assert main(["lm", "train", "--counts", str(tmp_path / "counts.txt"), "-o", str(out)]) == 1
-    assert "--counts builds a word LM: add --kind word" in capsys.readouterr().err
+    assert "--counts and --oov build a word LM: add --kind word" in capsys.readouterr().err
+    assert main([*argv, "--oov", "0.0001", "-o", str(tmp_path / "closed.wlm"), "--model", ckpt]) == 0
+    closed = load_lm(tmp_path / "closed.wlm", tiny.tokenizer)
+    assert isinstance(closed, WordLM) and closed.config.oov == 0.0001 and built.config.oov == WordLMConfig.oov
     server = ServerThread(config(lm=str(out), lm_weight=0.3), tiny)
     try:
         (info,) = server.stub().ListModels(asr_pb2.ListModelsRequest(), timeout=10).models
